@@ -1,0 +1,2 @@
+//! `cairn-image`: the host tool (build images, inspect slots, validate configs).
+fn main() {}
