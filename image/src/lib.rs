@@ -20,5 +20,25 @@ pub mod grubenv;
 pub mod layout;
 pub mod slot;
 
+// Host-only: building and inspecting images.
+#[cfg(feature = "host")]
+pub mod build;
+#[cfg(feature = "host")]
+pub mod components;
+#[cfg(feature = "host")]
+pub mod disk;
+#[cfg(feature = "host")]
+pub mod elf;
+#[cfg(feature = "host")]
+pub mod grub;
+#[cfg(feature = "host")]
+pub mod initramfs;
+#[cfg(feature = "host")]
+pub mod inspect;
+#[cfg(feature = "host")]
+pub mod modules;
+#[cfg(feature = "host")]
+pub mod rootfs;
+
 pub use arch::Arch;
 pub use slot::Slot;
