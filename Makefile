@@ -1,0 +1,68 @@
+# Cairn: two commands for a new user — `make run` and `make test`.
+#
+#   make deps    install build/test dependencies (apt, rustup targets); idempotent
+#   make build   device binaries (static musl) for ARCH and the host tool
+#   make image   out/$(ARCH)/cairn.img            [ARCH=x86_64|aarch64] [VERSION=...]
+#   make run     build the image and boot it in QEMU, console attached (Ctrl-A X quits)
+#   make test    unit tests, lints, images for both arches, end-to-end QEMU tests
+#   make bench   boot/memory/size figures, side by side with a systemd baseline
+#   make clean   remove out/ (the cargo target dir and the component cache stay)
+
+ARCH ?= x86_64
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CAIRN_CACHE ?= $(CURDIR)/.cache/components
+
+# The aarch64 musl target links with Debian's cross gcc.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER = aarch64-linux-gnu-gcc
+export CC_aarch64_unknown_linux_musl = aarch64-linux-gnu-gcc
+
+rust_target = $(1)-unknown-linux-musl
+TOOL := $(CARGO_TARGET_DIR)/debug/cairn-image
+export CAIRN_IMAGE_TOOL := $(TOOL)
+
+.PHONY: deps build tool image images run test unit lint e2e bench clean
+
+deps:
+	@bash .ci/deps
+
+tool: deps
+	cargo build -p cairn-image
+
+# Each device binary is built once per target, in release (size matters).
+build-%: deps
+	cargo build --release --target $(call rust_target,$*) -p cairn-init -p cairn
+
+build: build-$(ARCH) tool
+
+image-%: build-% tool
+	$(TOOL) build --arch $* --version $(VERSION) --cache $(CAIRN_CACHE) \
+	  --init $(CARGO_TARGET_DIR)/$(call rust_target,$*)/release/cairn-init \
+	  --cairn $(CARGO_TARGET_DIR)/$(call rust_target,$*)/release/cairn \
+	  --out out/$*/cairn.img
+
+image: image-$(ARCH)
+
+images: image-x86_64 image-aarch64
+
+run: image
+	@echo "Booting out/$(ARCH)/cairn.img in QEMU. Ctrl-A X quits."
+	qemu/run out/$(ARCH)/cairn.img --arch $(ARCH)
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+unit: deps
+	cargo test --workspace
+
+e2e: images
+	python3 -m pytest -c tests/pytest.ini tests -n 2
+
+test: lint unit e2e
+
+bench: images
+	python3 tests/bench.py
+
+clean:
+	rm -rf out
