@@ -1,1 +1,4 @@
-//! Placeholder: being written.
+//! Networking for stage 2: loopback and one Ethernet interface.
+pub mod dhcp;
+pub mod lease;
+pub mod resolv;
