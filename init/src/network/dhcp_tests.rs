@@ -214,16 +214,15 @@ fn requests_give_up_and_rediscover() {
     let mut c = client(t0);
     let discover = sent(&c.on_timeout(t0)).0.clone();
     c.on_packet(t0, &reply(&discover, MessageType::Offer, None), SERVER);
-    let mut now = t0;
     for _ in 1..MAX_REQUESTS {
-        now = c.deadline().expect("deadline");
+        let now = c.deadline().expect("deadline");
         let actions = c.on_timeout(now);
         assert_eq!(
             sent(&actions).0.opts().msg_type(),
             Some(MessageType::Request)
         );
     }
-    now = c.deadline().expect("deadline");
+    let now = c.deadline().expect("deadline");
     let actions = c.on_timeout(now);
     assert_eq!(
         sent(&actions).0.opts().msg_type(),
