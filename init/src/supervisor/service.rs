@@ -61,7 +61,7 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, spec: ServiceSpec) {
             spawned
         };
 
-        let (pid, exit) = match spawned {
+        let (pid, exit, uptime) = match spawned {
             Ok((mut child, exited)) => {
                 let pid = reaper::raw_pid(&child);
                 info!(service = &*name, pid, "service started");
@@ -81,6 +81,7 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, spec: ServiceSpec) {
                 // The reaper owns the status; `child` is only dropped, never waited on.
                 drop(child);
                 let exit = exited.await.ok();
+                let uptime = started.elapsed();
                 shared.state().services[index].pid = None;
                 // Let the last lines of this run reach the log before the exit line.
                 let _ = timeout(DRAIN, async {
@@ -89,15 +90,14 @@ pub(crate) async fn run(shared: Arc<Shared>, index: usize, spec: ServiceSpec) {
                     }
                 })
                 .await;
-                (Some(pid), exit)
+                (Some(pid), exit, uptime)
             }
             Err(err) => {
                 error!(service = &*name, program = %spec.program.display(), %err, "cannot start service");
-                (None, None)
+                (None, None, started.elapsed())
             }
         };
 
-        let uptime = started.elapsed();
         let restart_in = (!shared.state().stopping).then(|| schedule.after_exit(uptime));
         log_exit(&name, pid, exit, uptime, restart_in);
         shared.emit(Event::Exited {
