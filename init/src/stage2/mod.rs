@@ -1,1 +1,135 @@
-//! Placeholder: being written.
+//! Stage 2: `cairn-init` as `/sbin/init` on the root filesystem, PID 1 for
+//! the life of the system.
+//!
+//! Boot steps, in order: mounts and cgroups, the root filesystem's modules,
+//! the log file on `/var`, the config partition and `config.toml`, the
+//! generated `/etc`, the machine id, the network, containerd under the
+//! supervisor. A readiness task waits for containerd to answer, marks the
+//! booted slot good in `grubenv` and prints `cairn: ready`. Meanwhile the
+//! main task waits for a shutdown request (signal or power button) and then
+//! shuts down in order ([`shutdown`]).
+//!
+//! It runs on a current-thread tokio runtime: init's work is mostly waiting,
+//! and one thread keeps PID 1 small. Child processes are reaped only by the
+//! supervisor's reaper, so supervised exit statuses are never stolen.
+
+pub mod bootok;
+pub mod config;
+pub mod containerd;
+pub mod etc;
+pub mod input;
+pub mod mounts;
+pub mod shutdown;
+
+use crate::network;
+use crate::stage1::{cmdline, modules, partitions};
+use crate::supervisor::{self, Supervisor};
+use crate::sys::clock::boottime;
+use crate::sys::power::{self, PowerAction};
+use anyhow::{Context, Result};
+use cairn_image::{Slot, layout};
+use std::convert::Infallible;
+use std::path::Path;
+use tokio::sync::mpsc;
+
+/// init's own log file on the data partition.
+pub const INIT_LOG: &str = "/var/log/cairn/init.log";
+
+/// Runs stage 2. Returns only on a fatal error.
+pub fn run() -> Result<Infallible> {
+    let cmdline = cmdline::read();
+    crate::log::init(cmdline::flag(&cmdline, "cairn.debug"));
+    tracing::info!("stage 2 started");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(boot(&cmdline))
+}
+
+async fn boot(cmdline: &str) -> Result<Infallible> {
+    // First: nothing may be reaped by anyone else, and no signal lost.
+    let _reaper = supervisor::reaper::spawn().context("starting the reaper")?;
+    let (tx, mut requests) = mpsc::unbounded_channel();
+    if let Err(error) = power::disable_cad() {
+        tracing::warn!(%error, "cannot turn Ctrl-Alt-Del into SIGINT");
+    }
+    shutdown::listen_signals(tx.clone());
+
+    mounts::mount_all();
+    mounts::enable_controllers();
+    if let Err(error) = crate::log::attach_file(Path::new(INIT_LOG)) {
+        tracing::warn!(%error, path = INIT_LOG, "no init log file");
+    }
+    modules::load_list(Path::new(modules::LIST));
+    let button = tx.clone();
+    input::watch(move || {
+        let _ = button.send(PowerAction::PowerOff);
+    });
+
+    let slot = cmdline::slot(cmdline);
+    let boot_disk = slot
+        .and_then(|s| partitions::find(s.partition_name(), None))
+        .and_then(|p| p.disk);
+    let config_part = partitions::find(layout::PART_CONFIG, boot_disk.as_deref());
+    let config = config::load(config_part.as_ref());
+
+    let hostname = config.host.hostname.as_str();
+    if let Err(error) = etc::write_run_etc(hostname, &config.network.dns) {
+        tracing::error!(error = format!("{error:#}"), "generated /etc incomplete");
+    }
+    if let Err(error) = etc::ensure_machine_id(Path::new(etc::MACHINE_ID)) {
+        tracing::error!(error = format!("{error:#}"), "no machine id");
+    }
+
+    let resolv = Path::new(etc::RUN_ETC).join("resolv.conf");
+    if let Err(error) = network::start(&config.network, &resolv).await {
+        tracing::error!(%error, "network not configured");
+    }
+
+    let supervisor = Supervisor::new();
+    match containerd::prepare() {
+        Ok(()) => {
+            supervisor.start(containerd::spec());
+            tracing::info!("containerd started");
+        }
+        Err(error) => tracing::error!(error = format!("{error:#}"), "containerd not started"),
+    }
+    tokio::spawn(readiness(slot, boot_disk));
+
+    loop {
+        if let Some(action) = requests.recv().await {
+            shutdown::shutdown(&supervisor, action).await;
+        }
+    }
+}
+
+/// Waits for containerd, marks the slot good, prints `cairn: ready`.
+async fn readiness(slot: Option<Slot>, boot_disk: Option<String>) {
+    let version = containerd::wait_ready().await;
+    tracing::info!(%version, "containerd answered");
+    match slot {
+        Some(slot) => {
+            let marked = tokio::task::spawn_blocking(move || {
+                let esp = partitions::find(layout::PART_ESP, boot_disk.as_deref())
+                    .context("no ESP partition")?;
+                bootok::mark_good(&esp, slot)
+            })
+            .await;
+            match marked {
+                Ok(Ok(changed)) => tracing::info!(slot = %slot, changed, "slot marked good"),
+                Ok(Err(error)) => {
+                    tracing::error!(error = format!("{error:#}"), "could not mark the slot good")
+                }
+                Err(error) => tracing::error!(%error, "could not mark the slot good"),
+            }
+        }
+        None => tracing::warn!("no cairn.slot= on the command line; grubenv left alone"),
+    }
+    let up = boottime();
+    tracing::info!(
+        uptime = format!("{}.{:03}s", up.as_secs(), up.subsec_millis()),
+        "system ready"
+    );
+    crate::log::console("cairn: ready");
+}
