@@ -123,6 +123,12 @@ async fn reaps_orphans_without_stealing_service_status() {
     let (_, exit) = exited(&mut events, "killed").await;
     assert_eq!(exit, Some(Exit::Signal(Signal::SIGKILL)));
 
+    // A one-shot helper gets its status through the reaper too.
+    let mut helper = std::process::Command::new("/bin/sh");
+    helper.args(["-c", "exit 5"]);
+    let exit = reaper::run(&mut helper).await.expect("run a helper");
+    assert_eq!(exit, Exit::Code(5));
+
     // Once the sleeps end they are reaped: gone from /proc, no zombie left behind.
     let deadline = Instant::now() + Duration::from_secs(10);
     while orphans

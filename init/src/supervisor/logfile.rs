@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use tracing::warn;
+use tracing::{error, warn};
 
 /// Lines waiting for the writer thread; beyond that, readers drop lines.
 const QUEUE: usize = 256;
@@ -79,14 +79,18 @@ pub(crate) struct LogSink {
 }
 
 impl LogSink {
-    /// Starts the writer thread.
-    pub(crate) fn start(console: bool, rotation: Rotation) -> io::Result<LogSink> {
+    /// Starts the writer thread. If the thread cannot be created (the system is out
+    /// of memory or threads), services still run, their output is dropped.
+    pub(crate) fn start(console: bool, rotation: Rotation) -> LogSink {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("service-logs".into())
             .stack_size(64 * 1024)
-            .spawn(move || write_loop(&rx, console, rotation))?;
-        Ok(LogSink { tx })
+            .spawn(move || write_loop(&rx, console, rotation));
+        if let Err(err) = spawned {
+            error!(%err, "cannot start the service log thread: service output is lost");
+        }
+        LogSink { tx }
     }
 
     /// Queues one line (without its newline). False if the queue is full and the

@@ -178,10 +178,7 @@ impl Supervisor {
 
     /// A supervisor with other tunables (tests shorten the back-off).
     pub fn with_config(config: Config) -> Supervisor {
-        let sink = logfile::LogSink::start(config.console, config.rotation)
-            // Only fails if the OS cannot create a thread at all; PID 1 then has
-            // bigger problems, and running services without logs is worse.
-            .expect("cannot start the service log thread");
+        let sink = logfile::LogSink::start(config.console, config.rotation);
         let (events, _) = broadcast::channel(64);
         Supervisor {
             shared: Arc::new(Shared {

@@ -121,6 +121,20 @@ pub fn spawn_child(cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<Ex
     Ok((child, rx))
 }
 
+/// Runs `cmd` to completion and returns how it ended: the way for one-shot helper
+/// programs, since `Command::status`/`output` would race with the reaper. Its
+/// stdio is whatever `cmd` sets; don't pipe output nobody reads.
+pub async fn run(cmd: &mut Command) -> io::Result<Exit> {
+    if !is_running() {
+        // Nobody would ever deliver the status.
+        return Err(io::Error::other("the reaper is not running"));
+    }
+    let (_child, exited) = spawn_child(cmd)?;
+    exited
+        .await
+        .map_err(|_| io::Error::other("exit status lost"))
+}
+
 /// The pid of a child as the kernel's signed type.
 pub fn raw_pid(child: &Child) -> i32 {
     // Linux pids are at most 2^22 (PID_MAX_LIMIT), so they always fit.
