@@ -1,0 +1,250 @@
+//! End to end for the DHCP client's real path (UDP socket on port 68,
+//! netlink, resolv.conf) against dnsmasq, across a veth pair between two
+//! network namespaces. The client half re-runs this test binary inside the
+//! client namespace (`ip netns exec`), so no unsafe `setns` is needed.
+//!
+//! Needs root, `ip` and `dnsmasq` (Debian: dnsmasq-base); otherwise it
+//! prints why and passes without running.
+
+use cairn_image::config::Network;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INNER: &str = "CAIRN_DHCP_NETNS_INNER";
+/// Set (to anything) to also wait through a renewal at T1 (~70 s more).
+const RENEW: &str = "CAIRN_DHCP_TEST_RENEW";
+const CLIENT_IF: &str = "cairn-c0";
+const SERVER_IF: &str = "cairn-s0";
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("needs root (network namespaces)".into());
+    }
+    for tool in ["ip", "dnsmasq"] {
+        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists());
+        if !found {
+            return Some(format!(
+                "{tool} is not installed (apt-get install iproute2 dnsmasq-base)"
+            ));
+        }
+    }
+    None
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {args:?} failed");
+}
+
+/// Deletes the namespaces (and with them the veth pair) and stops dnsmasq.
+struct Lab {
+    server_ns: String,
+    client_ns: String,
+    dnsmasq: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.dnsmasq.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn dhcp_lease_from_dnsmasq_across_namespaces() {
+    if std::env::var_os(INNER).is_some() {
+        return;
+    }
+    if let Some(reason) = skip_reason() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("cairn-dhcp-{id}"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let mut lab = Lab {
+        server_ns: format!("cairn-srv-{id}"),
+        client_ns: format!("cairn-cli-{id}"),
+        dnsmasq: None,
+        dir: dir.clone(),
+    };
+    ip(&["netns", "add", &lab.server_ns]);
+    ip(&["netns", "add", &lab.client_ns]);
+    ip(&[
+        "link",
+        "add",
+        CLIENT_IF,
+        "netns",
+        &lab.client_ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        SERVER_IF,
+        "netns",
+        &lab.server_ns,
+    ]);
+    ip(&[
+        "-n",
+        &lab.server_ns,
+        "addr",
+        "add",
+        "10.99.0.1/24",
+        "dev",
+        SERVER_IF,
+    ]);
+    ip(&["-n", &lab.server_ns, "link", "set", SERVER_IF, "up"]);
+    let leases = dir.join("leases");
+    let dnsmasq = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.server_ns,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+        ])
+        .args([
+            "--port=0",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+        ])
+        .arg(format!("--interface={SERVER_IF}"))
+        .arg("--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m")
+        .args([
+            "--dhcp-option=option:router,10.99.0.1",
+            "--dhcp-option=option:dns-server,10.99.0.53",
+        ])
+        .args([
+            "--domain=cairn.test",
+            "--log-dhcp",
+            "--log-facility=-",
+            "--pid-file=",
+        ])
+        .arg(format!("--dhcp-leasefile={}", leases.display()))
+        .spawn()
+        .expect("start dnsmasq");
+    lab.dnsmasq = Some(dnsmasq);
+
+    let exe = std::env::current_exe().expect("test binary");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns])
+        .arg(exe)
+        .args([
+            "--exact",
+            "client_in_namespace",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env(INNER, &dir)
+        .env(RENEW, std::env::var_os(RENEW).unwrap_or_default())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the client half");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "client half failed");
+    let leases = std::fs::read_to_string(&leases).unwrap_or_default();
+    assert!(
+        leases.contains("10.99.0."),
+        "dnsmasq recorded the lease: {leases:?}"
+    );
+}
+
+/// The client half: run inside the client namespace by the test above.
+#[test]
+#[ignore = "run inside a network namespace by dhcp_lease_from_dnsmasq_across_namespaces"]
+fn client_in_namespace() {
+    let Some(dir) = std::env::var_os(INNER).map(PathBuf::from) else {
+        return;
+    };
+    let resolv = dir.join("resolv.conf");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let config = Network {
+            interface: Some(CLIENT_IF.into()),
+            ..Network::default()
+        };
+        let started = Instant::now();
+        cairn_init::network::start(&config, &resolv)
+            .await
+            .expect("start");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "DHCP must not block start()"
+        );
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let text = std::fs::read_to_string(&resolv).unwrap_or_default();
+            if text.contains("nameserver 10.99.0.53") {
+                assert!(text.contains("search cairn.test"), "{text}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "no lease in 40 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let addr = Command::new("ip")
+            .args(["-4", "addr", "show", "dev", CLIENT_IF])
+            .output()
+            .expect("ip addr");
+        let addr = String::from_utf8_lossy(&addr.stdout);
+        println!("{addr}");
+        assert!(
+            addr.contains("inet 10.99.0.") && addr.contains("/24"),
+            "{addr}"
+        );
+        assert!(
+            addr.contains("valid_lft 1"),
+            "lease lifetime set on the address: {addr}"
+        );
+        let route = Command::new("ip")
+            .args(["-4", "route", "show", "default"])
+            .output()
+            .expect("ip route");
+        let route = String::from_utf8_lossy(&route.stdout);
+        assert!(
+            route.contains("via 10.99.0.1") && route.contains(CLIENT_IF),
+            "{route}"
+        );
+        if std::env::var_os(RENEW).is_some_and(|v| !v.is_empty()) {
+            // dnsmasq's 2 min lease has T1 = 60 s; a renewal resets the lifetime.
+            tokio::time::sleep(Duration::from_secs(70)).await;
+            let addr = Command::new("ip")
+                .args(["-4", "addr", "show", "dev", CLIENT_IF])
+                .output()
+                .expect("ip addr");
+            let addr = String::from_utf8_lossy(&addr.stdout);
+            println!("after T1: {addr}");
+            let valid: u32 = addr
+                .split("valid_lft ")
+                .nth(1)
+                .and_then(|r| r.split("sec").next())
+                .and_then(|n| n.parse().ok())
+                .expect("valid_lft");
+            assert!(valid > 100, "renewed at T1: {addr}");
+        }
+        let lo = Command::new("ip")
+            .args(["link", "show", "lo"])
+            .output()
+            .expect("ip link");
+        assert!(
+            String::from_utf8_lossy(&lo.stdout).contains("UP"),
+            "lo is up"
+        );
+    });
+}
