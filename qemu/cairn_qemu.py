@@ -27,7 +27,9 @@ Python 3.11, standard library only.
 
 from __future__ import annotations
 
+import atexit
 import collections
+import ctypes
 import json
 import os
 import platform
@@ -40,6 +42,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 ARCHES = ("x86_64", "aarch64")
@@ -61,6 +64,28 @@ TCG_CPU = {"x86_64": None, "aarch64": "max,pauth-impdef=on"}
 
 CONSOLE_TAIL = 40
 _ANSI = re.compile(r"\x1b(\[[0-9;?=]*[A-Za-z]|[()][0-9A-Za-z]|[=>78cDEHM])")
+
+
+_live_vms: "weakref.WeakSet[Vm]" = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_live_vms() -> None:
+    for vm in list(_live_vms):
+        vm.kill()
+
+
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child: SIGKILL it when the process that started it dies,
+    so no VM outlives a killed test run."""
+    if _prctl is not None:
+        _prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
 class VmError(RuntimeError):
@@ -227,7 +252,7 @@ class Vm:
         extra: list[str] | tuple = (),
         cpu: str | None = None,
         interactive: bool = False,
-        echo: bool = False,
+        echo: bool | None = None,
     ):
         qemu_binary(arch)
         self.image = Path(image)
@@ -242,7 +267,8 @@ class Vm:
         self.extra = list(extra)
         self.cpu = cpu
         self.interactive = interactive
-        self.echo = echo
+        # echo console lines to stdout as they arrive (env CAIRN_QEMU_ECHO=1)
+        self.echo = os.environ.get("CAIRN_QEMU_ECHO") == "1" if echo is None else echo
         self.proc: subprocess.Popen | None = None
         self.tmpdir: str | None = None
         self.qmp_path: str | None = None
@@ -338,8 +364,10 @@ class Vm:
             self.proc = subprocess.Popen(cmd)
             return self
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
+        _live_vms.add(self)
         self._reader = threading.Thread(target=self._read_console, daemon=True)
         self._reader.start()
         self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
