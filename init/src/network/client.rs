@@ -17,6 +17,8 @@ use tracing::{debug, error, info, warn};
 
 /// How long to wait for the interface before saying so (then keep looking).
 const IFACE_WAIT: Duration = Duration::from_secs(5);
+/// How often to look for it after that.
+const SLOW_POLL: Duration = Duration::from_secs(2);
 /// Pause before starting over after a socket failure.
 const RESTART_PAUSE: Duration = Duration::from_secs(10);
 
@@ -40,8 +42,11 @@ pub async fn run(nl: Netlink, settings: Settings) {
                 ?seen,
                 "dhcp: no Ethernet interface yet; still looking"
             );
+            // A NIC may still be hot-plugged (USB); look now and then.
             loop {
-                if let Ok(name) = super::iface::wait(sys, wanted, Duration::from_secs(3600)).await {
+                tokio::time::sleep(SLOW_POLL).await;
+                if let Some(name) = super::iface::scan(sys, wanted).chosen {
+                    info!(interface = %name, "dhcp: interface appeared");
                     break name;
                 }
             }

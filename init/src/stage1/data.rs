@@ -30,7 +30,9 @@ pub fn mount_data(part: Option<&Partition>, target: &Path) {
         &part.dev.to_string_lossy(),
         target,
         "ext4",
-        MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
+        // Not nodev: container image layers under /var/lib/containerd may
+        // hold device nodes, and overlayfs inherits the layers' mount flags.
+        MsFlags::MS_NOATIME,
     );
     if let Err(error) = mount::mount(&m) {
         fallback(target, &error.to_string());

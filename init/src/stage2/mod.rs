@@ -20,6 +20,7 @@ pub mod etc;
 pub mod input;
 pub mod mounts;
 pub mod shutdown;
+pub mod stats;
 
 use crate::network;
 use crate::stage1::{cmdline, modules, partitions};
@@ -127,9 +128,13 @@ async fn readiness(slot: Option<Slot>, boot_disk: Option<String>) {
         None => tracing::warn!("no cairn.slot= on the command line; grubenv left alone"),
     }
     let up = boottime();
+    let (mem_used_kib, init_rss_kib, containerd_rss_kib) = stats::at_ready();
     tracing::info!(
-        uptime = format!("{}.{:03}s", up.as_secs(), up.subsec_millis()),
-        "system ready"
+        uptime = format!("{}.{:03}", up.as_secs(), up.subsec_millis()),
+        mem_used_kib,
+        init_rss_kib,
+        containerd_rss_kib,
+        "ready"
     );
     crate::log::console("cairn: ready");
 }

@@ -97,13 +97,29 @@ async fn kill_strays() {
         return; // ESRCH: nothing left
     }
     let start = tokio::time::Instant::now();
-    while start.elapsed() < STRAY_GRACE && kill(all, None).is_ok() {
+    while start.elapsed() < STRAY_GRACE && user_processes_left() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if kill(all, Signal::SIGKILL).is_ok() {
+    if user_processes_left() {
+        let _ = kill(all, Signal::SIGKILL);
         tracing::info!("killed remaining processes");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether any process other than init is alive: a numeric `/proc` entry
+/// other than 1 with a command line (kernel threads and zombies have none).
+/// `kill(-1, 0)` can't tell, since it also succeeds on kernel threads.
+fn user_processes_left() -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let pid = name.to_str().and_then(|n| n.parse::<u32>().ok());
+        pid.is_some_and(|pid| pid != 1 && pid != std::process::id())
+            && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty())
+    })
 }
 
 /// Unmounts everything but the essentials, deepest first. `/var` and the
