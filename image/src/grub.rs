@@ -27,9 +27,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-/// GRUB modules built into the EFI image: what the script uses.
-pub const MODULES: &str = "part_gpt fat loadenv regexp test echo linux gzio sleep reboot \
-                           search search_fs_file halt";
+/// GRUB modules built into the EFI image: what the script uses, `normal`
+/// (which runs it) and `efi_gop` (so the kernel gets a framebuffer for
+/// `console=tty0` instead of GRUB booting it "in blind mode"). All are embedded in the core image, where
+/// `grub-mkimage` resolves their dependencies, so nothing is loaded from the
+/// memdisk at boot; the memdisk gets only these (`--install-modules`)
+/// instead of every module, which keeps the binary at ~1.3 MB, not ~3.5 MB.
+pub const MODULES: &str = "normal boot part_gpt fat loadenv regexp test echo linux gzio \
+                           sleep reboot search search_fs_file efi_gop";
 
 /// The kernel command line for `slot` (the contract's, in its order).
 pub fn kernel_cmdline(arch: Arch, slot: Slot) -> String {
@@ -88,7 +93,6 @@ pub fn script(arch: Arch) -> String {
 
     // Step 3: every OK slot used its tries: start over.
     line("if [ -z \"$cairn_slot\" ]; then");
-    line("  echo \"cairn: every slot used its boot tries; resetting them\"");
     for slot in Slot::ALL {
         line(&format!("  set {}_TRY=0", slot.name()));
     }
@@ -103,6 +107,9 @@ pub fn script(arch: Arch) -> String {
         line("    fi");
     }
     line("  done");
+    line("  if [ -n \"$cairn_slot\" ]; then");
+    line("    echo \"cairn: every OK slot used its boot tries; starting over\"");
+    line("  fi");
     line("fi");
 
     // Step 4: nothing bootable.
@@ -179,7 +186,7 @@ pub fn build_efi(arch: Arch, modules_dir: &Path, work: &Path, out: &Path) -> Res
         .arg("-d")
         .arg(modules_dir)
         .arg(format!("--modules={MODULES}"))
-        .arg(format!("--install-modules={MODULES} normal"))
+        .arg(format!("--install-modules={MODULES}"))
         .args(["--locales=", "--fonts=", "--themes="])
         .arg("-o")
         .arg(out)

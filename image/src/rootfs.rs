@@ -1,1 +1,266 @@
-//! Placeholder: being written.
+//! The slot root filesystem: staged as a directory tree, then packed into a
+//! read-only squashfs.
+//!
+//! What goes in (see CONTRACT.md): `cairn-init` as `/sbin/init`, `cairn` as
+//! `/usr/bin/cairn`, containerd + shim + ctr, runc, the CNI plugins, the
+//! shared libraries they load (at Debian's paths, symlinks kept as
+//! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, and a
+//! small `/etc` whose machine-specific files are symlinks into `/run` and
+//! `/var`, written by init at boot. squashfs is chosen over erofs because
+//! GRUB 2.06 and every kernel Cairn targets read it; zstd because it
+//! decompresses several times faster than xz under TCG for a few percent
+//! more bytes.
+
+use crate::arch::Arch;
+use crate::components::{Components, ELF_BINARIES};
+use crate::disk::{self, DiskError};
+use crate::elf::{self, ElfError};
+use crate::initramfs;
+use crate::modules::{self, ModuleSet, ModulesError};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0} not found in the component tree (is the package in the lock file?)")]
+    MissingComponent(PathBuf),
+    #[error(transparent)]
+    Elf(#[from] ElfError),
+    #[error(transparent)]
+    Modules(#[from] ModulesError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(
+        "root filesystem is {size} bytes ({} MiB) but a root slot holds {room} bytes ({} MiB)",
+        size >> 20,
+        room >> 20
+    )]
+    TooBig { size: u64, room: u64 },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RootfsError {
+    let path = path.to_path_buf();
+    move |source| RootfsError::Io { what, path, source }
+}
+
+/// Modules stage 2 loads: networking, containers, input, plus stage 1's set
+/// (already loaded then; listing them again is harmless and keeps the root
+/// filesystem self-sufficient).
+pub fn stage2_modules(arch: Arch) -> Vec<&'static str> {
+    let mut wanted = vec![
+        "virtio_net",
+        "net_failover",
+        "failover",
+        "overlay",
+        "bridge",
+        "br_netfilter",
+        "veth",
+        "evdev",
+        "af_packet",
+    ];
+    match arch {
+        Arch::X86_64 => wanted.push("button"),
+        Arch::Aarch64 => wanted.extend(["gpio_keys", "gpio_pl061"]),
+    }
+    wanted.extend(initramfs::stage1_modules(arch));
+    wanted
+}
+
+/// Resolves `wanted` modules and warns about those the kernel lacks.
+pub fn resolve_modules(
+    modules_dir: &Path,
+    wanted: &[&str],
+    stage: &str,
+) -> Result<ModuleSet, RootfsError> {
+    let set = modules::resolve(modules_dir, wanted)?;
+    for name in &set.missing {
+        tracing::warn!(stage, module = %name, "wanted kernel module is neither a module nor built in");
+    }
+    tracing::debug!(
+        stage,
+        modules = set.ordered.len(),
+        builtin = set.builtin.len(),
+        "modules resolved"
+    );
+    Ok(set)
+}
+
+/// Inputs of a root filesystem.
+#[derive(Debug)]
+pub struct RootSpec<'a> {
+    pub components: &'a Components,
+    pub version: &'a str,
+    pub init: &'a Path,
+    pub cairn: &'a Path,
+}
+
+/// Copies one tree entry to the same relative path under `root`: symlinks
+/// as symlinks, files with their permissions, directories as directories.
+fn copy_entry(tree: &Path, root: &Path, rel: &Path) -> Result<(), RootfsError> {
+    let src = tree.join(rel);
+    let dst = root.join(rel);
+    let meta = fs::symlink_metadata(&src).map_err(io_err("stat", &src))?;
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    }
+    if fs::symlink_metadata(&dst).is_ok() {
+        return Ok(());
+    }
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(&src).map_err(io_err("read link", &src))?;
+        symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
+    } else if meta.is_dir() {
+        fs::create_dir_all(&dst).map_err(io_err("create", &dst))?;
+    } else {
+        fs::copy(&src, &dst).map_err(io_err("copy to", &dst))?;
+    }
+    Ok(())
+}
+
+fn install(src: &Path, root: &Path, rel: &str, mode: u32) -> Result<(), RootfsError> {
+    let dst = root.join(rel);
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    }
+    if !src.is_file() {
+        return Err(RootfsError::MissingComponent(src.to_path_buf()));
+    }
+    fs::copy(src, &dst).map_err(io_err("copy to", &dst))?;
+    fs::set_permissions(&dst, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &dst))
+}
+
+fn write(root: &Path, rel: &str, text: &str) -> Result<(), RootfsError> {
+    let dst = root.join(rel);
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    }
+    fs::write(&dst, text).map_err(io_err("write", &dst))
+}
+
+fn link(root: &Path, rel: &str, target: &str) -> Result<(), RootfsError> {
+    let dst = root.join(rel);
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+    }
+    symlink(target, &dst).map_err(io_err("symlink", &dst))
+}
+
+/// The `/etc` files every image carries.
+fn etc(root: &Path, arch: Arch, v: &str) -> Result<(), RootfsError> {
+    let os_release =
+        format!("ID=cairn\nNAME=Cairn\nVERSION={v}\nVERSION_ID={v}\nPRETTY_NAME=\"Cairn {v}\"\n");
+    write(root, "etc/os-release", &os_release)?;
+    write(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")?;
+    write(root, "etc/group", "root:x:0:\n")?;
+    write(root, "etc/cairn/arch", &format!("{}\n", arch.name()))?;
+    for (rel, target) in [
+        ("etc/hostname", "/run/cairn/etc/hostname"),
+        ("etc/hosts", "/run/cairn/etc/hosts"),
+        ("etc/resolv.conf", "/run/cairn/etc/resolv.conf"),
+        ("etc/machine-id", "/var/lib/cairn/machine-id"),
+        ("etc/cni/net.d", "/run/cairn/cni/net.d"),
+    ] {
+        link(root, rel, target)?;
+    }
+    Ok(())
+}
+
+/// Stages the root tree for `spec` in `root` (emptied first).
+pub fn stage(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
+    if root.exists() {
+        fs::remove_dir_all(root).map_err(io_err("remove", root))?;
+    }
+    for dir in ["proc", "sys", "dev", "run", "tmp", "var", "root"] {
+        fs::create_dir_all(root.join(dir)).map_err(io_err("create", root))?;
+    }
+    install(spec.init, root, "sbin/init", 0o755)?;
+    install(spec.cairn, root, "usr/bin/cairn", 0o755)?;
+
+    let c = spec.components;
+    let userland: Vec<PathBuf> = ELF_BINARIES.iter().map(PathBuf::from).collect();
+    for rel in &userland {
+        if !c.tree.join(rel).exists() {
+            return Err(RootfsError::MissingComponent(rel.clone()));
+        }
+    }
+    let libs = elf::closure(&c.tree, c.arch, &userland)?;
+    for rel in userland.iter().chain(&libs) {
+        copy_entry(&c.tree, root, rel)?;
+    }
+    tracing::info!(
+        binaries = userland.len(),
+        libraries = libs.len(),
+        "userland staged"
+    );
+
+    let mods_dir = c.modules_dir();
+    let set = resolve_modules(&mods_dir, &stage2_modules(c.arch), "stage 2")?;
+    let dest = root.join("lib/modules").join(&c.kernel_version);
+    for module in &set.ordered {
+        let to = dest.join(module);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        fs::copy(mods_dir.join(module), &to).map_err(io_err("copy to", &to))?;
+    }
+    write(
+        root,
+        "etc/cairn/modules",
+        &initramfs::module_list(&c.kernel_version, &set.ordered),
+    )?;
+    etc(root, c.arch, spec.version)
+}
+
+/// Packs the staged `root` into squashfs at `out` and checks it fits a
+/// root slot of `room` bytes. Returns the image size.
+pub fn pack(root: &Path, out: &Path, room: u64) -> Result<u64, RootfsError> {
+    if out.exists() {
+        fs::remove_file(out).map_err(io_err("remove", out))?;
+    }
+    disk::tools::mksquashfs(root, out)?;
+    let size = fs::metadata(out).map_err(io_err("stat", out))?.len();
+    if size > room {
+        return Err(RootfsError::TooBig { size, room });
+    }
+    tracing::info!(path = %out.display(), size, "root filesystem packed");
+    Ok(size)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is the test failure
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etc_has_release_links_and_arch() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        etc(&root, Arch::Aarch64, "1.2.3").unwrap();
+        let release = fs::read_to_string(root.join("etc/os-release")).unwrap();
+        assert!(release.contains("ID=cairn\n"));
+        assert!(release.contains("PRETTY_NAME=\"Cairn 1.2.3\"\n"));
+        assert_eq!(
+            fs::read_to_string(root.join("etc/cairn/arch")).unwrap(),
+            "aarch64\n"
+        );
+        assert_eq!(
+            fs::read_link(root.join("etc/resolv.conf")).unwrap(),
+            Path::new("/run/cairn/etc/resolv.conf")
+        );
+        assert_eq!(
+            fs::read_link(root.join("etc/cni/net.d")).unwrap(),
+            Path::new("/run/cairn/cni/net.d")
+        );
+        assert!(stage2_modules(Arch::Aarch64).contains(&"gpio_pl061"));
+        assert!(stage2_modules(Arch::X86_64).contains(&"virtio_blk"));
+    }
+}

@@ -1,2 +1,208 @@
-//! `cairn-image`: the host tool (build images, inspect slots, validate configs).
-fn main() {}
+//! `cairn-image`: the host tool. Builds disk images, inspects and edits
+//! them without mounting (partitions, `grubenv`, slots), validates
+//! `config.toml`, and fetches or locks the prebuilt components. A thin
+//! front end: each subcommand calls one library function.
+
+use anyhow::{Context, Result};
+use cairn_image::build::{self, BuildOptions};
+use cairn_image::config::Config;
+use cairn_image::inspect::{self, Image};
+use cairn_image::layout::Sizes;
+use cairn_image::{Arch, components};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn-image",
+    version,
+    about = "Build and inspect Cairn disk images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a disk image (no root, loop devices or mounts needed).
+    Build {
+        #[arg(long)]
+        arch: Arch,
+        /// config.toml for the config partition (validated first); default: the schema's defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Version written to /etc/os-release.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        version: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = ".cache/components")]
+        cache: PathBuf,
+        /// cairn-init binary; default target/<rust target>/release/cairn-init.
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// cairn binary; default target/<rust target>/release/cairn.
+        #[arg(long)]
+        cairn: Option<PathBuf>,
+    },
+    /// Download and verify the pinned Debian packages.
+    Components {
+        #[command(subcommand)]
+        action: ComponentsAction,
+    },
+    /// List the partitions of an image: name, first byte, size in bytes.
+    Partitions {
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the ESP's grubenv, or edit it in place with --set NAME=VALUE.
+    Grubenv {
+        image: PathBuf,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+    },
+    /// Print the A/B boot state: order, ok, tries.
+    Slots { image: PathBuf },
+    /// Check a config.toml with the same code the device uses.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ComponentsAction {
+    /// Download the packages into the cache and check them against the lock.
+    Fetch {
+        #[arg(long)]
+        arch: Arch,
+        #[arg(long, default_value = ".cache/components")]
+        cache: PathBuf,
+    },
+    /// Maintainer: resolve current versions and rewrite the lock file.
+    Lock {
+        #[arg(long)]
+        arch: Arch,
+        #[arg(long, default_value = ".cache/components")]
+        cache: PathBuf,
+        #[arg(long, default_value = components::LOCK_FILE)]
+        lock_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    Validate { file: PathBuf },
+}
+
+fn default_binary(arch: Arch, name: &str) -> PathBuf {
+    Path::new("target")
+        .join(arch.rust_target())
+        .join("release")
+        .join(name)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build {
+            arch,
+            config,
+            version,
+            out,
+            cache,
+            init,
+            cairn,
+        } => {
+            let opts = BuildOptions {
+                arch,
+                config,
+                version,
+                out,
+                cache,
+                init: init.unwrap_or_else(|| default_binary(arch, "cairn-init")),
+                cairn: cairn.unwrap_or_else(|| default_binary(arch, "cairn")),
+                sizes: Sizes::default(),
+            };
+            let report = build::build(&opts).context("building the image")?;
+            println!("{}  {} bytes", report.image.display(), report.image_size);
+            println!(
+                "  kernel {}  initramfs {}  root squashfs {}  GRUB {}",
+                report.kernel, report.initramfs, report.rootfs, report.grub_efi
+            );
+        }
+        Command::Components { action } => match action {
+            ComponentsAction::Fetch { arch, cache } => {
+                for deb in components::fetch(arch, &cache).context("fetching components")? {
+                    println!("{}", deb.display());
+                }
+            }
+            ComponentsAction::Lock {
+                arch,
+                cache,
+                lock_file,
+            } => components::lock(arch, &cache, &lock_file).context("locking components")?,
+        },
+        Command::Partitions { image, json } => {
+            let image = Image::open(&image, false)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(image.partitions())?);
+            } else {
+                println!("{:>3}  {:<8} {:>12} {:>12}", "#", "name", "offset", "size");
+                for p in image.partitions() {
+                    println!(
+                        "{:>3}  {:<8} {:>12} {:>12}",
+                        p.number, p.name, p.offset, p.size
+                    );
+                }
+            }
+        }
+        Command::Grubenv { image, set } => {
+            print!("{}", inspect::edit_grubenv(&image, &set)?);
+        }
+        Command::Slots { image } => {
+            let state = Image::open(&image, false)?.boot_state()?;
+            let order: Vec<&str> = state.order.iter().map(|s| s.name()).collect();
+            println!("order: {}", order.join(" "));
+            for slot in cairn_image::Slot::ALL {
+                let s = state.slot(slot);
+                println!(
+                    "{}: ok={} tries={} bootable={}",
+                    slot,
+                    u8::from(s.ok),
+                    s.tries,
+                    state.bootable(slot)
+                );
+            }
+        }
+        Command::Config { action } => match action {
+            ConfigAction::Validate { file } => {
+                Config::load(&file)?;
+                println!("{}: ok", file.display());
+            }
+        },
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    // RUST_LOG may name a level (error, warn, info, debug, trace).
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cairn-image: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

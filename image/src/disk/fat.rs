@@ -31,6 +31,12 @@ fn label_bytes(label: &str) -> [u8; 11] {
     out
 }
 
+/// A serial number that differs per partition but not per build, so
+/// images are reproducible and the two FAT volumes are told apart.
+fn volume_id(part: &Partition) -> u32 {
+    0xCA1E_0000 | part.number
+}
+
 /// Formats `part` of `image` as FAT32 with `label` and writes `entries`.
 pub fn build(
     image: &File,
@@ -46,6 +52,7 @@ pub fn build(
         slice,
         fatfs::FormatVolumeOptions::new()
             .fat_type(fatfs::FatType::Fat32)
+            .volume_id(volume_id(part))
             .volume_label(label_bytes(label)),
     )
     .map_err(fat_err(format!("format {} as FAT32", part.name)))?;
