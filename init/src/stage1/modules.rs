@@ -5,6 +5,7 @@
 //! a missing optional driver never stops the boot.
 
 use crate::sys::kmod::{self, Loaded};
+use nix::errno::Errno;
 use std::path::{Path, PathBuf};
 
 /// The module list, in both the initramfs and the root filesystem.
@@ -19,6 +20,13 @@ pub fn parse_list(text: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The kernel's name of a module file: `crc32c-intel.ko` -> `crc32c_intel`.
+pub fn module_name(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let stem = file.split('.').next()?;
+    Some(stem.replace('-', "_"))
+}
+
 /// Loads every module in the list at `list`. Returns how many were newly
 /// loaded and how many failed.
 pub fn load_list(list: &Path) -> (usize, usize) {
@@ -30,23 +38,63 @@ pub fn load_list(list: &Path) -> (usize, usize) {
         }
     };
     let (mut loaded, mut failed) = (0, 0);
+    let start = std::time::Instant::now();
+    let mut slowest = (std::time::Duration::ZERO, PathBuf::new());
     for module in parse_list(&text) {
+        let t = std::time::Instant::now();
+        // Already in the kernel (stage 1 loaded it): skip reading and
+        // verifying the file again only to be told EEXIST.
+        if module_name(&module).is_some_and(|n| Path::new("/sys/module").join(n).exists()) {
+            continue;
+        }
         match kmod::load(&module) {
             Ok(Loaded::New) => loaded += 1,
             Ok(Loaded::Already) => {}
+            Err(
+                error @ kmod::KmodError::Load {
+                    source: Errno::ENODEV,
+                    ..
+                },
+            ) => {
+                // The driver found no hardware (e.g. a CPU feature missing).
+                tracing::info!(%error, "module not needed here");
+            }
             Err(error) => {
                 failed += 1;
                 tracing::warn!(%error, "module not loaded");
             }
         }
+        if t.elapsed() > slowest.0 {
+            slowest = (t.elapsed(), module);
+        }
     }
-    tracing::info!(loaded, failed, "modules loaded");
+    tracing::info!(
+        loaded,
+        failed,
+        ms = start.elapsed().as_millis() as u64,
+        slowest = %slowest.1.display(),
+        slowest_ms = slowest.0.as_millis() as u64,
+        "modules loaded"
+    );
     (loaded, failed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_names() {
+        let name = |p: &str| module_name(Path::new(p));
+        assert_eq!(
+            name("/lib/modules/6.1/kernel/arch/x86/crypto/crc32c-intel.ko").as_deref(),
+            Some("crc32c_intel")
+        );
+        assert_eq!(
+            name("/lib/modules/6.1/virtio_blk.ko.xz").as_deref(),
+            Some("virtio_blk")
+        );
+    }
 
     #[test]
     fn list_skips_blanks_and_comments() {

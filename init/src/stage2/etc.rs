@@ -5,7 +5,7 @@
 //! the data partition and kept for the life of the device.
 
 use anyhow::{Context, Result};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -36,9 +36,18 @@ pub fn valid_machine_id(text: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A machine id from 16 random bytes.
-pub fn machine_id_from(bytes: [u8; 16]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// Random UUIDs from the kernel.
+const UUID_SOURCE: &str = "/proc/sys/kernel/random/uuid";
+
+/// A machine id from a UUID (`6b45e642-7103-...`): its 32 hex digits.
+pub fn machine_id_from_uuid(uuid: &str) -> Option<String> {
+    let id: String = uuid
+        .trim()
+        .chars()
+        .filter(|&c| c != '-')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    valid_machine_id(&id).then_some(id)
 }
 
 /// Writes hostname, hosts and resolv.conf, and sets the kernel hostname.
@@ -67,11 +76,11 @@ pub fn ensure_machine_id(path: &Path) -> Result<String> {
     {
         return Ok(text.trim_end().to_string());
     }
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
-    let id = machine_id_from(bytes);
+    // The kernel's UUID generator never blocks, unlike /dev/urandom early
+    // in boot (which waits for the entropy pool: seconds under emulation).
+    let uuid =
+        std::fs::read_to_string(UUID_SOURCE).with_context(|| format!("reading {UUID_SOURCE}"))?;
+    let id = machine_id_from_uuid(&uuid).with_context(|| format!("{UUID_SOURCE}: not a UUID"))?;
     let dir = path.parent().context("machine id path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
@@ -107,9 +116,10 @@ mod tests {
 
     #[test]
     fn machine_id_format_and_persistence() {
-        let id = machine_id_from([0xab; 16]);
-        assert_eq!(id, "ab".repeat(16));
+        let id = machine_id_from_uuid("6B45E642-7103-7b3e-2428-d23c9c08046b\n").expect("uuid");
+        assert_eq!(id, "6b45e64271037b3e2428d23c9c08046b");
         assert!(valid_machine_id(&format!("{id}\n")));
+        assert_eq!(machine_id_from_uuid("nope"), None);
         assert!(!valid_machine_id("xyz"));
         assert!(!valid_machine_id(&"AB".repeat(16)));
 
