@@ -5,7 +5,7 @@
 
 use super::dhcp::{Action, Client, Dest, Identity};
 use super::lease::Lease;
-use super::link::Netlink;
+use super::link::{Link, Netlink};
 use super::{NetworkError, SYS_CLASS_NET, resolv};
 use dhcproto::v4::{Decodable, Encodable, Message, MessageType};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -62,8 +62,7 @@ pub async fn run(nl: Netlink, settings: Settings) {
 
 /// One client lifetime: returns only on a socket or interface error.
 async fn session(nl: &Netlink, name: &str, settings: &Settings) -> Result<(), NetworkError> {
-    let index = nl.up(name).await?;
-    let link = (name, index);
+    let link = nl.up(name)?;
     let mac =
         super::iface::mac(Path::new(SYS_CLASS_NET), name).ok_or_else(|| NetworkError::NoMac {
             interface: name.to_string(),
@@ -94,12 +93,12 @@ async fn session(nl: &Netlink, name: &str, settings: &Settings) -> Result<(), Ne
             match action {
                 Action::Send { msg, dest } => send(&sock, name, &msg, dest, client.state()).await,
                 Action::Bind { lease, previous } => {
-                    bind(nl, link, &lease, previous.as_ref(), settings).await;
+                    bind(nl, link, &lease, previous.as_ref(), settings);
                     held = Some(lease);
                 }
                 Action::Unbind(lease) => {
                     warn!(interface = %name, address = %lease.addr, "dhcp: lease lost");
-                    unbind(nl, link, &lease).await;
+                    unbind(nl, link, &lease);
                     held = None;
                 }
             }
@@ -153,23 +152,14 @@ async fn send(sock: &UdpSocket, name: &str, msg: &Message, dest: Dest, state: &s
     }
 }
 
-async fn bind(
-    nl: &Netlink,
-    link: (&str, u32),
-    lease: &Lease,
-    previous: Option<&Lease>,
-    s: &Settings,
-) {
-    let name = link.0;
+fn bind(nl: &Netlink, link: Link<'_>, lease: &Lease, previous: Option<&Lease>, s: &Settings) {
+    let name = link.name;
     if let Some(old) = previous.filter(|old| (old.addr, old.prefix) != (lease.addr, lease.prefix)) {
-        unbind(nl, link, old).await;
+        unbind(nl, link, old);
     }
-    let mut steps = vec![
-        nl.set_address(link, lease.addr, lease.prefix, lease.valid_for())
-            .await,
-    ];
+    let mut steps = vec![nl.set_address(link, lease.addr, lease.prefix, lease.valid_for())];
     if let Some(router) = lease.router {
-        steps.push(nl.set_default_route(link, router, true).await);
+        steps.push(nl.set_default_route(link, router, true));
     }
     let dns: Vec<IpAddr> = if s.dns.is_empty() {
         lease.dns.iter().copied().map(IpAddr::V4).collect()
@@ -199,13 +189,13 @@ async fn bind(
     }
 }
 
-async fn unbind(nl: &Netlink, link: (&str, u32), lease: &Lease) {
+fn unbind(nl: &Netlink, link: Link<'_>, lease: &Lease) {
     if let Some(router) = lease.router
-        && let Err(err) = nl.remove_default_route(link, router).await
+        && let Err(err) = nl.remove_default_route(link, router)
     {
         warn!(%err, "dhcp: removing the default route failed");
     }
-    if let Err(err) = nl.remove_address(link, lease.addr, lease.prefix).await {
+    if let Err(err) = nl.remove_address(link, lease.addr, lease.prefix) {
         warn!(%err, "dhcp: removing the address failed");
     }
 }

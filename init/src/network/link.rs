@@ -1,172 +1,377 @@
-//! The few rtnetlink calls networking needs: look an interface up by name,
-//! set it up, add or remove an IPv4 address (with a lifetime, so the kernel
-//! drops a DHCP address on its own if we ever stop renewing it), and set or
+//! The few rtnetlink requests networking needs, written by hand: set a link
+//! up, add or remove an IPv4 address (with a lifetime, so the kernel drops
+//! a DHCP address on its own if we ever stop renewing it), and set or
 //! remove the default route.
+//!
+//! Why not the `rtnetlink` crate: it links the parsers for every netlink
+//! message and attribute (about 1 MB of a 3 MB budget) to send five
+//! fixed-layout requests. Here each request is a header, a fixed struct and
+//! two or three attributes, built as bytes and tested as bytes; the kernel's
+//! only answer we read is the ACK (an `NLMSG_ERROR` with errno 0 or not).
+//! Requests are synchronous: the kernel answers a route request at once.
 
 use super::NetworkError;
-use futures::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
-use rtnetlink::packet_route::route::RouteProtocol;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// An open rtnetlink connection (its socket task runs on the tokio runtime).
-#[derive(Clone)]
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const NLMSG_ERROR: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_CREATE: u16 = 0x400;
+const AF_INET: u8 = 2;
+const IFF_UP: u32 = 0x1;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_BROADCAST: u16 = 4;
+const IFA_CACHEINFO: u16 = 6;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_STATIC: u8 = 4;
+const RTPROT_DHCP: u8 = 16;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RTN_UNICAST: u8 = 1;
+/// Lifetime value meaning "forever" in `ifa_cacheinfo`.
+const INFINITY_LIFE_TIME: u32 = u32::MAX;
+
+/// An interface: its name (for errors) and index (for requests).
+#[derive(Debug, Clone, Copy)]
+pub struct Link<'a> {
+    pub name: &'a str,
+    pub index: u32,
+}
+
+/// A NETLINK_ROUTE socket.
 pub struct Netlink {
-    handle: Handle,
+    sock: Socket,
+    seq: AtomicU32,
 }
 
 impl Netlink {
-    /// Opens the socket and spawns its I/O task; needs a tokio runtime.
     pub fn connect() -> Result<Netlink, NetworkError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetworkError::NetlinkSocket)?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let domain = Domain::from(libc::AF_NETLINK);
+        let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::NETLINK_ROUTE)))
+            .map_err(NetworkError::NetlinkSocket)?;
+        // The kernel answers at once; this only bounds a kernel bug.
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(NetworkError::NetlinkSocket)?;
+        Ok(Netlink {
+            sock,
+            seq: AtomicU32::new(1),
+        })
     }
 
-    /// Sets `name` up and returns its interface index.
-    pub async fn up(&self, name: &str) -> Result<u32, NetworkError> {
-        let index = self.index(name).await?;
-        let msg = LinkUnspec::new_with_index(index).up().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(step(name, "set link up"))?;
-        Ok(index)
+    /// Sets the interface up and returns it with its index.
+    pub fn up<'a>(&self, name: &'a str) -> Result<Link<'a>, NetworkError> {
+        let index = index(name)?;
+        let link = Link { name, index };
+        let body = link_up(index);
+        self.request(link, "set link up", RTM_NEWLINK, 0, &body)?;
+        Ok(link)
     }
 
-    async fn index(&self, name: &str) -> Result<u32, NetworkError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(Some(link)) => Ok(link.header.index),
-            Ok(None) => Err(NetworkError::NoSuchInterface {
-                interface: name.to_string(),
-            }),
-            Err(e) if is_errno(&e, libc::ENODEV) => Err(NetworkError::NoSuchInterface {
-                interface: name.to_string(),
-            }),
-            Err(e) => Err(step(name, "get link")(e)),
-        }
-    }
-
-    /// Adds (or refreshes) `addr/prefix` on the interface. With `valid`, the
-    /// kernel removes the address when that time has passed.
-    pub async fn set_address(
+    /// Adds (or refreshes) `addr/prefix`. With `valid`, the kernel removes
+    /// the address when that time has passed.
+    pub fn set_address(
         &self,
-        link: (&str, u32),
+        link: Link<'_>,
         addr: Ipv4Addr,
         prefix: u8,
         valid: Option<Duration>,
     ) -> Result<(), NetworkError> {
-        let (name, index) = link;
-        let mut req = self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(addr), prefix)
-            .replace();
-        if let Some(valid) = valid {
-            let secs = u32::try_from(valid.as_secs()).unwrap_or(u32::MAX);
-            let mut info = CacheInfo::default();
-            info.ifa_preferred = secs;
-            info.ifa_valid = secs;
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::CacheInfo(info));
-        }
-        req.execute().await.map_err(step(name, "add address"))
+        let body = address(link.index, addr, prefix, Some(valid));
+        let flags = NLM_F_CREATE | NLM_F_REPLACE;
+        self.request(link, "add address", RTM_NEWADDR, flags, &body)
     }
 
     /// Removes `addr/prefix`; an address already gone (expired) is fine.
-    pub async fn remove_address(
+    pub fn remove_address(
         &self,
-        link: (&str, u32),
+        link: Link<'_>,
         addr: Ipv4Addr,
         prefix: u8,
     ) -> Result<(), NetworkError> {
-        let (name, index) = link;
-        let mut msg = rtnetlink::AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(index)
-            .address(addr, prefix)
-            .build();
-        msg.header.index = index;
-        match self.handle.address().del(msg).execute().await {
-            Err(e) if is_errno(&e, libc::EADDRNOTAVAIL) => Ok(()),
-            other => other.map_err(step(name, "remove address")),
+        let body = address(link.index, addr, prefix, None);
+        match self.request(link, "remove address", RTM_DELADDR, 0, &body) {
+            Err(NetworkError::Netlink { source, .. })
+                if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+            {
+                Ok(())
+            }
+            other => other,
         }
     }
 
     /// Makes `gateway` the default route through the interface.
-    pub async fn set_default_route(
+    pub fn set_default_route(
         &self,
-        link: (&str, u32),
+        link: Link<'_>,
         gateway: Ipv4Addr,
         dhcp: bool,
     ) -> Result<(), NetworkError> {
-        let (name, index) = link;
-        let req = self
-            .handle
-            .route()
-            .add(default_route(index, gateway, dhcp))
-            .replace();
-        req.execute().await.map_err(step(name, "add default route"))
+        let body = default_route(link.index, gateway, dhcp);
+        let flags = NLM_F_CREATE | NLM_F_REPLACE;
+        self.request(link, "add default route", RTM_NEWROUTE, flags, &body)
     }
 
-    /// Removes that default route; a route already gone is fine (the kernel
-    /// flushes it with the address).
-    pub async fn remove_default_route(
+    /// Removes that default route; one already gone (the kernel flushes it
+    /// with the address) is fine.
+    pub fn remove_default_route(
         &self,
-        link: (&str, u32),
+        link: Link<'_>,
         gateway: Ipv4Addr,
     ) -> Result<(), NetworkError> {
-        let (name, index) = link;
-        match self
-            .handle
-            .route()
-            .del(default_route(index, gateway, true))
-            .execute()
-            .await
-        {
-            Err(e) if is_errno(&e, libc::ESRCH) => Ok(()),
-            other => other.map_err(step(name, "remove default route")),
+        let body = default_route(link.index, gateway, true);
+        match self.request(link, "remove default route", RTM_DELROUTE, 0, &body) {
+            Err(NetworkError::Netlink { source, .. })
+                if source.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Sends one request with NLM_F_ACK and waits for its ACK.
+    fn request(
+        &self,
+        link: Link<'_>,
+        step: &'static str,
+        kind: u16,
+        flags: u16,
+        body: &[u8],
+    ) -> Result<(), NetworkError> {
+        let err = |source| NetworkError::Netlink {
+            interface: link.name.to_string(),
+            step,
+            source,
+        };
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let msg = message(kind, flags | NLM_F_REQUEST | NLM_F_ACK, seq, body);
+        (&self.sock).write_all(&msg).map_err(err)?;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let len = (&self.sock).read(&mut buf).map_err(err)?;
+            if let Some(result) = ack(&buf[..len], seq) {
+                return result.map_err(err);
+            }
         }
     }
 }
 
-fn default_route(
-    index: u32,
-    gateway: Ipv4Addr,
-    dhcp: bool,
-) -> rtnetlink::packet_route::route::RouteMessage {
-    let proto = if dhcp {
-        RouteProtocol::Dhcp
-    } else {
-        RouteProtocol::Static
+/// The interface index, from sysfs.
+fn index(name: &str) -> Result<u32, NetworkError> {
+    let missing = || NetworkError::NoSuchInterface {
+        interface: name.to_string(),
     };
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(gateway)
-        .output_interface(index)
-        .protocol(proto)
-        .build()
+    if name.is_empty() || name.contains('/') {
+        return Err(missing());
+    }
+    let text =
+        std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex")).map_err(|_| missing())?;
+    text.trim().parse().map_err(|_| missing())
 }
 
-fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+/// `nlmsghdr` + body.
+fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(16 + body.len()).unwrap_or(u32::MAX);
+    let mut m = Vec::with_capacity(16 + body.len());
+    m.extend_from_slice(&len.to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+    m.extend_from_slice(body);
+    m
 }
 
-/// Wraps a netlink error with the interface and step it failed at.
-fn step(interface: &str, step: &'static str) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
-    let interface = interface.to_string();
-    move |source| NetworkError::Netlink {
-        interface,
-        step,
-        source,
+/// Appends an `rtattr`, padded to 4 bytes.
+fn attr(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
+    let len = u16::try_from(4 + data.len()).unwrap_or(u16::MAX);
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(data);
+    buf.resize(buf.len().next_multiple_of(4), 0);
+}
+
+/// `ifinfomsg` changing only IFF_UP, to set.
+fn link_up(index: u32) -> Vec<u8> {
+    let mut b = vec![0u8; 4]; // family, pad, type
+    b.extend_from_slice(&index.to_ne_bytes());
+    b.extend_from_slice(&IFF_UP.to_ne_bytes()); // flags
+    b.extend_from_slice(&IFF_UP.to_ne_bytes()); // change mask
+    b
+}
+
+/// `ifaddrmsg` + local, address, broadcast, and the lifetime when `valid`
+/// is given (`Some(None)` = forever; `None` = no lifetime, for deletes).
+fn address(index: u32, addr: Ipv4Addr, prefix: u8, valid: Option<Option<Duration>>) -> Vec<u8> {
+    let mut b = vec![AF_INET, prefix, 0, RT_SCOPE_UNIVERSE];
+    b.extend_from_slice(&index.to_ne_bytes());
+    attr(&mut b, IFA_LOCAL, &addr.octets());
+    attr(&mut b, IFA_ADDRESS, &addr.octets());
+    if prefix < 31 {
+        let brd = Ipv4Addr::from(u32::from(addr) | (u32::MAX >> prefix));
+        attr(&mut b, IFA_BROADCAST, &brd.octets());
+    }
+    if let Some(valid) = valid {
+        let secs = valid.map_or(INFINITY_LIFE_TIME, |v| {
+            u32::try_from(v.as_secs()).unwrap_or(INFINITY_LIFE_TIME)
+        });
+        let mut info = Vec::with_capacity(16);
+        for v in [secs, secs, 0, 0] {
+            info.extend_from_slice(&v.to_ne_bytes()); // preferred, valid, cstamp, tstamp
+        }
+        attr(&mut b, IFA_CACHEINFO, &info);
+    }
+    b
+}
+
+/// `rtmsg` for 0.0.0.0/0 in the main table + gateway and output interface.
+fn default_route(index: u32, gateway: Ipv4Addr, dhcp: bool) -> Vec<u8> {
+    let proto = if dhcp { RTPROT_DHCP } else { RTPROT_STATIC };
+    let mut b = vec![
+        AF_INET,
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        proto,
+        RT_SCOPE_UNIVERSE,
+        RTN_UNICAST,
+    ];
+    b.extend_from_slice(&0u32.to_ne_bytes()); // flags
+    attr(&mut b, RTA_GATEWAY, &gateway.octets());
+    attr(&mut b, RTA_OIF, &index.to_ne_bytes());
+    b
+}
+
+/// Finds the ACK for `seq` in a datagram: `Some(Ok)` for errno 0,
+/// `Some(Err)` for a failure, `None` if it is not there.
+fn ack(mut data: &[u8], seq: u32) -> Option<io::Result<()>> {
+    let u16_at = |d: &[u8], i: usize| d.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let u32_at = |d: &[u8], i: usize| {
+        d.get(i..i + 4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    while let (Some(len), Some(kind), Some(got)) =
+        (u32_at(data, 0), u16_at(data, 4), u32_at(data, 8))
+    {
+        let len = usize::try_from(len).ok()?;
+        if len < 16 || len > data.len() {
+            return None;
+        }
+        if kind == NLMSG_ERROR && got == seq {
+            // nlmsgerr.error: 0 for an ACK, else a negative errno.
+            let errno = i32::from_ne_bytes(data.get(16..20)?.try_into().ok()?).wrapping_neg();
+            return Some(if errno == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(errno))
+            });
+        }
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ne32(v: u32) -> [u8; 4] {
+        v.to_ne_bytes()
+    }
+
+    #[test]
+    fn header_and_attributes_are_laid_out_and_padded() {
+        let m = message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 7, &link_up(3));
+        assert_eq!(m.len(), 32);
+        assert_eq!(m[0..4], ne32(32));
+        assert_eq!(m[4..6], RTM_NEWLINK.to_ne_bytes());
+        assert_eq!(m[6..8], 5u16.to_ne_bytes());
+        assert_eq!(m[8..12], ne32(7));
+        assert_eq!(m[20..24], ne32(3), "ifi_index");
+        assert_eq!(
+            m[24..32],
+            [ne32(1), ne32(1)].concat(),
+            "IFF_UP in flags and change"
+        );
+        let mut b = Vec::new();
+        attr(&mut b, 9, &[1, 2, 3]);
+        assert_eq!(b, [[7, 0], 9u16.to_ne_bytes(), [1, 2], [3, 0]].concat());
+    }
+
+    #[test]
+    fn address_carries_broadcast_and_lifetime() {
+        let a = Ipv4Addr::new(10, 0, 2, 15);
+        let b = address(2, a, 24, Some(Some(Duration::from_secs(86400))));
+        assert_eq!(b[..4], [AF_INET, 24, 0, 0]);
+        assert_eq!(b[4..8], ne32(2));
+        // local, address, broadcast: 8 bytes each; cacheinfo: 4 + 16.
+        assert_eq!(b.len(), 8 + 3 * 8 + 20);
+        assert_eq!(b[12..16], [10, 0, 2, 15]);
+        assert_eq!(b[28..32], [10, 0, 2, 255], "broadcast");
+        assert_eq!(b[34..36], IFA_CACHEINFO.to_ne_bytes());
+        assert_eq!(b[36..44], [ne32(86400), ne32(86400)].concat());
+        let forever = address(2, a, 32, Some(None));
+        assert_eq!(forever.len(), 8 + 2 * 8 + 20, "no broadcast for /32");
+        assert_eq!(forever[28..32], ne32(u32::MAX));
+        assert_eq!(
+            address(2, a, 24, None).len(),
+            8 + 3 * 8,
+            "deletes carry no lifetime"
+        );
+    }
+
+    #[test]
+    fn default_route_layout() {
+        let b = default_route(4, Ipv4Addr::new(10, 0, 2, 2), true);
+        assert_eq!(
+            b[..8],
+            [AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_DHCP, 0, RTN_UNICAST]
+        );
+        assert_eq!(b[12..14], 8u16.to_ne_bytes());
+        assert_eq!(b[14..16], RTA_GATEWAY.to_ne_bytes());
+        assert_eq!(b[16..20], [10, 0, 2, 2]);
+        assert_eq!(b[22..24], RTA_OIF.to_ne_bytes());
+        assert_eq!(b[24..28], ne32(4));
+        assert_eq!(
+            default_route(4, Ipv4Addr::new(10, 0, 2, 2), false)[5],
+            RTPROT_STATIC
+        );
+    }
+
+    fn error_msg(seq: u32, errno: i32) -> Vec<u8> {
+        let mut body = (-errno).to_ne_bytes().to_vec();
+        body.extend_from_slice(&[0; 16]); // the echoed request header
+        message(NLMSG_ERROR, 0, seq, &body)
+    }
+
+    #[test]
+    fn acks_are_matched_by_sequence() {
+        assert!(matches!(ack(&error_msg(5, 0), 5), Some(Ok(()))));
+        let e = ack(&error_msg(5, libc::EEXIST), 5)
+            .expect("found")
+            .expect_err("error");
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        assert!(ack(&error_msg(4, 0), 5).is_none(), "another request's ACK");
+        let two = [error_msg(4, 0), error_msg(5, libc::ENODEV)].concat();
+        let e = ack(&two, 5).expect("found").expect_err("error");
+        assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
+        assert!(ack(&[1, 2, 3], 5).is_none(), "short datagram");
+        assert!(
+            ack(&message(NLMSG_ERROR, 0, 5, &[]), 5).is_none(),
+            "truncated error"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`iface`]: which interface (config name, else the first Ethernet NIC).
-//! - [`link`]: the rtnetlink calls (link up, address, default route).
+//! - [`link`]: the rtnetlink requests (link up, address, default route).
 //! - [`dhcp`]: the DHCPv4 client state machine, pure and host-tested.
 //! - [`lease`]: what an ACK grants, and its T1/T2/expiry times.
 //! - `client`: the tokio task running the state machine over UDP port 68.
@@ -44,7 +44,7 @@ pub enum NetworkError {
         interface: String,
         step: &'static str,
         #[source]
-        source: rtnetlink::Error,
+        source: std::io::Error,
     },
     #[error("interface {interface} does not exist")]
     NoSuchInterface { interface: String },
@@ -78,7 +78,7 @@ pub enum NetworkError {
 /// runtime.
 pub async fn start(config: &Network, resolv_conf: &Path) -> Result<(), NetworkError> {
     let nl = link::Netlink::connect()?;
-    nl.up("lo").await?;
+    nl.up("lo")?;
     if config.dhcp {
         let settings = client::Settings {
             interface: config.interface.clone(),
@@ -97,10 +97,10 @@ pub async fn start(config: &Network, resolv_conf: &Path) -> Result<(), NetworkEr
             waited: STATIC_IFACE_WAIT,
             seen,
         })?;
-    configure_static(&nl, &name, config, resolv_conf).await
+    configure_static(&nl, &name, config, resolv_conf)
 }
 
-async fn configure_static(
+fn configure_static(
     nl: &link::Netlink,
     name: &str,
     config: &Network,
@@ -111,11 +111,10 @@ async fn configure_static(
         .ok_or_else(|| NetworkError::NoStaticAddress {
             interface: name.to_string(),
         })?;
-    let index = nl.up(name).await?;
-    nl.set_address((name, index), cidr.addr, cidr.prefix, None)
-        .await?;
+    let link = nl.up(name)?;
+    nl.set_address(link, cidr.addr, cidr.prefix, None)?;
     if let Some(gateway) = config.gateway {
-        nl.set_default_route((name, index), gateway, false).await?;
+        nl.set_default_route(link, gateway, false)?;
     }
     let dns: &[IpAddr] = &config.dns;
     resolv::write_atomic(resolv_conf, &resolv::render(dns, None)).map_err(|source| {
