@@ -163,6 +163,120 @@ fn dhcp_lease_from_dnsmasq_across_namespaces() {
     );
 }
 
+#[test]
+fn static_address_in_a_namespace() {
+    if std::env::var_os(INNER).is_some() {
+        return;
+    }
+    if let Some(reason) = skip_reason() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("cairn-static-{id}"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let lab = Lab {
+        server_ns: format!("cairn-st1-{id}"),
+        client_ns: format!("cairn-st2-{id}"),
+        dnsmasq: None,
+        dir: dir.clone(),
+    };
+    ip(&["netns", "add", &lab.client_ns]);
+    ip(&[
+        "-n",
+        &lab.client_ns,
+        "link",
+        "add",
+        CLIENT_IF,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        SERVER_IF,
+    ]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.client_ns])
+        .arg(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "static_in_namespace",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env(INNER, &dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the client half");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "client half failed");
+}
+
+/// The static half: run inside a namespace by the test above. Everything
+/// must be in place when `start` returns.
+#[test]
+#[ignore = "run inside a network namespace by static_address_in_a_namespace"]
+fn static_in_namespace() {
+    let Some(dir) = std::env::var_os(INNER).map(PathBuf::from) else {
+        return;
+    };
+    let resolv = dir.join("resolv.conf");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let config = Network {
+            interface: Some(CLIENT_IF.into()),
+            dhcp: false,
+            address: Some("10.98.0.9/24".parse().expect("cidr")),
+            gateway: Some("10.98.0.1".parse().expect("ip")),
+            dns: vec!["10.98.0.53".parse().expect("ip")],
+        };
+        cairn_init::network::start(&config, &resolv)
+            .await
+            .expect("start");
+        // Twice: a restart must not fail on what is already there.
+        cairn_init::network::start(&config, &resolv)
+            .await
+            .expect("start again");
+    });
+    let text = std::fs::read_to_string(&resolv).expect("resolv.conf");
+    assert!(text.contains("nameserver 10.98.0.53"), "{text}");
+    let addr = Command::new("ip")
+        .args(["-4", "addr", "show", "dev", CLIENT_IF])
+        .output()
+        .expect("ip addr");
+    let addr = String::from_utf8_lossy(&addr.stdout);
+    assert!(
+        addr.contains("inet 10.98.0.9/24") && addr.contains("valid_lft forever"),
+        "{addr}"
+    );
+    let route = Command::new("ip")
+        .args(["-4", "route", "show", "default"])
+        .output()
+        .expect("ip route");
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        route.contains("via 10.98.0.1") && route.contains(CLIENT_IF),
+        "{route}"
+    );
+    // A missing interface is an error naming it.
+    let missing = Network {
+        interface: Some("nosuch0".into()),
+        ..Network::default()
+    };
+    let missing = Network {
+        dhcp: false,
+        address: Some("10.98.1.1/24".parse().expect("cidr")),
+        ..missing
+    };
+    let err = rt
+        .block_on(cairn_init::network::start(&missing, &resolv))
+        .expect_err("no such interface");
+    assert!(err.to_string().contains("nosuch0"), "{err}");
+}
+
 /// The client half: run inside the client namespace by the test above.
 #[test]
 #[ignore = "run inside a network namespace by dhcp_lease_from_dnsmasq_across_namespaces"]
