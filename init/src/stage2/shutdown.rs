@@ -135,13 +135,39 @@ fn unmount_data() {
         let important =
             target == Path::new("/var") || target == Path::new(super::config::CONFIG_MOUNT);
         if important {
-            tracing::warn!(%error, "busy; remounting read-only");
+            let holders = open_files_under(&target).join(" ");
+            tracing::warn!(%error, holders, "busy; remounting read-only");
             if let Err(error) = mount::remount_ro(&target) {
                 tracing::error!(%error, "could not make it read-only");
             }
         }
         let _ = mount::unmount(&target, true);
     }
+}
+
+/// Open files under `dir`, as `pid:path`, to say what keeps a mount busy.
+fn open_files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && target.starts_with(dir)
+            {
+                found.push(format!("{pid}:{}", target.display()));
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
