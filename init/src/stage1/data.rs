@@ -136,12 +136,27 @@ fn grow_fs(part: &Partition, fs: grow::Ext4Size, target: &Path) -> Result<()> {
         return Ok(());
     };
     let dir = File::open(target).with_context(|| format!("opening {}", target.display()))?;
+    let fs_blocks = || {
+        nix::sys::statfs::statfs(target)
+            .map(|s| u64::from(s.blocks()))
+            .unwrap_or(0)
+    };
+    let before = fs_blocks();
     blk::ext4_resize(&dir, target, blocks)?;
-    tracing::info!(
-        dev = %part.dev.display(),
-        old_bytes = fs.blocks * fs.block_size,
-        new_bytes = blocks * fs.block_size,
-        "grew the data filesystem"
-    );
+    if fs_blocks() > before {
+        tracing::info!(
+            dev = %part.dev.display(),
+            old_bytes = fs.blocks * fs.block_size,
+            new_bytes = blocks * fs.block_size,
+            "grew the data filesystem"
+        );
+    } else {
+        // ext4 does not add a last block group too small to be useful.
+        tracing::info!(
+            dev = %part.dev.display(),
+            spare_bytes = (blocks - fs.blocks) * fs.block_size,
+            "data filesystem fills its partition"
+        );
+    }
     Ok(())
 }

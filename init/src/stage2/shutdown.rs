@@ -1,12 +1,12 @@
 //! Orderly shutdown. Requests come from signals (SIGINT: Ctrl-Alt-Del with
 //! CAD off; SIGTERM: reboot; SIGUSR2: power off) and the power button. The
 //! order: stop services in reverse (TERM, grace, KILL), kill whatever is
-//! left, sync, unmount `/var` and the config partition (read-only remount
-//! if busy), print the final line and `reboot(2)`.
+//! left, sync, unmount `/var` and the config partition (read-only remount,
+//! or freeze, if busy), print the final line and `reboot(2)`.
 
 use crate::supervisor::Supervisor;
-use crate::sys::mount;
 use crate::sys::power::{self, PowerAction};
+use crate::sys::{blk, mount};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -138,7 +138,16 @@ fn unmount_data() {
             let holders = open_files_under(&target).join(" ");
             tracing::warn!(%error, holders, "busy; remounting read-only");
             if let Err(error) = mount::remount_ro(&target) {
-                tracing::error!(%error, "could not make it read-only");
+                tracing::warn!(%error, "could not make it read-only; freezing it");
+                // A frozen filesystem is consistent and marked clean on disk.
+                let frozen = std::fs::File::open(&target)
+                    .map_err(|e| e.to_string())
+                    .and_then(|dir| blk::freeze(&dir, &target).map_err(|e| e.to_string()));
+                match frozen {
+                    Ok(()) => tracing::info!(target = %target.display(), "frozen"),
+                    Err(error) => tracing::error!(%error, "could not freeze it"),
+                }
+                continue;
             }
         }
         let _ = mount::unmount(&target, true);

@@ -1,6 +1,7 @@
 //! Block-device and ext4 ioctls: device size, logical sector size, telling
 //! the kernel a partition grew (`BLKPG_RESIZE_PARTITION`), and growing a
-//! mounted ext4 filesystem (`EXT4_IOC_RESIZE_FS`). These have no safe
+//! mounted ext4 filesystem (`EXT4_IOC_RESIZE_FS`), and freezing a busy
+//! filesystem at shutdown (`FIFREEZE`). These have no safe
 //! wrapper in nix, so the `unsafe` calls live here, each with its reasoning.
 
 use nix::errno::Errno;
@@ -35,6 +36,8 @@ mod raw {
         super::BlkpgIoctlArg
     );
     nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
+    // <linux/fs.h>: FIFREEZE _IOWR('X', 119, int).
+    nix::ioctl_readwrite!(fifreeze, b'X', 119, libc::c_int);
 }
 
 /// `struct blkpg_ioctl_arg` from `<linux/blkpg.h>`.
@@ -121,5 +124,16 @@ pub fn ext4_resize(mount_dir: &File, path: &Path, blocks: u64) -> Result<(), Ioc
     // u64 through the pointer, which points at a live local.
     unsafe { raw::ext4_resize_fs(mount_dir.as_raw_fd(), &blocks) }
         .map_err(err("EXT4_IOC_RESIZE_FS", path))?;
+    Ok(())
+}
+
+/// Freezes the filesystem mounted at the directory open as `mount_dir`:
+/// writes stop, the journal is flushed and (ext4) the superblock is marked
+/// clean. The last resort at shutdown when a filesystem stays busy.
+pub fn freeze(mount_dir: &File, path: &Path) -> Result<(), IoctlError> {
+    let mut unused: libc::c_int = 0;
+    // SAFETY: `mount_dir` is an open descriptor; FIFREEZE ignores its
+    // argument, which points at a live local anyway.
+    unsafe { raw::fifreeze(mount_dir.as_raw_fd(), &mut unused) }.map_err(err("FIFREEZE", path))?;
     Ok(())
 }
