@@ -138,7 +138,7 @@ fn grow_fs(part: &Partition, fs: grow::Ext4Size, target: &Path) -> Result<()> {
     let dir = File::open(target).with_context(|| format!("opening {}", target.display()))?;
     let fs_blocks = || {
         nix::sys::statfs::statfs(target)
-            .map(|s| u64::from(s.blocks()))
+            .map(|s| s.blocks())
             .unwrap_or(0)
     };
     let before = fs_blocks();
