@@ -136,6 +136,10 @@ fn write_loop(rx: &Receiver<Msg>, console: bool, rotation: Rotation) {
         let (out, line, cut) = match msg {
             Msg::Line { out, line, cut } => (out, line, cut),
             Msg::Flush(done) => {
+                // Close the files: a flush comes at shutdown, and an open
+                // log file keeps /var from being unmounted. They reopen
+                // lazily if more lines arrive.
+                files.clear();
                 let _ = done.send(());
                 continue;
             }
