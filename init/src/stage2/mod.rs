@@ -31,7 +31,12 @@ use anyhow::{Context, Result};
 use cairn_image::{Slot, layout};
 use std::convert::Infallible;
 use std::path::Path;
+use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// How long the system may take to become healthy before init reboots so
+/// that the boot loader can fall back (`cairn.health_timeout=<seconds>`).
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// init's own log file on the data partition.
 pub const INIT_LOG: &str = "/var/log/cairn/init.log";
@@ -96,7 +101,24 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         }
         Err(error) => tracing::error!(error = format!("{error:#}"), "containerd not started"),
     }
-    tokio::spawn(readiness(slot, boot_disk));
+    let health_timeout = cmdline::value(cmdline, "cairn.health_timeout")
+        .and_then(|v| v.parse().ok())
+        .map_or(HEALTH_TIMEOUT, Duration::from_secs);
+    let unhealthy = tx.clone();
+    tokio::spawn(async move {
+        if tokio::time::timeout(health_timeout, readiness(slot, boot_disk))
+            .await
+            .is_err()
+        {
+            // The slot stays unconfirmed: rebooting lets GRUB count the try
+            // and fall back to the other slot once this one has used them.
+            tracing::error!(
+                timeout_s = health_timeout.as_secs(),
+                "system not healthy in time; rebooting"
+            );
+            let _ = unhealthy.send(PowerAction::Reboot);
+        }
+    });
 
     loop {
         if let Some(action) = requests.recv().await {
