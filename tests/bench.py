@@ -268,12 +268,12 @@ def ratio(a, b) -> str:
     return f"{a / b:.2f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "n/a"
 
 
-def report(arch: str, boots: list[dict], sz: dict, base: dict | None) -> None:
+def report(arch: str, boots: list[dict], sz: dict, base: dict | None, memory: int) -> None:
     n = len(boots)
     accel = boots[0]["accel"] if boots else "?"
-    print(f"\n=== {arch}: {n} boot(s), accel {accel}, min / median / max ===")
+    print(f"\n=== {arch}: {n} boot(s), accel {accel}, -m {memory}, min / median / max ===")
     rows = [
-        ("firmware + GRUB (QEMU start -> kernel)", "firmware_grub_s"),
+        ("firmware + GRUB + kernel load", "firmware_grub_s"),
         ("kernel start -> stage 1", "kernel_to_stage1_s"),
         ("stage 1 (stage 1 -> stage 2 started)", "stage1_s"),
         ("stage 2 -> containerd started", "stage2_to_containerd_started_s"),
@@ -356,7 +356,7 @@ def main() -> int:
 
     base = None if args.no_baseline else run_baseline(args.boots, args.memory)
     for arch, r in results.items():
-        report(arch, r["boots"], r["sizes"], base)
+        report(arch, r["boots"], r["sizes"], base, args.memory)
     if base:
         print("\n=== systemd baseline (../shared/bench/baseline-systemd.sh), medians ===")
         for k, v in base.items():
