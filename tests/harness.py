@@ -23,7 +23,11 @@ from cairn_qemu import Vm, VmError  # noqa: E402,F401
 
 READY = r"cairn: ready"
 POWERING_OFF = r"cairn: powering off"
-KERNEL_START = r"Linux version \d"
+# The kernel's banner is KERN_NOTICE, hidden by loglevel=4: the init's first
+# line is the first sure sign of the kernel on the console.
+KERNEL_START = r"Linux version \d|cairn-init: stage 1 started"
+STAGE1 = r"cairn-init: stage 1 started"
+FIRMWARE_BOOT = r"BdsDxe: (loading|starting) Boot"
 MUSL = {"x86_64": "x86_64-unknown-linux-musl", "aarch64": "aarch64-unknown-linux-musl"}
 
 
