@@ -57,12 +57,12 @@ unit: deps
 	cargo test --workspace
 
 e2e: images
-	python3 -m pytest -c tests/pytest.ini tests -n 2
+	/usr/bin/python3 -m pytest -c tests/pytest.ini tests -n 2
 
 test: lint unit e2e
 
 bench: images
-	python3 tests/bench.py
+	/usr/bin/python3 tests/bench.py
 
 clean:
 	rm -rf out

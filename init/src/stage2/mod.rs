@@ -158,5 +158,6 @@ async fn readiness(slot: Option<Slot>, boot_disk: Option<String>) {
         containerd_rss_kib,
         "ready"
     );
+    tracing::info!(kib = stats::meminfo_now(), "memory at ready");
     crate::log::console("cairn: ready");
 }

@@ -33,6 +33,36 @@ fn read_rss(dir: &Path) -> Option<u64> {
     rss_kib(&std::fs::read_to_string(dir.join("status")).ok()?)
 }
 
+/// The `/proc/meminfo` fields that explain where used memory went, as
+/// `name=kib` pairs for one log line.
+pub fn meminfo_breakdown(meminfo: &str) -> String {
+    const FIELDS: [&str; 12] = [
+        "MemTotal",
+        "MemFree",
+        "MemAvailable",
+        "Buffers",
+        "Cached",
+        "Shmem",
+        "AnonPages",
+        "Slab",
+        "SUnreclaim",
+        "KernelStack",
+        "PageTables",
+        "Percpu",
+    ];
+    FIELDS
+        .iter()
+        .filter_map(|f| Some(format!("{f}={}", kib_field(meminfo, &format!("{f}:"))?)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The memory breakdown of [`meminfo_breakdown`] for this system now.
+pub fn meminfo_now() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .map_or_else(|_| String::new(), |t| meminfo_breakdown(&t))
+}
+
 /// `(mem_used_kib, init_rss_kib, containerd_rss_kib)`, 0 where unknown.
 pub fn at_ready() -> (u64, u64, u64) {
     let mem = std::fs::read_to_string("/proc/meminfo")
@@ -55,5 +85,9 @@ mod tests {
         let status = "Name:\tcairn-init\nVmPeak:\t    9000 kB\nVmRSS:\t    2345 kB\n";
         assert_eq!(rss_kib(status), Some(2345));
         assert_eq!(rss_kib("Name:\tkthreadd\n"), None);
+        assert_eq!(
+            meminfo_breakdown(meminfo),
+            "MemTotal=482512 MemFree=300000 MemAvailable=400000"
+        );
     }
 }
