@@ -36,10 +36,13 @@ use std::process::Command;
 pub const MODULES: &str = "normal boot part_gpt fat loadenv regexp test echo linux gzio \
                            sleep reboot search search_fs_file efi_gop";
 
-/// The kernel command line for `slot` (the contract's, in its order).
+/// The kernel command line for `slot`. `transparent_hugepage=never`: with
+/// huge pages on, the kernel raises `min_free_kbytes` to keep memory free
+/// for compaction (~70 MB of a 1 GiB device); edge workloads gain little
+/// from huge pages and need that memory more.
 pub fn kernel_cmdline(arch: Arch, slot: Slot) -> String {
     format!(
-        "cairn.slot={} console=tty0 console={} panic=5 loglevel=4",
+        "cairn.slot={} console=tty0 console={} panic=5 loglevel=4 transparent_hugepage=never",
         slot.name(),
         arch.serial_console()
     )
@@ -221,13 +224,13 @@ mod tests {
         let linux = s.find("linux ").unwrap();
         assert!(save < linux, "tries must be saved before booting");
         assert!(s.contains(
-            "linux ($esp)/cairn/a/vmlinuz cairn.slot=a console=tty0 console=ttyS0,115200 panic=5 loglevel=4"
+            "linux ($esp)/cairn/a/vmlinuz cairn.slot=a console=tty0 console=ttyS0,115200 panic=5 loglevel=4 transparent_hugepage=never"
         ));
         assert!(s.contains("initrd ($esp)/cairn/b/initrd.img"));
         assert!(s.contains("sleep 10\n  reboot"));
         let arm = script(Arch::Aarch64);
         assert!(
-            arm.contains("cairn.slot=b console=tty0 console=ttyAMA0,115200 panic=5 loglevel=4")
+            arm.contains("cairn.slot=b console=tty0 console=ttyAMA0,115200 panic=5 loglevel=4 transparent_hugepage=never")
         );
     }
 

@@ -165,6 +165,8 @@ pub fn stage1_modules(arch: crate::Arch) -> Vec<&'static str> {
         "nvme_core",
         "usb_storage",
         "uas",
+        "xhci_pci",
+        "ehci_pci",
         "mmc_block",
         "sdhci",
         "sdhci_pci",
@@ -178,7 +180,7 @@ pub fn stage1_modules(arch: crate::Arch) -> Vec<&'static str> {
         "nls_utf8",
     ];
     match arch {
-        crate::Arch::X86_64 => wanted.insert(18, "crc32c_intel"),
+        crate::Arch::X86_64 => wanted.push("crc32c_intel"),
         crate::Arch::Aarch64 => wanted.extend(["sdhci_pltfm", "sdhci_of_arasan", "sdhci_iproc"]),
     }
     wanted

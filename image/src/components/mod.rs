@@ -41,10 +41,9 @@ const TREE_FORMAT: &str = "cairn-tree-v1";
 
 /// The ELF binaries a Cairn root filesystem takes from the tree
 /// (tree-relative); their library closure must be locked too.
-pub const ELF_BINARIES: [&str; 8] = [
+pub const ELF_BINARIES: [&str; 7] = [
     "usr/bin/containerd",
     "usr/bin/containerd-shim-runc-v2",
-    "usr/bin/ctr",
     "usr/sbin/runc",
     "usr/lib/cni/bridge",
     "usr/lib/cni/host-local",

@@ -65,10 +65,14 @@ pub fn run() -> Result<Infallible> {
     crate::log::init(cmdline::flag(&cmdline, "cairn.debug"));
     tracing::info!("stage 1 started");
 
-    modules::load_list(Path::new(modules::LIST));
     let slot = cmdline::slot(&cmdline).unwrap_or_else(|| {
         tracing::warn!("no cairn.slot= on the kernel command line; booting slot a");
         Slot::A
+    });
+    // Disk drivers still due once the root partition is visible are left to
+    // stage 2, which loads them in the background.
+    modules::load(modules::read_list(Path::new(modules::LIST)), |m| {
+        modules::is_disk_driver(m) && partitions::find(slot.partition_name(), None).is_some()
     });
     let root = wait_for_root(slot);
     tracing::info!(slot = %slot, dev = %root.dev.display(), "root partition found");

@@ -27,20 +27,56 @@ pub fn module_name(path: &Path) -> Option<String> {
     Some(stem.replace('-', "_"))
 }
 
+/// Disk controller drivers: needed to find the root partition on real
+/// hardware, but some (ahci: ~0.5 s under emulation) probe slowly. Once the
+/// root partition is visible, the rest of them can wait until after boot.
+pub fn is_disk_driver(path: &Path) -> bool {
+    const DIRS: [&str; 5] = [
+        "/drivers/ata/",
+        "/drivers/nvme/",
+        "/drivers/usb/",
+        "/drivers/mmc/",
+        "/drivers/scsi/",
+    ];
+    let path = path.to_string_lossy();
+    DIRS.iter().any(|d| path.contains(d))
+}
+
+/// The module paths of the list file at `list` (empty, with a warning, if
+/// it cannot be read).
+pub fn read_list(list: &Path) -> Vec<PathBuf> {
+    match std::fs::read_to_string(list) {
+        Ok(text) => parse_list(&text),
+        Err(error) => {
+            tracing::warn!(path = %list.display(), %error, "no module list");
+            Vec::new()
+        }
+    }
+}
+
 /// Loads every module in the list at `list`. Returns how many were newly
 /// loaded and how many failed.
 pub fn load_list(list: &Path) -> (usize, usize) {
-    let text = match std::fs::read_to_string(list) {
-        Ok(text) => text,
-        Err(error) => {
-            tracing::warn!(path = %list.display(), %error, "no module list");
-            return (0, 0);
-        }
-    };
+    let (counts, _) = load(read_list(list), |_| false);
+    counts
+}
+
+/// Loads `modules` in order, except those `defer` picks (asked just before
+/// each one is due), which are returned for later. Returns how many were
+/// newly loaded, how many failed, and the deferred modules.
+pub fn load(
+    modules: Vec<PathBuf>,
+    mut defer: impl FnMut(&Path) -> bool,
+) -> ((usize, usize), Vec<PathBuf>) {
     let (mut loaded, mut failed) = (0, 0);
+    let mut deferred = Vec::new();
     let start = std::time::Instant::now();
     let mut slowest = (std::time::Duration::ZERO, PathBuf::new());
-    for module in parse_list(&text) {
+    for module in modules {
+        if defer(&module) {
+            deferred.push(module);
+            continue;
+        }
         let t = std::time::Instant::now();
         // Already in the kernel (stage 1 loaded it): skip reading and
         // verifying the file again only to be told EEXIST.
@@ -74,14 +110,44 @@ pub fn load_list(list: &Path) -> (usize, usize) {
         ms = start.elapsed().as_millis() as u64,
         slowest = %slowest.1.display(),
         slowest_ms = slowest.0.as_millis() as u64,
+        deferred = deferred.len(),
         "modules loaded"
     );
-    (loaded, failed)
+    ((loaded, failed), deferred)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_drivers_are_the_controller_directories() {
+        let k = "/lib/modules/6.1.0-56-amd64/kernel";
+        assert!(is_disk_driver(Path::new(&format!(
+            "{k}/drivers/ata/ahci.ko"
+        ))));
+        assert!(is_disk_driver(Path::new(&format!(
+            "{k}/drivers/usb/storage/usb-storage.ko"
+        ))));
+        assert!(is_disk_driver(Path::new(&format!(
+            "{k}/drivers/scsi/sd_mod.ko"
+        ))));
+        assert!(!is_disk_driver(Path::new(&format!(
+            "{k}/drivers/block/virtio_blk.ko"
+        ))));
+        assert!(!is_disk_driver(Path::new(&format!("{k}/fs/ext4/ext4.ko"))));
+    }
+
+    #[test]
+    fn deferred_modules_are_returned_not_loaded() {
+        let k = "/nonexistent/kernel";
+        let list = vec![
+            PathBuf::from(format!("{k}/drivers/ata/ahci.ko")),
+            PathBuf::from(format!("{k}/drivers/nvme/host/nvme.ko")),
+        ];
+        let (_, deferred) = load(list.clone(), is_disk_driver);
+        assert_eq!(deferred, list);
+    }
 
     #[test]
     fn module_names() {

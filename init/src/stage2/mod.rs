@@ -38,6 +38,10 @@ use tokio::sync::mpsc;
 /// that the boot loader can fall back (`cairn.health_timeout=<seconds>`).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The module containerd needs before it starts (its overlayfs snapshotter
+/// probes for it).
+const CONTAINERD_MODULE: &str = "overlay";
+
 /// init's own log file on the data partition.
 pub const INIT_LOG: &str = "/var/log/cairn/init.log";
 
@@ -67,10 +71,11 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     if let Err(error) = crate::log::attach_file(Path::new(INIT_LOG)) {
         tracing::warn!(%error, path = INIT_LOG, "no init log file");
     }
-    modules::load_list(Path::new(modules::LIST));
-    let button = tx.clone();
-    input::watch(move || {
-        let _ = button.send(PowerAction::PowerOff);
+    // containerd is the long pole of the boot: it starts as soon as the one
+    // module it checks for at start (overlay) is in; the rest load while it
+    // initialises.
+    let (_, later) = modules::load(modules::read_list(Path::new(modules::LIST)), |m| {
+        modules::module_name(m).as_deref() != Some(CONTAINERD_MODULE)
     });
 
     let slot = cmdline::slot(cmdline);
@@ -88,11 +93,6 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         tracing::error!(error = format!("{error:#}"), "no machine id");
     }
 
-    let resolv = Path::new(etc::RUN_ETC).join("resolv.conf");
-    if let Err(error) = network::start(&config.network, &resolv).await {
-        tracing::error!(%error, "network not configured");
-    }
-
     let supervisor = Supervisor::new();
     match containerd::prepare() {
         Ok(()) => {
@@ -100,6 +100,22 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
             tracing::info!("containerd started");
         }
         Err(error) => tracing::error!(error = format!("{error:#}"), "containerd not started"),
+    }
+
+    // Disk drivers stage 1 did not need wait until the system is ready.
+    // On a blocking thread, so the runtime goes on to spawn containerd.
+    let disk_drivers =
+        tokio::task::spawn_blocking(move || modules::load(later, modules::is_disk_driver).1)
+            .await
+            .unwrap_or_default();
+    let button = tx.clone();
+    input::watch(move || {
+        let _ = button.send(PowerAction::PowerOff);
+    });
+
+    let resolv = Path::new(etc::RUN_ETC).join("resolv.conf");
+    if let Err(error) = network::start(&config.network, &resolv).await {
+        tracing::error!(%error, "network not configured");
     }
     let health_timeout = cmdline::value(cmdline, "cairn.health_timeout")
         .and_then(|v| v.parse().ok())
@@ -117,6 +133,13 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
                 "system not healthy in time; rebooting"
             );
             let _ = unhealthy.send(PowerAction::Reboot);
+            return;
+        }
+        // Disk drivers stage 1 did not need: loaded once the system is up,
+        // so their probing (ahci: ~0.5 s under emulation) never delays it.
+        if !disk_drivers.is_empty() {
+            let _ =
+                tokio::task::spawn_blocking(move || modules::load(disk_drivers, |_| false)).await;
         }
     });
 
