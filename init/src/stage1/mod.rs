@@ -71,7 +71,7 @@ pub fn run() -> Result<Infallible> {
     });
     // Disk drivers still due once the root partition is visible are left to
     // stage 2, which loads them in the background.
-    modules::load(modules::read_list(Path::new(modules::LIST)), |m| {
+    modules::load_parallel(modules::read_list(Path::new(modules::LIST)), |m| {
         modules::is_disk_driver(m) && partitions::find(slot.partition_name(), None).is_some()
     });
     let root = wait_for_root(slot);

@@ -7,6 +7,7 @@
 use crate::sys::kmod::{self, Loaded};
 use nix::errno::Errno;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The module list, in both the initramfs and the root filesystem.
 pub const LIST: &str = "/etc/cairn/modules";
@@ -66,25 +67,94 @@ pub fn load_list(list: &Path) -> (usize, usize) {
 /// newly loaded, how many failed, and the deferred modules.
 pub fn load(
     modules: Vec<PathBuf>,
-    mut defer: impl FnMut(&Path) -> bool,
+    defer: impl FnMut(&Path) -> bool,
 ) -> ((usize, usize), Vec<PathBuf>) {
-    let (mut loaded, mut failed) = (0, 0);
-    let mut deferred = Vec::new();
-    let start = std::time::Instant::now();
-    let mut slowest = (std::time::Duration::ZERO, PathBuf::new());
+    let start = Instant::now();
+    let run = load_each(modules, defer, true);
+    run.log(start);
+    ((run.loaded, run.failed.len()), run.deferred)
+}
+
+/// [`load`] on two threads: drivers (`kernel/drivers/`, with `defer`) on
+/// this one, everything else (filesystems, libraries, crypto) on another.
+/// Most of a module load is the kernel checking and relocating it, which
+/// runs in parallel. A module whose dependency was loading on the other
+/// thread fails the first time (unknown symbol), so failures are retried
+/// once both are done.
+pub fn load_parallel(
+    modules: Vec<PathBuf>,
+    defer: impl FnMut(&Path) -> bool,
+) -> ((usize, usize), Vec<PathBuf>) {
+    let start = Instant::now();
+    let (drivers, others): (Vec<_>, Vec<_>) = modules
+        .into_iter()
+        .partition(|m| m.to_string_lossy().contains("/drivers/"));
+    let other_thread = std::thread::Builder::new()
+        .name("modules".into())
+        .spawn(move || load_each(others, |_| false, false));
+    let mut run = load_each(drivers, defer, false);
+    match other_thread {
+        Ok(handle) => match handle.join() {
+            Ok(other) => run.merge(other),
+            Err(_) => tracing::warn!("module loading thread failed"),
+        },
+        Err(error) => tracing::warn!(%error, "no module loading thread"),
+    }
+    let retry = load_each(std::mem::take(&mut run.failed), |_| false, true);
+    run.merge(retry);
+    run.log(start);
+    ((run.loaded, run.failed.len()), run.deferred)
+}
+
+/// What one pass over a module list did.
+#[derive(Default)]
+struct Pass {
+    loaded: usize,
+    failed: Vec<PathBuf>,
+    deferred: Vec<PathBuf>,
+    slowest: (Duration, PathBuf),
+}
+
+impl Pass {
+    fn merge(&mut self, other: Pass) {
+        self.loaded += other.loaded;
+        self.failed.extend(other.failed);
+        self.deferred.extend(other.deferred);
+        if other.slowest.0 > self.slowest.0 {
+            self.slowest = other.slowest;
+        }
+    }
+
+    fn log(&self, start: Instant) {
+        tracing::info!(
+            loaded = self.loaded,
+            failed = self.failed.len(),
+            ms = start.elapsed().as_millis() as u64,
+            slowest = %self.slowest.1.display(),
+            slowest_ms = self.slowest.0.as_millis() as u64,
+            deferred = self.deferred.len(),
+            "modules loaded"
+        );
+    }
+}
+
+/// One pass: loads each module not deferred; `report` logs failures (a
+/// first parallel pass keeps quiet about what its retry may fix).
+fn load_each(modules: Vec<PathBuf>, mut defer: impl FnMut(&Path) -> bool, report: bool) -> Pass {
+    let mut pass = Pass::default();
     for module in modules {
         if defer(&module) {
-            deferred.push(module);
+            pass.deferred.push(module);
             continue;
         }
-        let t = std::time::Instant::now();
         // Already in the kernel (stage 1 loaded it): skip reading and
         // verifying the file again only to be told EEXIST.
         if module_name(&module).is_some_and(|n| Path::new("/sys/module").join(n).exists()) {
             continue;
         }
+        let t = Instant::now();
         match kmod::load(&module) {
-            Ok(Loaded::New) => loaded += 1,
+            Ok(Loaded::New) => pass.loaded += 1,
             Ok(Loaded::Already) => {}
             Err(
                 error @ kmod::KmodError::Load {
@@ -93,27 +163,22 @@ pub fn load(
                 },
             ) => {
                 // The driver found no hardware (e.g. a CPU feature missing).
-                tracing::info!(%error, "module not needed here");
+                if report {
+                    tracing::info!(%error, "module not needed here");
+                }
             }
             Err(error) => {
-                failed += 1;
-                tracing::warn!(%error, "module not loaded");
+                if report {
+                    tracing::warn!(%error, "module not loaded");
+                }
+                pass.failed.push(module.clone());
             }
         }
-        if t.elapsed() > slowest.0 {
-            slowest = (t.elapsed(), module);
+        if t.elapsed() > pass.slowest.0 {
+            pass.slowest = (t.elapsed(), module);
         }
     }
-    tracing::info!(
-        loaded,
-        failed,
-        ms = start.elapsed().as_millis() as u64,
-        slowest = %slowest.1.display(),
-        slowest_ms = slowest.0.as_millis() as u64,
-        deferred = deferred.len(),
-        "modules loaded"
-    );
-    ((loaded, failed), deferred)
+    pass
 }
 
 #[cfg(test)]
