@@ -1,8 +1,8 @@
 //! The slot root filesystem: staged as a directory tree, then packed into a
 //! read-only squashfs.
 //!
-//! What goes in (see CONTRACT.md): `cairn-init` as `/sbin/init`, `cairn` as
-//! `/usr/bin/cairn`, containerd + shim + ctr, runc, the CNI plugins, the
+//! What goes in: `cairn-init` as `/sbin/init`, `cairn` as
+//! `/usr/bin/cairn`, containerd + shim, runc, the CNI plugins, the
 //! shared libraries they load (at Debian's paths, symlinks kept as
 //! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, and a
 //! small `/etc` whose machine-specific files are symlinks into `/run` and
