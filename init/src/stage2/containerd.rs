@@ -17,6 +17,9 @@ pub const CNI_CONF_DIR: &str = "/run/cairn/cni/net.d";
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Service logs on the data partition.
 pub const LOG_DIR: &str = "/var/log/cairn";
+/// The containerd binary.
+pub const PROGRAM: &str = "/usr/bin/containerd";
+
 /// PATH for services.
 pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -40,6 +43,23 @@ state = "/run/containerd"
     )
 }
 
+/// Reads containerd's binary into the page cache on a thread of its own.
+/// containerd's start is mostly the kernel decompressing its ~45 MB from
+/// squashfs as it faults pages in, one at a time; reading the file ahead,
+/// on the other CPU, turns those faults into cache hits.
+pub fn prefetch() {
+    let spawned = std::thread::Builder::new()
+        .name("prefetch".into())
+        .spawn(|| {
+            if let Ok(mut file) = std::fs::File::open(PROGRAM) {
+                let _ = std::io::copy(&mut file, &mut std::io::sink());
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::debug!(%error, "no prefetch thread");
+    }
+}
+
 /// Writes the configuration and creates the CNI configuration directory.
 pub fn prepare() -> Result<()> {
     let config = Path::new(CONFIG);
@@ -55,7 +75,7 @@ pub fn prepare() -> Result<()> {
 pub fn spec() -> ServiceSpec {
     ServiceSpec {
         name: "containerd".to_string(),
-        program: PathBuf::from("/usr/bin/containerd"),
+        program: PathBuf::from(PROGRAM),
         args: vec!["--config".to_string(), CONFIG.to_string()],
         env: vec![("PATH".to_string(), PATH.to_string())],
         log_dir: Some(PathBuf::from(LOG_DIR)),

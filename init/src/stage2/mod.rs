@@ -66,6 +66,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     }
     shutdown::listen_signals(tx.clone());
 
+    containerd::prefetch();
     mounts::mount_all();
     mounts::enable_controllers();
     if let Err(error) = crate::log::attach_file(Path::new(INIT_LOG)) {
