@@ -1,0 +1,15 @@
+//! `cairn`: Cairn's cluster software — API server, datastore, controllers and
+//! node agent — as a library under one binary (`cairn server`, `cairn agent`).
+//!
+//! The binary stays thin; everything it runs lives here, one module per
+//! concern, so each can be tested on the host without booting an image.
+//!
+//! # Layout
+//! - [`store`]: the datastore, a revisioned key-value log after kine, on
+//!   embedded SQLite (default) or a shared PostgreSQL server. Its revisions
+//!   are the API's `resourceVersion`s; watches resume from them.
+//!
+//! Still to come (their own issues): `api` (the Kubernetes API server),
+//! `scheduler`, `controllers`, `agent` (CRI, networking, volumes), `proxy`, `dns`.
+
+pub mod store;
