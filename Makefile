@@ -13,9 +13,6 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CAIRN_CACHE ?= $(CURDIR)/.cache/components
 
-# The aarch64 musl target links with Debian's cross gcc.
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER = aarch64-linux-gnu-gcc
-export CC_aarch64_unknown_linux_musl = aarch64-linux-gnu-gcc
 
 rust_target = $(1)-unknown-linux-musl
 TOOL := $(CARGO_TARGET_DIR)/debug/cairn-image
