@@ -2,7 +2,8 @@
 //! `store_postgres.rs`). Each scenario uses its own key prefix so they can
 //! share one store; compaction runs last because it affects the whole log.
 
-#![allow(dead_code)]
+// Helpers outside `#[test]` functions, where a failure must panic too.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::time::Duration;
