@@ -13,6 +13,7 @@ mod store_suite;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use cairn::store::{Event, Store};
 
@@ -211,6 +212,64 @@ async fn postgres_store() {
     // A second open of an existing schema works (servers restart).
     let again = Store::open_postgres(&db).await.unwrap();
     assert_eq!(again.current_revision().await.unwrap(), r2);
+
+    id_gaps(&server).await;
+}
+
+/// Ids taken by transactions that commit late (or never) do not make the
+/// feed skip or reorder events.
+async fn id_gaps(server: &PgServer) {
+    let db = server.database("gaps").await;
+    let store = Store::open_postgres(&db).await.unwrap();
+    let (mut raw, driver) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(driver);
+    let mut w = store
+        .watch("/gap/", store.current_revision().await.unwrap())
+        .await
+        .unwrap();
+
+    // Another writer reserves an id, a newer revision commits first, then
+    // the reserved id commits: the watch still sees them in id order.
+    let tx = raw.transaction().await.unwrap();
+    let late: i64 = tx
+        .query_one("SELECT nextval('cairn_log_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let newer = store.create("/gap/newer", b"n".to_vec()).await.unwrap();
+    assert_eq!(newer, late + 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.execute(
+        "INSERT INTO cairn_log (id, name, create_revision, prev_revision, deleted, value) \
+         VALUES ($1, '/gap/late', 0, 0, FALSE, '\\x6c')",
+        &[&late],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let first = store_suite::next(&mut w).await;
+    assert_eq!(
+        (first.revision(), first.kv().key.as_str()),
+        (late, "/gap/late")
+    );
+    assert_eq!(store_suite::next(&mut w).await.revision(), newer);
+
+    // An id that never commits is skipped after a short wait.
+    let lost: i64 = raw
+        .query_one("SELECT nextval('cairn_log_id_seq')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let started = Instant::now();
+    let after = store.create("/gap/after", b"a".to_vec()).await.unwrap();
+    assert_eq!(after, lost + 1);
+    assert_eq!(store_suite::next(&mut w).await.revision(), after);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the feed waited for the gap"
+    );
 }
 
 #[tokio::test]

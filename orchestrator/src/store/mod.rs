@@ -319,7 +319,8 @@ impl Store {
     }
 
     /// Deletes `key` (if its `mod_revision` is `expected_mod_revision`, when
-    /// given) and returns the deleted value.
+    /// given) and returns its last value with the deletion's revision as
+    /// `mod_revision`, the way Kubernetes reports a deleted object.
     pub async fn delete(
         &self,
         key: &str,

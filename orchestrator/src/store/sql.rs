@@ -282,7 +282,8 @@ pub(crate) fn plan(write: &Write, latest: Option<&LogRow>) -> Result<Plan> {
 #[derive(Debug)]
 pub(crate) struct Written {
     pub(crate) revision: Revision,
-    /// For deletes: the value that was deleted.
+    /// For deletes: the last value, with the deletion's revision (what
+    /// Kubernetes returns from a delete).
     pub(crate) deleted: Option<KeyValue>,
     /// The event to publish, if anything was written.
     pub(crate) event: Option<Event>,
@@ -306,19 +307,15 @@ impl Written {
             row.deleted,
             row.value,
         );
-        let deleted = match (row.deleted, &prev) {
-            (true, Some((pid, pcreate, pvalue))) => Some(KeyValue {
-                key: write.key().to_owned(),
-                value: pvalue.clone(),
-                create_revision: *pcreate,
-                mod_revision: *pid,
-            }),
-            _ => None,
+        let event = appended.event(prev);
+        let deleted = match &event {
+            Event::Delete { kv } => Some(kv.clone()),
+            Event::Put { .. } => None,
         };
         Written {
             revision: id,
             deleted,
-            event: Some(appended.event(prev)),
+            event: Some(event),
         }
     }
 

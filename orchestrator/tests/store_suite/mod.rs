@@ -68,9 +68,14 @@ pub async fn crud(s: &Store) {
     assert!(matches!(conflict, StoreError::Conflict { current, .. } if current == r2));
     let deleted = s.delete(key, Some(r2)).await.unwrap();
     assert_eq!(
-        (deleted.value.as_slice(), deleted.mod_revision),
-        (&b"2"[..], r2)
+        (deleted.value.as_slice(), deleted.create_revision),
+        (&b"2"[..], r1)
     );
+    assert!(
+        deleted.mod_revision > r2,
+        "a delete reports its own revision"
+    );
+    assert_eq!(deleted.mod_revision, s.current_revision().await.unwrap());
     assert_eq!(s.get(key).await.unwrap(), None);
     assert!(matches!(
         s.delete(key, None).await,
@@ -193,7 +198,6 @@ pub async fn watch_replay_then_live(s: &Store) {
     s.create("/t/elsewhere/x", b"x".to_vec()).await.unwrap();
     let r2 = s.update("/t/watch/a", b"a2".to_vec(), r1).await.unwrap();
     let deleted = s.delete("/t/watch/a", None).await.unwrap();
-    assert_eq!(deleted.mod_revision, r2);
 
     let mut w = s.watch("/t/watch/", base).await.unwrap();
     match next(&mut w).await {
@@ -218,7 +222,7 @@ pub async fn watch_replay_then_live(s: &Store) {
     let r3 = match next(&mut w).await {
         Event::Delete { kv } => {
             assert_eq!(kv.value, b"a2", "a delete carries the last value");
-            assert!(kv.mod_revision > r2);
+            assert_eq!(kv, deleted, "the event carries what delete returned");
             kv.mod_revision
         }
         other => panic!("expected the delete, got {other:?}"),
