@@ -31,7 +31,11 @@
 //! - No leases/TTL and no coalescing of node heartbeats yet; the API server
 //!   decides what to write.
 //! - A lost PostgreSQL connection is not re-established: the store returns
-//!   errors and the server has to restart it.
+//!   errors (watches end with `FeedClosed`) and the server has to restart.
+//! - On PostgreSQL, an id whose transaction commits more than a second after a
+//!   later id was published is not delivered to watches (kine has the same
+//!   window). Cairn's own writers cannot cause it: they commit in id order.
+//! - SQLite reads wait for writes (one connection); fine at edge scale.
 //! - Prefix ranges assume keys without the code point U+10FFFF.
 
 mod postgres;
@@ -201,6 +205,17 @@ impl From<tokio::task::JoinError> for StoreError {
     }
 }
 
+/// What the feed sends to watchers.
+#[derive(Debug)]
+pub(crate) enum FeedItem {
+    /// The next event in revision order.
+    Event(Event),
+    /// The feed fell behind a compaction (by another server) and skipped to
+    /// this revision: watchers behind it must replay from the log, which
+    /// tells them `Compacted`.
+    Compacted(Revision),
+}
+
 /// The published, gap-free sequence of events of one store handle.
 ///
 /// `published` is the highest revision sent; every revision at or below it is
@@ -208,8 +223,8 @@ impl From<tokio::task::JoinError> for StoreError {
 /// replays the log up to it: events above it are guaranteed to arrive on the
 /// channel.
 pub(crate) struct Feed {
-    pub(crate) tx: broadcast::Sender<Arc<Event>>,
-    pub(crate) published: AtomicI64,
+    pub(crate) tx: broadcast::Sender<Arc<FeedItem>>,
+    published: AtomicI64,
 }
 
 impl Feed {
@@ -225,12 +240,13 @@ impl Feed {
     pub(crate) fn publish(&self, event: Event) {
         self.published.store(event.revision(), Ordering::SeqCst);
         // No receiver is fine: nobody is watching.
-        let _ = self.tx.send(Arc::new(event));
+        let _ = self.tx.send(Arc::new(FeedItem::Event(event)));
     }
 
-    /// Marks a revision settled without an event (a gap that never filled).
-    pub(crate) fn skip_to(&self, revision: Revision) {
+    /// Skips to a compacted revision whose history is gone.
+    pub(crate) fn skip_compacted(&self, revision: Revision) {
         self.published.fetch_max(revision, Ordering::SeqCst);
+        let _ = self.tx.send(Arc::new(FeedItem::Compacted(revision)));
     }
 
     pub(crate) fn published(&self) -> Revision {

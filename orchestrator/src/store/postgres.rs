@@ -300,9 +300,9 @@ async fn run_feed(client: Arc<Client>, feed: Arc<Feed>, wake: Arc<Notify>) {
                 Ok(events) => events,
                 Err(StoreError::Compacted { compacted, .. }) => {
                     // This process fell behind a compaction by another server;
-                    // watchers resuming below it get `Compacted` themselves.
+                    // its watchers replay and get `Compacted` themselves.
                     warn!(last, compacted, "feed fell behind compaction");
-                    feed.skip_to(compacted);
+                    feed.skip_compacted(compacted);
                     continue;
                 }
                 Err(error) => {

@@ -16,7 +16,7 @@ use tokio::task::AbortHandle;
 use tracing::debug;
 
 use super::sql::{self, Range};
-use super::{BackendError, Event, Result, Revision, Store, StoreError};
+use super::{BackendError, Event, FeedItem, Result, Revision, Store, StoreError};
 
 /// Events of one watch, in revision order. Dropping it ends the watch.
 ///
@@ -71,7 +71,7 @@ async fn run(
     store: &Store,
     range: &Range,
     mut last: Revision,
-    mut sub: broadcast::Receiver<Arc<Event>>,
+    mut sub: broadcast::Receiver<Arc<FeedItem>>,
     tx: &mpsc::Sender<Result<Event>>,
 ) -> Result<()> {
     loop {
@@ -99,14 +99,18 @@ async fn run(
                 received = sub.recv() => received,
             };
             match received {
-                Ok(event) => {
+                Ok(item) => {
+                    let event = match &*item {
+                        FeedItem::Event(event) => event,
+                        FeedItem::Compacted(revision) if *revision > last => break,
+                        FeedItem::Compacted(_) => continue,
+                    };
                     let revision = event.revision();
                     if revision <= last {
                         continue;
                     }
                     last = revision;
-                    if range.contains(&event.kv().key)
-                        && tx.send(Ok(Event::clone(&event))).await.is_err()
+                    if range.contains(&event.kv().key) && tx.send(Ok(event.clone())).await.is_err()
                     {
                         return Ok(());
                     }
