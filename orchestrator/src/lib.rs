@@ -8,8 +8,9 @@
 //! - [`store`]: the datastore, a revisioned key-value log after kine, on
 //!   embedded SQLite (default) or a shared PostgreSQL server. Its revisions
 //!   are the API's `resourceVersion`s; watches resume from them.
+//! - [`api`]: the Kubernetes API server (HTTPS, discovery, generic CRUD and watch).
 //!
-//! Still to come (their own issues): `api` (the Kubernetes API server),
-//! `scheduler`, `controllers`, `agent` (CRI, networking, volumes), `proxy`, `dns`.
+//! Still to come (their own issues): `scheduler`, `controllers`, `agent` (CRI, networking, volumes), `proxy`, `dns`.
 
+pub mod api;
 pub mod store;

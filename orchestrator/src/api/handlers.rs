@@ -1,0 +1,714 @@
+//! Generic CRUD, list and watch over the store, for any [`ResourceType`].
+//!
+//! Objects stay `serde_json::Value`s here: the handlers only touch
+//! `metadata` (name, namespace, uid, creationTimestamp, resourceVersion)
+//! and a few per-kind defaults, so one code path serves every kind.
+//! The stored value never carries `resourceVersion`; it is the store
+//! revision, set on the way out (as kine does), so it can't go stale.
+//!
+//! # Current limitations
+//! - No PATCH, no dryRun, no delete options (preconditions, propagation,
+//!   grace periods, finalizers): deletes are immediate.
+//! - Deleting a namespace deletes the objects in it at once (no
+//!   `Terminating` phase yet).
+//! - Lists and watches ignore `resourceVersionMatch`; no bookmarks.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::{HeaderMap, Method, Response};
+use serde_json::{Map, Value, json};
+use tracing::debug;
+
+use super::query::{Query, Selector};
+use super::resources::ResourceType;
+use super::status::ApiError;
+use super::{Api, Body, json_response};
+use crate::store::{Event, KeyValue, Revision, StoreError};
+
+/// Largest request body accepted, as kube-apiserver's limit.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Default and largest watch duration without `timeoutSeconds`.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What a resource request addresses.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    /// The resource.
+    pub rt: &'a ResourceType,
+    /// The namespace in the path (`None`: cluster-scoped or all namespaces).
+    pub namespace: Option<String>,
+    /// The object name in the path (`None`: the collection).
+    pub name: Option<String>,
+}
+
+impl Target<'_> {
+    fn prefix(&self) -> String {
+        self.rt.key_prefix(self.namespace.as_deref())
+    }
+}
+
+/// Serves one resource request.
+pub async fn handle(
+    api: &Api,
+    method: &Method,
+    target: Target<'_>,
+    query: &Query,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let needs_ns = target.rt.namespaced && target.namespace.is_none();
+    match (method, target.name.as_deref()) {
+        (&Method::GET, None) if query.flag("watch")? => watch(api, &target, query).await,
+        (&Method::GET, None) => list(api, &target, query).await,
+        (&Method::GET, Some(name)) => get(api, &target, name).await,
+        (&Method::POST, None) if !needs_ns => {
+            let obj = read_object(target.rt, headers, body).await?;
+            create(api, &target, obj).await
+        }
+        (&Method::PUT, Some(name)) => {
+            let obj = read_object(target.rt, headers, body).await?;
+            update(api, &target, name, obj).await
+        }
+        (&Method::DELETE, Some(name)) => delete(api, &target, name).await,
+        _ => Err(ApiError::method_not_allowed(method.as_str())),
+    }
+}
+
+/// Reads and decodes a JSON object body of kind `rt`.
+async fn read_object(
+    rt: &ResourceType,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media != "application/json" && !media.is_empty() {
+        return Err(ApiError::unsupported_media_type(content_type));
+    }
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::too_large(MAX_BODY));
+        }
+        Err(err) => {
+            return Err(ApiError::bad_request(format!(
+                "reading the request body: {err}"
+            )));
+        }
+    };
+    decode_object(rt, &bytes)
+}
+
+/// Decodes `bytes` as an object of kind `rt`: a JSON object whose
+/// `apiVersion`/`kind` (if given, as kubectl always does) name the resource.
+pub fn decode_object(rt: &ResourceType, bytes: &[u8]) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(bytes).map_err(|err| {
+        ApiError::bad_request(format!("the request body is not valid JSON: {err}"))
+    })?;
+    let Some(map) = obj.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "the request body is not a JSON object",
+        ));
+    };
+    let kind = map.get("kind").and_then(Value::as_str).unwrap_or(rt.kind);
+    let api_version = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(rt.api_version);
+    if kind != rt.kind || api_version != rt.api_version {
+        return Err(ApiError::bad_request(format!(
+            "the object is a {api_version}, Kind={kind}, not {}, Kind={} as the path says",
+            rt.api_version, rt.kind
+        )));
+    }
+    map.insert("kind".into(), rt.kind.into());
+    map.insert("apiVersion".into(), rt.api_version.into());
+    match map.entry("metadata").or_insert_with(|| json!({})) {
+        Value::Object(_) => Ok(obj),
+        _ => Err(ApiError::bad_request("metadata must be an object")),
+    }
+}
+
+fn metadata(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj["metadata"].is_object() {
+        obj["metadata"] = json!({});
+    }
+    match &mut obj["metadata"] {
+        Value::Object(map) => map,
+        _ => unreachable!("metadata was just made an object"),
+    }
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    obj["metadata"][field].as_str().filter(|s| !s.is_empty())
+}
+
+/// A stored value as the API returns it: `resourceVersion` = the revision.
+fn from_kv(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|err| ApiError::internal(format!("stored object {} is corrupt: {err}", kv.key)))?;
+    metadata(&mut obj).insert("resourceVersion".into(), kv.mod_revision.to_string().into());
+    Ok(obj)
+}
+
+fn to_value_bytes(obj: &Value) -> Vec<u8> {
+    // Serializing a serde_json::Value cannot fail.
+    serde_json::to_vec(obj).unwrap_or_default()
+}
+
+/// DNS-1123 label (namespaces) or subdomain (everything else) names.
+fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
+    let label = rt.kind == "Namespace";
+    let max = if label { 63 } else { 253 };
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (!label && c == '.');
+    let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if name.len() <= max
+        && name.chars().all(ok_char)
+        && ends(name.chars().next())
+        && ends(name.chars().last())
+    {
+        return Ok(());
+    }
+    let what = if label {
+        "RFC 1123 label"
+    } else {
+        "RFC 1123 subdomain"
+    };
+    Err(ApiError::invalid(
+        rt.kind,
+        name,
+        format!(
+            "metadata.name: Invalid value: {name:?}: a lowercase {what} must consist of lower case alphanumeric characters{}, and must start and end with an alphanumeric character (at most {max} characters)",
+            if label { " or '-'" } else { ", '-' or '.'" }
+        ),
+    ))
+}
+
+/// Per-kind defaults and normalization, as upstream's REST strategies do.
+fn prepare(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    match rt.kind {
+        "Namespace" => {
+            if obj["spec"]["finalizers"].is_null() {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
+            obj["status"] = json!({"phase": "Active"});
+        }
+        "Secret" => {
+            let name = meta_str(obj, "name").unwrap_or("").to_owned();
+            if let Some(Value::Object(string_data)) =
+                obj.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                for (k, v) in string_data {
+                    let v = v.as_str().ok_or_else(|| {
+                        ApiError::bad_request(format!("stringData.{k} must be a string"))
+                    })?;
+                    obj["data"][k] = b64.encode(v).into();
+                }
+            }
+            if let Some(data) = obj["data"].as_object() {
+                for (k, v) in data {
+                    if v.as_str().is_none_or(|s| {
+                        base64::engine::general_purpose::STANDARD.decode(s).is_err()
+                    }) {
+                        return Err(ApiError::invalid(
+                            rt.kind,
+                            &name,
+                            format!("data[{k}]: Invalid value: not base64"),
+                        ));
+                    }
+                }
+            }
+            if obj["type"].is_null() {
+                obj["type"] = "Opaque".into();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Checks the object's namespace against the path and that it exists.
+async fn check_namespace(api: &Api, target: &Target<'_>, obj: &mut Value) -> Result<(), ApiError> {
+    if !target.rt.namespaced {
+        metadata(obj).remove("namespace");
+        return Ok(());
+    }
+    let Some(ns) = target.namespace.as_deref() else {
+        return Err(ApiError::bad_request(
+            "a namespaced object needs a namespace in the path",
+        ));
+    };
+    if let Some(body_ns) = meta_str(obj, "namespace")
+        && body_ns != ns
+    {
+        return Err(ApiError::bad_request(format!(
+            "the namespace of the provided object ({body_ns}) does not match the namespace sent on the request ({ns})"
+        )));
+    }
+    metadata(obj).insert("namespace".into(), ns.into());
+    let ns_key = format!("/registry/namespaces/{ns}");
+    match api.store.get(&ns_key).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ApiError::not_found("namespaces", ns)),
+        Err(err) => Err(ApiError::from_store(err, "namespaces", ns)),
+    }
+}
+
+fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Five characters from a random UUID, as upstream's `generateName` suffix.
+fn name_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4().as_bytes()[..5]
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+async fn create(
+    api: &Api,
+    target: &Target<'_>,
+    mut obj: Value,
+) -> Result<Response<Body>, ApiError> {
+    let rt = target.rt;
+    let name = match (meta_str(&obj, "name"), meta_str(&obj, "generateName")) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(prefix)) => format!("{prefix}{}", name_suffix()),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                rt.kind,
+                "",
+                "metadata.name: Required value: name or generateName is required",
+            ));
+        }
+    };
+    validate_name(rt, &name)?;
+    check_namespace(api, target, &mut obj).await?;
+    prepare(rt, &mut obj)?;
+    let meta = metadata(&mut obj);
+    meta.insert("name".into(), name.clone().into());
+    meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
+    meta.insert("creationTimestamp".into(), now().into());
+    for field in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
+        meta.remove(field);
+    }
+    let key = rt.key(target.namespace.as_deref(), &name);
+    let revision = api
+        .store
+        .create(&key, to_value_bytes(&obj))
+        .await
+        .map_err(|err| ApiError::from_store(err, rt.plural, &name))?;
+    metadata(&mut obj).insert("resourceVersion".into(), revision.to_string().into());
+    Ok(json_response(201, &obj))
+}
+
+async fn get(api: &Api, target: &Target<'_>, name: &str) -> Result<Response<Body>, ApiError> {
+    let key = target.rt.key(target.namespace.as_deref(), name);
+    match api.store.get(&key).await {
+        Ok(Some(kv)) => Ok(json_response(200, &from_kv(&kv)?)),
+        Ok(None) => Err(ApiError::not_found(target.rt.plural, name)),
+        Err(err) => Err(ApiError::from_store(err, target.rt.plural, name)),
+    }
+}
+
+async fn update(
+    api: &Api,
+    target: &Target<'_>,
+    name: &str,
+    mut obj: Value,
+) -> Result<Response<Body>, ApiError> {
+    let rt = target.rt;
+    match meta_str(&obj, "name") {
+        Some(body_name) if body_name != name => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        _ => {
+            metadata(&mut obj).insert("name".into(), name.into());
+        }
+    }
+    check_namespace(api, target, &mut obj).await?;
+    let key = rt.key(target.namespace.as_deref(), name);
+    let current = match api.store.get(&key).await {
+        Ok(Some(kv)) => kv,
+        Ok(None) => return Err(ApiError::not_found(rt.plural, name)),
+        Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
+    };
+    let expected: Revision = match meta_str(&obj, "resourceVersion") {
+        Some(rv) => rv.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "metadata.resourceVersion {rv:?} is not a resource version"
+            ))
+        })?,
+        // Upstream allows unconditional updates for the kinds served here.
+        None => current.mod_revision,
+    };
+    let stored: Value = serde_json::from_slice(&current.value)
+        .map_err(|err| ApiError::internal(format!("stored object {key} is corrupt: {err}")))?;
+    prepare(rt, &mut obj)?;
+    let meta = metadata(&mut obj);
+    meta.remove("resourceVersion");
+    for field in ["uid", "creationTimestamp"] {
+        match stored["metadata"].get(field) {
+            Some(v) => meta.insert(field.into(), v.clone()),
+            None => meta.remove(field),
+        };
+    }
+    let revision = api
+        .store
+        .update(&key, to_value_bytes(&obj), expected)
+        .await
+        .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
+    metadata(&mut obj).insert("resourceVersion".into(), revision.to_string().into());
+    Ok(json_response(200, &obj))
+}
+
+async fn delete(api: &Api, target: &Target<'_>, name: &str) -> Result<Response<Body>, ApiError> {
+    let rt = target.rt;
+    let key = rt.key(target.namespace.as_deref(), name);
+    let kv = api
+        .store
+        .delete(&key, None)
+        .await
+        .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
+    if rt.kind == "Namespace" {
+        delete_namespace_contents(api, name).await;
+    }
+    Ok(json_response(200, &from_kv(&kv)?))
+}
+
+/// Deletes every namespaced object in `namespace` (the namespace
+/// controller's job upstream; done inline until there is one).
+async fn delete_namespace_contents(api: &Api, namespace: &str) {
+    for rt in api.registry.all().iter().filter(|rt| rt.namespaced) {
+        let prefix = rt.key_prefix(Some(namespace));
+        let mut after: Option<String> = None;
+        loop {
+            let page = match api
+                .store
+                .list(&prefix, after.as_deref(), Some(500), None)
+                .await
+            {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(?err, %namespace, "listing a deleted namespace's objects failed");
+                    break;
+                }
+            };
+            for kv in &page.items {
+                if let Err(err) = api.store.delete(&kv.key, None).await {
+                    debug!(?err, key = %kv.key, "deleting a namespace's object");
+                }
+            }
+            after = page.items.last().map(|kv| kv.key.clone());
+            if !page.more || after.is_none() {
+                break;
+            }
+        }
+    }
+}
+
+/// The `continue` token: the revision the list is read at and the last key sent.
+fn encode_continue(revision: Revision, key: &str) -> String {
+    let token = json!({"rv": revision, "start": key});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(to_value_bytes(&token))
+}
+
+fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let (Some(rv), Some(start)) = (value["rv"].as_i64(), value["start"].as_str()) else {
+        return Err(bad());
+    };
+    // A token from another collection must not read outside this one.
+    if !start.starts_with(prefix) {
+        return Err(bad());
+    }
+    Ok((rv, start.to_owned()))
+}
+
+struct Filter {
+    labels: Selector,
+    fields: Selector,
+}
+
+impl Filter {
+    fn from_query(query: &Query) -> Result<Filter, ApiError> {
+        Ok(Filter {
+            labels: Selector::labels(query.get("labelSelector"))?,
+            fields: Selector::fields(query.get("fieldSelector"))?,
+        })
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches_labels(obj) && self.fields.matches_fields(obj)
+    }
+}
+
+async fn list(api: &Api, target: &Target<'_>, query: &Query) -> Result<Response<Body>, ApiError> {
+    let rt = target.rt;
+    let filter = Filter::from_query(query)?;
+    let limit = query
+        .number("limit")?
+        .filter(|l| *l > 0)
+        .map(|l| l.min(10_000) as usize);
+    let prefix = target.prefix();
+    let (mut revision, mut after) = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let (rv, start) = decode_continue(token, &prefix)?;
+            (Some(rv), Some(start))
+        }
+        None => (None, None),
+    };
+    let mut items = Vec::new();
+    let mut next = None;
+    loop {
+        let want = limit.map(|l| l - items.len());
+        let page = api
+            .store
+            .list(&prefix, after.as_deref(), want, revision)
+            .await
+            .map_err(|err| match err {
+                StoreError::Compacted { .. } => ApiError::expired(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
+                err => ApiError::from_store(err, rt.plural, ""),
+            })?;
+        revision = Some(page.revision);
+        for kv in &page.items {
+            let obj = from_kv(kv)?;
+            if filter.matches(&obj) {
+                items.push(obj);
+            }
+        }
+        after = page.items.last().map(|kv| kv.key.clone()).or(after);
+        let full = limit.is_some_and(|l| items.len() >= l);
+        match (&after, page.more) {
+            (Some(last), true) if full => {
+                next = Some(encode_continue(page.revision, last));
+                break;
+            }
+            (Some(_), true) => continue,
+            _ => break,
+        }
+    }
+    let mut metadata = json!({"resourceVersion": revision.unwrap_or(0).to_string()});
+    if let Some(token) = next {
+        metadata["continue"] = token.into();
+    }
+    let list = json!({
+        "kind": rt.list_kind,
+        "apiVersion": rt.api_version,
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(json_response(200, &list))
+}
+
+/// One newline-terminated watch event.
+fn event_line(kind: &str, obj: &Value) -> Bytes {
+    let mut line = to_value_bytes(&json!({"type": kind, "object": obj}));
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// Maps a store event to the watch event a filtered watcher sees: objects
+/// moving into the selection are ADDED, moving out of it DELETED.
+fn watch_event(event: &Event, filter: &Filter) -> Result<Option<Bytes>, ApiError> {
+    Ok(match event {
+        Event::Put { kv, prev } => {
+            let obj = from_kv(kv)?;
+            let now = filter.matches(&obj);
+            let before = match prev {
+                Some(prev) => Some(filter.matches(&from_kv(prev)?)),
+                None => None,
+            };
+            match (before, now) {
+                (None | Some(false), true) => Some(event_line("ADDED", &obj)),
+                (Some(true), true) => Some(event_line("MODIFIED", &obj)),
+                (Some(true), false) => Some(event_line("DELETED", &obj)),
+                (_, false) => None,
+            }
+        }
+        Event::Delete { kv } => {
+            let obj = from_kv(kv)?;
+            filter.matches(&obj).then(|| event_line("DELETED", &obj))
+        }
+    })
+}
+
+async fn watch(api: &Api, target: &Target<'_>, query: &Query) -> Result<Response<Body>, ApiError> {
+    let rt = target.rt;
+    let filter = Filter::from_query(query)?;
+    let timeout = query
+        .number("timeoutSeconds")?
+        .map(Duration::from_secs)
+        .map_or(WATCH_TIMEOUT, |t| t.min(WATCH_TIMEOUT));
+    let prefix = target.prefix();
+    let requested = query
+        .get("resourceVersion")
+        .filter(|rv| !rv.is_empty() && *rv != "0");
+
+    // Without a resourceVersion, a watch starts with the current state as
+    // ADDED events, then follows from the revision that state was read at.
+    let mut initial = Vec::new();
+    let from = match requested {
+        Some(rv) => rv
+            .parse::<Revision>()
+            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        None => {
+            let mut after: Option<String> = None;
+            let mut revision = None;
+            loop {
+                let page = api
+                    .store
+                    .list(&prefix, after.as_deref(), Some(500), revision)
+                    .await
+                    .map_err(|err| ApiError::from_store(err, rt.plural, ""))?;
+                revision = Some(page.revision);
+                for kv in &page.items {
+                    let obj = from_kv(kv)?;
+                    if filter.matches(&obj) {
+                        initial.push(event_line("ADDED", &obj));
+                    }
+                }
+                after = page.items.last().map(|kv| kv.key.clone());
+                if !page.more || after.is_none() {
+                    break;
+                }
+            }
+            revision.unwrap_or(0)
+        }
+    };
+    let mut stream = api
+        .store
+        .watch(&prefix, from)
+        .await
+        .map_err(|err| match err {
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            err => ApiError::from_store(err, rt.plural, ""),
+        })?;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        for line in initial {
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let event = tokio::select! {
+                event = stream.recv() => event,
+                () = &mut deadline => return,
+                () = tx.closed() => return,
+            };
+            let line = match event {
+                Some(Ok(event)) => match watch_event(&event, &filter) {
+                    Ok(Some(line)) => line,
+                    Ok(None) => continue,
+                    Err(err) => event_line("ERROR", &status_value(&err)),
+                },
+                Some(Err(err)) => {
+                    let err = ApiError::from_store(err, "", "");
+                    let _ = tx.send(event_line("ERROR", &status_value(&err))).await;
+                    return;
+                }
+                None => return,
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok(Frame::data(line)), rx))
+    });
+    let body = http_body_util::StreamBody::new(body);
+    let mut response = Response::new(Body::new(body));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+fn status_value(err: &ApiError) -> Value {
+    serde_json::to_value(err.to_status()).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resources::Registry;
+
+    #[test]
+    fn hostile_bodies_are_bad_requests() {
+        let registry = Registry::builtin();
+        let cm = registry.find("", "v1", "configmaps").expect("cm");
+        for body in [
+            &b"{not json"[..],
+            b"[]",
+            b"\"x\"",
+            br#"{"kind":"Secret","apiVersion":"v1"}"#,
+            br#"{"metadata":7}"#,
+        ] {
+            let err = decode_object(cm, body).expect_err("rejected");
+            assert_eq!(err.code, 400, "{body:?}");
+        }
+        let ok = decode_object(cm, br#"{"metadata":{"name":"x"},"data":{"a":"b"}}"#).expect("ok");
+        assert_eq!(ok["kind"], "ConfigMap");
+    }
+
+    #[test]
+    fn names_are_validated() {
+        let registry = Registry::builtin();
+        let cm = registry.find("", "v1", "configmaps").expect("cm");
+        let ns = registry.find("", "v1", "namespaces").expect("ns");
+        assert!(validate_name(cm, "a.b-c").is_ok());
+        assert!(validate_name(ns, "a.b").is_err());
+        for bad in ["", "A", "-a", "a-", "a/b", "..", &"a".repeat(254)] {
+            assert_eq!(validate_name(cm, bad).expect_err(bad).code, 422);
+        }
+    }
+
+    #[test]
+    fn continue_tokens_stay_in_their_collection() {
+        let token = encode_continue(7, "/registry/configmaps/t/x");
+        assert_eq!(
+            decode_continue(&token, "/registry/configmaps/t/").expect("token"),
+            (7, "/registry/configmaps/t/x".to_owned())
+        );
+        assert!(decode_continue(&token, "/registry/secrets/t/").is_err());
+        assert!(decode_continue("!!", "/registry/").is_err());
+    }
+}

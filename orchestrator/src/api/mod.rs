@@ -1,0 +1,287 @@
+//! The Kubernetes API server: HTTPS on 6443, discovery, and generic
+//! resource handlers over the [`crate::store`].
+//!
+//! # Layout
+//! - `server`: TLS listener (rustls, client certificates), hyper connections.
+//! - `pki`: the cluster CA, serving and admin certificates, admin kubeconfig.
+//! - this module: [`run`], and the router that maps a path to discovery or
+//!   to a [`resources::ResourceType`] and hands it to `handlers`.
+//! - `resources`: the registry of served kinds, from k8s-openapi metadata.
+//! - `discovery`: `/version`, `/api`, `/apis` and `APIResourceList`s.
+//! - `handlers`: create/get/update/delete/list/watch for any registered kind.
+//! - `query`: query parameters and selectors. `status`: `Status` errors.
+//!
+//! # Current limitations
+//! See `handlers`. Also: no OpenAPI, no Table output, no aggregated
+//! discovery, no PATCH, no protobuf or YAML bodies, client certificates only
+//! (no bearer tokens) and no authorization beyond a CA-issued certificate.
+
+pub mod discovery;
+pub mod handlers;
+pub mod pki;
+pub mod query;
+pub mod resources;
+pub mod server;
+pub mod status;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use serde_json::json;
+use tracing::{Instrument, info, info_span};
+
+use crate::store::{Store, StoreError};
+use handlers::Target;
+use query::Query;
+use resources::Registry;
+use status::ApiError;
+
+/// Response bodies: whole JSON documents or a watch stream.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Who made a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// A client certificate issued by the cluster CA.
+    ClientCertificate,
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The datastore failed.
+    #[error("datastore: {0}")]
+    Store(#[from] StoreError),
+    /// The PKI could not be loaded or created.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
+    /// The listen address could not be bound.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// `cairn server` settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory: datastore, `pki/`, `admin.kubeconfig`.
+    pub data_dir: PathBuf,
+    /// HTTPS listen address.
+    pub listen: SocketAddr,
+}
+
+/// Shared state of every request.
+#[derive(Debug)]
+pub struct Api {
+    store: Store,
+    registry: Registry,
+}
+
+/// Builds a JSON response.
+pub fn json_response(code: u16, value: &impl serde::Serialize) -> Response<Body> {
+    // Serializing k8s-openapi structs and serde_json values cannot fail.
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)).boxed_unsync());
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error_response(err: &ApiError) -> Response<Body> {
+    json_response(err.code, &err.to_status())
+}
+
+fn text_response(text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl Api {
+    /// The API over `store`, with the built-in resources.
+    pub fn new(store: Store) -> Api {
+        Api {
+            store,
+            registry: Registry::builtin(),
+        }
+    }
+
+    /// Creates the `default` namespace if it does not exist.
+    pub async fn bootstrap(&self) -> Result<(), StoreError> {
+        let namespaces = self
+            .registry
+            .find("", "v1", "namespaces")
+            .expect("namespaces are built in");
+        let key = namespaces.key(None, "default");
+        if self.store.get(&key).await?.is_some() {
+            return Ok(());
+        }
+        let ns = json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": "default",
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        match self
+            .store
+            .create(&key, serde_json::to_vec(&ns).unwrap_or_default())
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Serves one request from `identity` (`None`: no client certificate).
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        identity: Option<Identity>,
+    ) -> Response<Body> {
+        let span = info_span!("request", method = %req.method(), path = %req.uri().path());
+        async move {
+            if identity.is_none() {
+                return error_response(&ApiError::unauthorized());
+            }
+            let response = match self.route(req).await {
+                Ok(response) => response,
+                Err(err) => error_response(&err),
+            };
+            tracing::debug!(status = response.status().as_u16(), "done");
+            response
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().trim_end_matches('/').to_owned();
+        let query = Query::parse(parts.uri.query());
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let is_get = parts.method == Method::GET;
+        match segments.as_slice() {
+            ["version"] if is_get => return Ok(json_response(200, &discovery::version())),
+            ["healthz" | "livez" | "readyz", ..] if is_get => return Ok(text_response("ok")),
+            ["api"] if is_get => return Ok(json_response(200, &discovery::api_versions())),
+            ["apis"] if is_get => {
+                return Ok(json_response(
+                    200,
+                    &discovery::api_group_list(&self.registry),
+                ));
+            }
+            ["api", version] if is_get => return self.resource_list("", version),
+            ["apis", group, version] if is_get => return self.resource_list(group, version),
+            _ => {}
+        }
+        let (group, version, rest) = match segments.as_slice() {
+            ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
+            ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
+            _ => return Err(ApiError::no_route(&path)),
+        };
+        let find = |plural: &str| self.registry.find(group, version, plural);
+        let target = match rest {
+            [plural] => find(plural).map(|rt| Target {
+                rt,
+                namespace: None,
+                name: None,
+            }),
+            ["namespaces", ns, plural] => {
+                find(plural).filter(|rt| rt.namespaced).map(|rt| Target {
+                    rt,
+                    namespace: Some((*ns).to_owned()),
+                    name: None,
+                })
+            }
+            ["namespaces", ns, plural, name] => {
+                find(plural).filter(|rt| rt.namespaced).map(|rt| Target {
+                    rt,
+                    namespace: Some((*ns).to_owned()),
+                    name: Some((*name).to_owned()),
+                })
+            }
+            [plural, name] => find(plural).filter(|rt| !rt.namespaced).map(|rt| Target {
+                rt,
+                namespace: None,
+                name: Some((*name).to_owned()),
+            }),
+            _ => None,
+        };
+        let target = target.ok_or_else(|| ApiError::no_route(&path))?;
+        handlers::handle(self, &parts.method, target, &query, &parts.headers, body).await
+    }
+
+    fn resource_list(&self, group: &str, version: &str) -> Result<Response<Body>, ApiError> {
+        discovery::api_resource_list(&self.registry, group, version)
+            .map(|list| json_response(200, &list))
+            .ok_or_else(|| ApiError::no_route(&format!("/apis/{group}/{version}")))
+    }
+}
+
+/// Runs `cairn server` until `shutdown` completes: opens the datastore in
+/// the data dir, creates the PKI and the `default` namespace on first
+/// start, and serves HTTPS.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let store = Store::open_sqlite(data_dir.join("state.db")).await?;
+    let api = Arc::new(Api::new(store));
+    api.bootstrap().await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let pki = pki::ensure(&data_dir, local.port())?;
+    let tls = server::tls_config(&pki)?;
+    info!(addr = %local, kubeconfig = %pki.kubeconfig.display(), "serving the Kubernetes API");
+    server::serve(listener, tls, api, shutdown).await;
+    Ok(())
+}

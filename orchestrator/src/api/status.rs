@@ -1,0 +1,229 @@
+//! Errors as Kubernetes reports them: a `meta/v1` `Status` object with the
+//! upstream HTTP code and `reason`, so kubectl and client libraries print
+//! and react to them the way they do against kube-apiserver (`NotFound`,
+//! `AlreadyExists`, `Conflict`, `Expired` that makes a watcher re-list).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
+
+use crate::store::StoreError;
+
+/// An API error: HTTP status, upstream reason and a message naming the object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
+pub struct ApiError {
+    /// HTTP status code.
+    pub code: u16,
+    /// `metav1.StatusReason` (`NotFound`, `Conflict`...).
+    pub reason: &'static str,
+    /// Human-readable message, upstream wording where kubectl users know it.
+    pub message: String,
+    /// `details`: the resource (`kind` is the plural upstream) and name concerned.
+    pub details: Option<(String, String)>,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn with_details(mut self, resource: &str, name: &str) -> ApiError {
+        self.details = Some((resource.to_owned(), name.to_owned()));
+        self
+    }
+
+    /// 404: `configmaps "x" not found`.
+    pub fn not_found(resource: &str, name: &str) -> ApiError {
+        ApiError::new(404, "NotFound", format!("{resource} \"{name}\" not found"))
+            .with_details(resource, name)
+    }
+
+    /// 404 for a path that names no resource.
+    pub fn no_route(path: &str) -> ApiError {
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
+    }
+
+    /// 409: `configmaps "x" already exists`.
+    pub fn already_exists(resource: &str, name: &str) -> ApiError {
+        ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{resource} \"{name}\" already exists"),
+        )
+        .with_details(resource, name)
+    }
+
+    /// 409: an update with a stale `resourceVersion`.
+    pub fn conflict(resource: &str, name: &str) -> ApiError {
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        )
+        .with_details(resource, name)
+    }
+
+    /// 410: the requested `resourceVersion` is compacted away.
+    pub fn expired(message: impl Into<String>) -> ApiError {
+        ApiError::new(410, "Expired", message)
+    }
+
+    /// 400: a malformed request.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "BadRequest", message)
+    }
+
+    /// 422: a well-formed object that fails validation.
+    pub fn invalid(kind: &str, name: &str, message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {message}"),
+        )
+        .with_details(kind, name)
+    }
+
+    /// 401: no valid client certificate.
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 405: a verb the resource does not serve.
+    pub fn method_not_allowed(method: &str) -> ApiError {
+        ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )
+    }
+
+    /// 413: a body over the limit.
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {limit}"),
+        )
+    }
+
+    /// 415: a body type the server does not decode (yet).
+    pub fn unsupported_media_type(content_type: &str) -> ApiError {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json (got {content_type:?})"
+            ),
+        )
+    }
+
+    /// 500: the datastore or the server failed.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(500, "InternalError", message)
+    }
+
+    /// The `Status` object sent as the response body.
+    pub fn to_status(&self) -> Status {
+        Status {
+            code: Some(i32::from(self.code)),
+            message: Some(self.message.clone()),
+            reason: Some(self.reason.to_owned()),
+            status: Some("Failure".to_owned()),
+            details: self.details.as_ref().map(|(kind, name)| StatusDetails {
+                kind: Some(kind.clone()),
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The `Status` as JSON, with `kind` and `apiVersion`.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing a k8s-openapi struct into a Vec cannot fail.
+        serde_json::to_vec(&self.to_status()).unwrap_or_default()
+    }
+
+    /// Maps a datastore error for the object `resource`/`name`.
+    pub fn from_store(err: StoreError, resource: &str, name: &str) -> ApiError {
+        match err {
+            StoreError::AlreadyExists { .. } => ApiError::already_exists(resource, name),
+            StoreError::NotFound { .. } => ApiError::not_found(resource, name),
+            StoreError::Conflict { .. } => ApiError::conflict(resource, name),
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            StoreError::FutureRevision { requested, current } => ApiError::new(
+                504,
+                "Timeout",
+                format!("Too large resource version: {requested}, current: {current}"),
+            ),
+            StoreError::InvalidKey { key } => {
+                ApiError::bad_request(format!("invalid name in key {key:?}"))
+            }
+            StoreError::Backend(err) => ApiError::internal(err.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_is_upstream_status() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&ApiError::not_found("configmaps", "x").to_json())
+                .expect("json");
+        assert_eq!(json["kind"], "Status");
+        assert_eq!(json["apiVersion"], "v1");
+        assert_eq!(json["status"], "Failure");
+        assert_eq!(json["reason"], "NotFound");
+        assert_eq!(json["code"], 404);
+        assert_eq!(json["message"], "configmaps \"x\" not found");
+        assert_eq!(json["details"]["name"], "x");
+        assert_eq!(json["details"]["kind"], "configmaps");
+    }
+
+    #[test]
+    fn store_errors_map_to_reasons() {
+        let conflict = ApiError::from_store(
+            StoreError::Conflict {
+                key: "/k".into(),
+                current: 3,
+            },
+            "configmaps",
+            "x",
+        );
+        assert_eq!((conflict.code, conflict.reason), (409, "Conflict"));
+        let exists = ApiError::from_store(
+            StoreError::AlreadyExists { key: "/k".into() },
+            "configmaps",
+            "x",
+        );
+        assert_eq!((exists.code, exists.reason), (409, "AlreadyExists"));
+        let expired = ApiError::from_store(
+            StoreError::Compacted {
+                requested: 1,
+                compacted: 5,
+            },
+            "configmaps",
+            "",
+        );
+        assert_eq!((expired.code, expired.reason), (410, "Expired"));
+    }
+}
