@@ -6,9 +6,14 @@
 //! The stored value never carries `resourceVersion`; it is the store
 //! revision, set on the way out (as kine does), so it can't go stale.
 //!
+//! GET, list and watch render through [`Output`] (plain objects or a
+//! `Table`); PATCH applies a [`patch`](super::patch) to the current object
+//! and stores the result through `update`.
+//!
 //! # Current limitations
-//! - No PATCH, no dryRun, no delete options (preconditions, propagation,
-//!   grace periods, finalizers): deletes are immediate.
+//! - No server-side apply (`application/apply-patch+yaml`), no dryRun, no
+//!   delete options (preconditions, propagation, grace periods,
+//!   finalizers): deletes are immediate.
 //! - Deleting a namespace deletes the objects in it at once (no
 //!   `Terminating` phase yet).
 //! - Lists and watches ignore `resourceVersionMatch`; no bookmarks.
@@ -23,9 +28,11 @@ use hyper::{HeaderMap, Method, Response};
 use serde_json::{Map, Value, json};
 use tracing::debug;
 
+use super::patch::{self, PatchType};
 use super::query::{Query, Selector};
 use super::resources::ResourceType;
 use super::status::ApiError;
+use super::table::Output;
 use super::{Api, Body, json_response};
 use crate::store::{Event, KeyValue, Revision, StoreError};
 
@@ -62,10 +69,11 @@ pub async fn handle(
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
     let needs_ns = target.rt.namespaced && target.namespace.is_none();
+    let output = || Output::negotiate(headers, query);
     match (method, target.name.as_deref()) {
-        (&Method::GET, None) if query.flag("watch")? => watch(api, &target, query).await,
-        (&Method::GET, None) => list(api, &target, query).await,
-        (&Method::GET, Some(name)) => get(api, &target, name).await,
+        (&Method::GET, None) if query.flag("watch")? => watch(api, &target, query, output()?).await,
+        (&Method::GET, None) => list(api, &target, query, output()?).await,
+        (&Method::GET, Some(name)) => get(api, &target, name, output()?).await,
         (&Method::POST, None) if !needs_ns => {
             let obj = read_object(target.rt, headers, body).await?;
             create(api, &target, obj).await
@@ -73,6 +81,15 @@ pub async fn handle(
         (&Method::PUT, Some(name)) => {
             let obj = read_object(target.rt, headers, body).await?;
             update(api, &target, name, obj).await
+        }
+        (&Method::PATCH, Some(name)) => {
+            let content_type = headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let kind = PatchType::from_content_type(content_type)?;
+            let body = read_body(body).await?;
+            apply_patch(api, &target, name, kind, &body).await
         }
         (&Method::DELETE, Some(name)) => delete(api, &target, name).await,
         _ => Err(ApiError::method_not_allowed(method.as_str())),
@@ -93,18 +110,20 @@ async fn read_object(
     if media != "application/json" && !media.is_empty() {
         return Err(ApiError::unsupported_media_type(content_type));
     }
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    decode_object(rt, &read_body(body).await?)
+}
+
+/// Reads a request body of at most [`MAX_BODY`] bytes.
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::too_large(MAX_BODY));
+            Err(ApiError::too_large(MAX_BODY))
         }
-        Err(err) => {
-            return Err(ApiError::bad_request(format!(
-                "reading the request body: {err}"
-            )));
-        }
-    };
-    decode_object(rt, &bytes)
+        Err(err) => Err(ApiError::bad_request(format!(
+            "reading the request body: {err}"
+        ))),
+    }
 }
 
 /// Decodes `bytes` as an object of kind `rt`: a JSON object whose
@@ -321,10 +340,18 @@ async fn create(
     Ok(json_response(201, &obj))
 }
 
-async fn get(api: &Api, target: &Target<'_>, name: &str) -> Result<Response<Body>, ApiError> {
+async fn get(
+    api: &Api,
+    target: &Target<'_>,
+    name: &str,
+    output: Output,
+) -> Result<Response<Body>, ApiError> {
     let key = target.rt.key(target.namespace.as_deref(), name);
     match api.store.get(&key).await {
-        Ok(Some(kv)) => Ok(json_response(200, &from_kv(&kv)?)),
+        Ok(Some(kv)) => Ok(json_response(
+            200,
+            &output.object(target.rt.kind, from_kv(&kv)?),
+        )),
         Ok(None) => Err(ApiError::not_found(target.rt.plural, name)),
         Err(err) => Err(ApiError::from_store(err, target.rt.plural, name)),
     }
@@ -381,6 +408,48 @@ async fn update(
         .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
     metadata(&mut obj).insert("resourceVersion".into(), revision.to_string().into());
     Ok(json_response(200, &obj))
+}
+
+/// How often a patch without a `resourceVersion` is re-applied after a
+/// concurrent write moved the object on.
+const PATCH_ATTEMPTS: usize = 5;
+
+/// PATCH: applies `body` to the current object and stores the result
+/// through [`update`]. A `metadata.resourceVersion` in the patch is a
+/// precondition (409 when stale); without one, a concurrent write makes
+/// the patch apply again to the new object, as upstream retries. A patch
+/// that changes nothing writes nothing (no new resourceVersion).
+async fn apply_patch(
+    api: &Api,
+    target: &Target<'_>,
+    name: &str,
+    kind: PatchType,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let rt = target.rt;
+    let key = rt.key(target.namespace.as_deref(), name);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = match api.store.get(&key).await {
+            Ok(Some(kv)) => from_kv(&kv)?,
+            Ok(None) => return Err(ApiError::not_found(rt.plural, name)),
+            Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
+        };
+        let patched = patch::apply(kind, &current, body)?;
+        if patched == current {
+            return Ok(json_response(200, &current));
+        }
+        // The kind, apiVersion and metadata must still be what they were.
+        let patched = decode_object(rt, &to_value_bytes(&patched))?;
+        let pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
+        match update(api, target, name, patched).await {
+            Err(err) if err.reason == "Conflict" && !pinned && attempt < PATCH_ATTEMPTS => {
+                debug!(%key, attempt, "patch raced a write; applying it again");
+            }
+            result => return result,
+        }
+    }
 }
 
 async fn delete(api: &Api, target: &Target<'_>, name: &str) -> Result<Response<Body>, ApiError> {
@@ -468,7 +537,12 @@ impl Filter {
     }
 }
 
-async fn list(api: &Api, target: &Target<'_>, query: &Query) -> Result<Response<Body>, ApiError> {
+async fn list(
+    api: &Api,
+    target: &Target<'_>,
+    query: &Query,
+    output: Output,
+) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     let filter = Filter::from_query(query)?;
     let limit = query
@@ -525,7 +599,7 @@ async fn list(api: &Api, target: &Target<'_>, query: &Query) -> Result<Response<
         "metadata": metadata,
         "items": items,
     });
-    Ok(json_response(200, &list))
+    Ok(json_response(200, &output.list(rt.kind, list)))
 }
 
 /// One newline-terminated watch event.
@@ -535,9 +609,24 @@ fn event_line(kind: &str, obj: &Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// A watch event of object `obj` of kind `rt_kind`, rendered as `output`
+/// (with a Table, each event's object is a one-row Table).
+fn object_event(kind: &str, obj: Value, output: Output, rt_kind: &str) -> Bytes {
+    let obj = output.object(rt_kind, obj);
+    let mut line = to_value_bytes(&json!({"type": kind, "object": obj}));
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
 /// Maps a store event to the watch event a filtered watcher sees: objects
 /// moving into the selection are ADDED, moving out of it DELETED.
-fn watch_event(event: &Event, filter: &Filter) -> Result<Option<Bytes>, ApiError> {
+fn watch_event(
+    event: &Event,
+    filter: &Filter,
+    output: Output,
+    rt_kind: &str,
+) -> Result<Option<Bytes>, ApiError> {
+    let line = |kind: &str, obj: Value| object_event(kind, obj, output, rt_kind);
     Ok(match event {
         Event::Put { kv, prev } => {
             let obj = from_kv(kv)?;
@@ -547,21 +636,27 @@ fn watch_event(event: &Event, filter: &Filter) -> Result<Option<Bytes>, ApiError
                 None => None,
             };
             match (before, now) {
-                (None | Some(false), true) => Some(event_line("ADDED", &obj)),
-                (Some(true), true) => Some(event_line("MODIFIED", &obj)),
-                (Some(true), false) => Some(event_line("DELETED", &obj)),
+                (None | Some(false), true) => Some(line("ADDED", obj)),
+                (Some(true), true) => Some(line("MODIFIED", obj)),
+                (Some(true), false) => Some(line("DELETED", obj)),
                 (_, false) => None,
             }
         }
         Event::Delete { kv } => {
             let obj = from_kv(kv)?;
-            filter.matches(&obj).then(|| event_line("DELETED", &obj))
+            filter.matches(&obj).then(|| line("DELETED", obj))
         }
     })
 }
 
-async fn watch(api: &Api, target: &Target<'_>, query: &Query) -> Result<Response<Body>, ApiError> {
+async fn watch(
+    api: &Api,
+    target: &Target<'_>,
+    query: &Query,
+    output: Output,
+) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
+    let rt_kind = rt.kind;
     let filter = Filter::from_query(query)?;
     let timeout = query
         .number("timeoutSeconds")?
@@ -592,7 +687,7 @@ async fn watch(api: &Api, target: &Target<'_>, query: &Query) -> Result<Response
                 for kv in &page.items {
                     let obj = from_kv(kv)?;
                     if filter.matches(&obj) {
-                        initial.push(event_line("ADDED", &obj));
+                        initial.push(object_event("ADDED", obj, output, rt_kind));
                     }
                 }
                 after = page.items.last().map(|kv| kv.key.clone());
@@ -633,7 +728,7 @@ async fn watch(api: &Api, target: &Target<'_>, query: &Query) -> Result<Response
                 () = tx.closed() => return,
             };
             let line = match event {
-                Some(Ok(event)) => match watch_event(&event, &filter) {
+                Some(Ok(event)) => match watch_event(&event, &filter, output, rt_kind) {
                     Ok(Some(line)) => line,
                     Ok(None) => continue,
                     Err(err) => event_line("ERROR", &status_value(&err)),

@@ -10,19 +10,23 @@
 //! - `discovery`: `/version`, `/api`, `/apis` and `APIResourceList`s.
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
 //! - `query`: query parameters and selectors. `status`: `Status` errors.
+//! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
+//! - `patch`: JSON, merge and strategic merge patches.
 //!
 //! # Current limitations
-//! See `handlers`. Also: no OpenAPI, no Table output, no aggregated
-//! discovery, no PATCH, no protobuf or YAML bodies, client certificates only
+//! See `handlers`, `table` and `patch`. Also: no OpenAPI, no aggregated
+//! discovery, no protobuf or YAML bodies, client certificates only
 //! (no bearer tokens) and no authorization beyond a CA-issued certificate.
 
 pub mod discovery;
 pub mod handlers;
+pub mod patch;
 pub mod pki;
 pub mod query;
 pub mod resources;
 pub mod server;
 pub mod status;
+pub mod table;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -23,7 +23,9 @@ impl Scope for ClusterResourceScope {
 }
 
 /// The verbs of a plain stored resource, as discovery lists them.
-pub const CRUD_VERBS: &[&str] = &["create", "delete", "get", "list", "update", "watch"];
+pub const CRUD_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 /// One served resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
