@@ -33,6 +33,7 @@ use super::query::{Query, Selector};
 use super::resources::ResourceType;
 use super::status::ApiError;
 use super::table::Output;
+use super::validation;
 use super::{Api, Body, json_response};
 use crate::store::{Event, KeyValue, Revision, StoreError};
 
@@ -76,11 +77,15 @@ pub async fn handle(
         (&Method::GET, Some(name)) => get(api, &target, name, output()?).await,
         (&Method::POST, None) if !needs_ns => {
             let obj = read_object(target.rt, headers, body).await?;
-            create(api, &target, obj).await
+            let (obj, warnings) = validation::check(&api.openapi, target.rt, query, obj)?;
+            create(api, &target, obj).await.map(|r| warnings.attach(r))
         }
         (&Method::PUT, Some(name)) => {
             let obj = read_object(target.rt, headers, body).await?;
-            update(api, &target, name, obj).await
+            let (obj, warnings) = validation::check(&api.openapi, target.rt, query, obj)?;
+            update(api, &target, name, obj)
+                .await
+                .map(|r| warnings.attach(r))
         }
         (&Method::PATCH, Some(name)) => {
             let content_type = headers

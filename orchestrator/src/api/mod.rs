@@ -12,14 +12,17 @@
 //! - `query`: query parameters and selectors. `status`: `Status` errors.
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
 //! - `patch`: JSON, merge and strategic merge patches.
+//! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
-//! See `handlers`, `table` and `patch`. Also: no OpenAPI, no aggregated
-//! discovery, no protobuf or YAML bodies, client certificates only
-//! (no bearer tokens) and no authorization beyond a CA-issued certificate.
+//! See `handlers`, `table`, `patch`, `openapi` and `validation`. Also: no
+//! OpenAPI v2, no aggregated discovery, no protobuf or YAML bodies, client
+//! certificates only (no bearer tokens) and no authorization beyond a
+//! CA-issued certificate.
 
 pub mod discovery;
 pub mod handlers;
+pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod query;
@@ -27,6 +30,7 @@ pub mod resources;
 pub mod server;
 pub mod status;
 pub mod table;
+pub mod validation;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -101,6 +105,7 @@ pub struct Config {
 pub struct Api {
     store: Store,
     registry: Registry,
+    openapi: openapi::Documents,
 }
 
 /// Builds a JSON response.
@@ -133,9 +138,11 @@ fn text_response(text: &'static str) -> Response<Body> {
 impl Api {
     /// The API over `store`, with the built-in resources.
     pub fn new(store: Store) -> Api {
+        let registry = Registry::builtin();
         Api {
             store,
-            registry: Registry::builtin(),
+            openapi: openapi::Documents::build(&registry),
+            registry,
         }
     }
 
@@ -207,6 +214,9 @@ impl Api {
                     200,
                     &discovery::api_group_list(&self.registry),
                 ));
+            }
+            ["openapi", rest @ ..] if is_get => {
+                return self.openapi.serve(rest, &query, &parts.headers);
             }
             ["api", version] if is_get => return self.resource_list("", version),
             ["apis", group, version] if is_get => return self.resource_list(group, version),

@@ -7,6 +7,7 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 /// Whether a k8s-openapi scope marker is namespaced.
 pub trait Scope {
@@ -50,13 +51,35 @@ pub struct ResourceType {
     pub short_names: &'static [&'static str],
     /// Verbs served.
     pub verbs: &'static [&'static str],
+    /// Adds the kind's JSON Schema (from k8s-openapi) to a generator and
+    /// returns a `$ref` to it; `openapi` builds its documents from this.
+    pub schema: SchemaFn,
 }
+
+/// [`SchemaGenerator::subschema_for`] of one kind.
+#[derive(Clone, Copy)]
+pub struct SchemaFn(pub fn(&mut SchemaGenerator) -> Schema);
+
+impl std::fmt::Debug for SchemaFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SchemaFn")
+    }
+}
+
+// Two `ResourceType`s are the same resource whatever their schema function.
+impl PartialEq for SchemaFn {
+    fn eq(&self, _: &SchemaFn) -> bool {
+        true
+    }
+}
+
+impl Eq for SchemaFn {}
 
 impl ResourceType {
     /// Describes the k8s-openapi type `K`.
     pub fn of<K>(short_names: &'static [&'static str], verbs: &'static [&'static str]) -> Self
     where
-        K: ListableResource,
+        K: ListableResource + JsonSchema,
         K::Scope: Scope,
     {
         ResourceType {
@@ -70,6 +93,7 @@ impl ResourceType {
             namespaced: <K::Scope as Scope>::NAMESPACED,
             short_names,
             verbs,
+            schema: SchemaFn(|generator| generator.subschema_for::<K>()),
         }
     }
 
