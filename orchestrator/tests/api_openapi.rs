@@ -198,6 +198,20 @@ fn unknown_fields_are_refused_by_default_and_named() {
     let (out, err) = server.kubectl(&["apply", "--validate=false", "-f", path_str(&bad)]);
     assert!(out.contains("configmap/bad created"), "{out}");
     assert!(!err.contains("unknown field"), "{err}");
+
+    // An existing object: apply patches it, and the patched object is checked.
+    let again = server.write("again.yaml", &CONFIGMAP_BAD.replace("bogus: 1", "bogus: 2"));
+    let err = server.kubectl_fails(&["apply", "-f", path_str(&again)]);
+    assert!(err.contains(expected), "{err}");
+    let clean = server.write(
+        "clean.yaml",
+        &CONFIGMAP_BAD
+            .replace("  bogus: 1\n", "")
+            .replace("spec:\n  foo: 1\n", "")
+            .replace("\"1\"", "\"2\""),
+    );
+    let (out, _) = server.kubectl(&["apply", "-f", path_str(&clean)]);
+    assert!(out.contains("configmap/bad configured"), "{out}");
 }
 
 #[test]

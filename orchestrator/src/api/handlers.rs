@@ -94,7 +94,7 @@ pub async fn handle(
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
             let body = read_body(body).await?;
-            apply_patch(api, &target, name, kind, &body).await
+            apply_patch(api, &target, name, kind, &body, query).await
         }
         (&Method::DELETE, Some(name)) => delete(api, &target, name).await,
         _ => Err(ApiError::method_not_allowed(method.as_str())),
@@ -423,13 +423,15 @@ const PATCH_ATTEMPTS: usize = 5;
 /// through [`update`]. A `metadata.resourceVersion` in the patch is a
 /// precondition (409 when stale); without one, a concurrent write makes
 /// the patch apply again to the new object, as upstream retries. A patch
-/// that changes nothing writes nothing (no new resourceVersion).
+/// that changes nothing writes nothing (no new resourceVersion). Unknown
+/// fields in the result are handled per `fieldValidation`.
 async fn apply_patch(
     api: &Api,
     target: &Target<'_>,
     name: &str,
     kind: PatchType,
     body: &[u8],
+    query: &Query,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     let key = rt.key(target.namespace.as_deref(), name);
@@ -447,12 +449,13 @@ async fn apply_patch(
         }
         // The kind, apiVersion and metadata must still be what they were.
         let patched = decode_object(rt, &to_value_bytes(&patched))?;
+        let (patched, warnings) = validation::check(&api.openapi, rt, query, patched)?;
         let pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
         match update(api, target, name, patched).await {
             Err(err) if err.reason == "Conflict" && !pinned && attempt < PATCH_ATTEMPTS => {
                 debug!(%key, attempt, "patch raced a write; applying it again");
             }
-            result => return result,
+            result => return result.map(|r| warnings.attach(r)),
         }
     }
 }
