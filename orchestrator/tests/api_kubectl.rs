@@ -4,120 +4,14 @@
 //!
 //! kubectl is required: without it these tests fail, they do not skip.
 
+mod common;
+
+use common::{Server, create_namespace_t, json, path_str};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A running `cairn server`, killed on drop.
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temp data dir");
-        Server::start_in(dir)
-    }
-
-    fn start_in(dir: tempfile::TempDir) -> Server {
-        assert!(
-            Command::new("kubectl")
-                .arg("version")
-                .arg("--client")
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "kubectl (v1.32) must be on the PATH for the API tests; `make deps` installs it"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["server", "--disable-agent", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log")).expect("server log"))
-            .spawn()
-            .expect("spawn cairn server");
-        let server = Server { child, dir, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if server.kubeconfig().exists()
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cairn server did not start listening on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("admin.kubeconfig")
-    }
-
-    fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
-        cmd.env("KUBECONFIG", self.kubeconfig()).args(args);
-        cmd
-    }
-
-    fn try_kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_cmd(args).output().expect("run kubectl")
-    }
-
-    /// Runs kubectl, asserts success, returns stdout.
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.try_kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, contents).expect("write manifest");
-        path
-    }
-
-    fn stop(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = tempfile::tempdir().expect("placeholder");
-        std::mem::replace(&mut self.dir, dir)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|err| panic!("not JSON ({err}): {s}"))
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-const NAMESPACE_T: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t\n";
 const CONFIGMAP_X: &str = "apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -128,14 +22,6 @@ data:
   a: \"1\"
   greeting: hello world
 ";
-
-/// Creates namespace `t`. `kubectl create namespace t` sends protobuf,
-/// which is not served yet, so the namespace comes from a manifest.
-fn create_namespace_t(server: &Server) {
-    let ns = server.write("ns.yaml", NAMESPACE_T);
-    let out = server.kubectl(&["apply", "--validate=false", "-f", path_str(&ns)]);
-    assert!(out.contains("namespace/t created"), "{out}");
-}
 
 #[test]
 fn version_and_discovery() {
@@ -169,7 +55,7 @@ fn namespaces_and_configmaps_round_trip() {
     assert_eq!(ns["status"]["phase"], "Active");
 
     let cm = server.write("cm.yaml", CONFIGMAP_X);
-    let out = server.kubectl(&["-n", "t", "apply", "--validate=false", "-f", path_str(&cm)]);
+    let out = server.kubectl(&["-n", "t", "apply", "-f", path_str(&cm)]);
     assert!(out.contains("configmap/x created"), "{out}");
 
     let got = json(&server.kubectl(&["-n", "t", "get", "cm", "x", "-o", "json"]));
@@ -271,7 +157,7 @@ fn watch_sees_a_later_create() {
     // Give kubectl time to list (empty) and open its watch.
     std::thread::sleep(Duration::from_secs(2));
     let cm = server.write("cm.yaml", CONFIGMAP_X);
-    server.kubectl(&["-n", "t", "apply", "--validate=false", "-f", path_str(&cm)]);
+    server.kubectl(&["-n", "t", "apply", "-f", path_str(&cm)]);
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut seen = String::new();
@@ -322,20 +208,13 @@ fn stale_replace_conflicts() {
     let server = Server::start();
     create_namespace_t(&server);
     let cm = server.write("cm.yaml", CONFIGMAP_X);
-    server.kubectl(&["-n", "t", "apply", "--validate=false", "-f", path_str(&cm)]);
+    server.kubectl(&["-n", "t", "apply", "-f", path_str(&cm)]);
     let stale = server.kubectl(&["-n", "t", "get", "cm", "x", "-o", "json"]);
 
     let mut fresh = json(&stale);
     fresh["data"]["a"] = "2".into();
     let fresh_file = server.write("fresh.json", &fresh.to_string());
-    server.kubectl(&[
-        "-n",
-        "t",
-        "replace",
-        "--validate=false",
-        "-f",
-        path_str(&fresh_file),
-    ]);
+    server.kubectl(&["-n", "t", "replace", "-f", path_str(&fresh_file)]);
     let got = json(&server.kubectl(&["-n", "t", "get", "cm", "x", "-o", "json"]));
     assert_eq!(got["data"]["a"], "2");
     assert_eq!(got["metadata"]["uid"], fresh["metadata"]["uid"]);
@@ -343,14 +222,7 @@ fn stale_replace_conflicts() {
     let mut old = json(&stale);
     old["data"]["a"] = "3".into();
     let old_file = server.write("stale.json", &old.to_string());
-    let out = server.try_kubectl(&[
-        "-n",
-        "t",
-        "replace",
-        "--validate=false",
-        "-f",
-        path_str(&old_file),
-    ]);
+    let out = server.try_kubectl(&["-n", "t", "replace", "-f", path_str(&old_file)]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -5,119 +5,13 @@
 //!
 //! kubectl is required: without it these tests fail, they do not skip.
 
+mod common;
+
+use common::{Server, create_namespace_t, json, path_str};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// A running `cairn server`, killed on drop.
-struct Server {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temp data dir");
-        Server::start_in(dir)
-    }
-
-    fn start_in(dir: tempfile::TempDir) -> Server {
-        assert!(
-            Command::new("kubectl")
-                .arg("version")
-                .arg("--client")
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "kubectl (v1.32) must be on the PATH for the API tests; `make deps` installs it"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["server", "--disable-agent", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log")).expect("server log"))
-            .spawn()
-            .expect("spawn cairn server");
-        let server = Server { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if server.kubeconfig().exists()
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cairn server did not start listening on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("admin.kubeconfig")
-    }
-
-    fn kubectl_cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("kubectl");
-        cmd.env("KUBECONFIG", self.kubeconfig()).args(args);
-        cmd
-    }
-
-    fn try_kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_cmd(args).output().expect("run kubectl")
-    }
-
-    /// Runs kubectl, asserts success, returns stdout.
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.try_kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, contents).expect("write manifest");
-        path
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|err| panic!("not JSON ({err}): {s}"))
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-const NAMESPACE_T: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t\n";
-
-/// Creates namespace `t` from a manifest (`kubectl create namespace` sends
-/// protobuf, which is not served yet).
-fn create_namespace_t(server: &Server) {
-    let ns = server.write("ns.yaml", NAMESPACE_T);
-    server.kubectl(&["apply", "--validate=false", "-f", path_str(&ns)]);
-}
 
 /// The words of the header line of `kubectl get` output.
 fn header(out: &str) -> Vec<&str> {

@@ -1,0 +1,162 @@
+//! Shared helpers for the API tests that drive the real `kubectl` (v1.32,
+//! from the PATH): [`Server`] runs the built `cairn server` binary on a free
+//! loopback port with a temporary data dir (killed on drop), and its methods
+//! run kubectl with the admin kubeconfig the server writes. Also small
+//! helpers for manifests and output: [`json`], [`path_str`], [`NAMESPACE_T`]
+//! and [`create_namespace_t`].
+//!
+//! kubectl is required: without it these tests fail, they do not skip.
+
+// Each file under tests/ is its own crate and uses only some of these helpers;
+// the rest would be reported as dead code in that crate.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `cairn server`, killed on drop.
+pub struct Server {
+    child: Child,
+    /// The server's data dir: kubeconfig, `pki/`, `server.log`, and the
+    /// manifests written by [`Server::write`].
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("temp data dir");
+        Server::start_in(dir)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir) -> Server {
+        assert!(
+            Command::new("kubectl")
+                .arg("version")
+                .arg("--client")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "kubectl (v1.32) must be on the PATH for the API tests; `make deps` installs it"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["server", "--disable-agent", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("server.log")).expect("server log"))
+            .spawn()
+            .expect("spawn cairn server");
+        let server = Server { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if server.kubeconfig().exists()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cairn server did not start listening on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    /// A kubectl command with the admin kubeconfig, not yet run.
+    pub fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", self.kubeconfig()).args(args);
+        cmd
+    }
+
+    /// Runs kubectl, whatever its outcome.
+    pub fn try_kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_cmd(args).output().expect("run kubectl")
+    }
+
+    /// Runs kubectl, asserts success, returns stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.try_kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs kubectl, asserts success, returns stdout and stderr.
+    pub fn kubectl_with_stderr(&self, args: &[&str]) -> (String, String) {
+        let out = self.try_kubectl(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {stdout}{stderr}"
+        );
+        (stdout, stderr)
+    }
+
+    /// Runs kubectl, asserts failure, returns stderr.
+    pub fn kubectl_fails(&self, args: &[&str]) -> String {
+        let out = self.try_kubectl(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Writes `contents` to `name` in the data dir and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write manifest");
+        path
+    }
+
+    /// Stops the server and hands back its data dir, for [`Server::start_in`].
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|err| panic!("not JSON ({err}): {s}"))
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+pub const NAMESPACE_T: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t\n";
+
+/// Creates namespace `t`. `kubectl create namespace t` sends protobuf,
+/// which is not served yet, so the namespace comes from a manifest.
+pub fn create_namespace_t(server: &Server) {
+    let ns = server.write("ns.yaml", NAMESPACE_T);
+    let out = server.kubectl(&["apply", "-f", path_str(&ns)]);
+    assert!(out.contains("namespace/t created"), "{out}");
+}
