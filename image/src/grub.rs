@@ -39,10 +39,12 @@ pub const MODULES: &str = "normal boot part_gpt fat loadenv regexp test echo lin
 /// The kernel command line for `slot`. `transparent_hugepage=never`: with
 /// huge pages on, the kernel raises `min_free_kbytes` to keep memory free
 /// for compaction (~70 MB of a 1 GiB device); edge workloads gain little
-/// from huge pages and need that memory more.
+/// from huge pages and need that memory more. `cryptomgr.notests`: the
+/// kernel's crypto self-tests cost ~0.25 s of every boot under emulation
+/// (upstream's own default is to skip them; Debian turns them on).
 pub fn kernel_cmdline(arch: Arch, slot: Slot) -> String {
     format!(
-        "cairn.slot={} console=tty0 console={} panic=5 loglevel=4 transparent_hugepage=never",
+        "cairn.slot={} console=tty0 console={} panic=5 loglevel=4 transparent_hugepage=never cryptomgr.notests",
         slot.name(),
         arch.serial_console()
     )
@@ -224,13 +226,13 @@ mod tests {
         let linux = s.find("linux ").unwrap();
         assert!(save < linux, "tries must be saved before booting");
         assert!(s.contains(
-            "linux ($esp)/cairn/a/vmlinuz cairn.slot=a console=tty0 console=ttyS0,115200 panic=5 loglevel=4 transparent_hugepage=never"
+            "linux ($esp)/cairn/a/vmlinuz cairn.slot=a console=tty0 console=ttyS0,115200 panic=5 loglevel=4 transparent_hugepage=never cryptomgr.notests"
         ));
         assert!(s.contains("initrd ($esp)/cairn/b/initrd.img"));
         assert!(s.contains("sleep 10\n  reboot"));
         let arm = script(Arch::Aarch64);
         assert!(
-            arm.contains("cairn.slot=b console=tty0 console=ttyAMA0,115200 panic=5 loglevel=4 transparent_hugepage=never")
+            arm.contains("cairn.slot=b console=tty0 console=ttyAMA0,115200 panic=5 loglevel=4 transparent_hugepage=never cryptomgr.notests")
         );
     }
 
