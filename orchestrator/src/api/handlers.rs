@@ -6,7 +6,7 @@
 //! The stored value never carries `resourceVersion`; it is the store
 //! revision, set on the way out (as kine does), so it can't go stale.
 //!
-//! GET, list and watch render through [`Output`] (plain objects or a
+//! Watches live in [`watch`](super::watch). GET, list and watch render through [`Output`] (plain objects or a
 //! `Table`); PATCH applies a [`patch`](super::patch) to the current object
 //! and stores the result through `update`.
 //!
@@ -18,12 +18,10 @@
 //!   `Terminating` phase yet).
 //! - Lists and watches ignore `resourceVersionMatch`; no bookmarks.
 
-use std::time::Duration;
-
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Response};
 use serde_json::{Map, Value, json};
 use tracing::debug;
@@ -35,13 +33,10 @@ use super::status::ApiError;
 use super::table::Output;
 use super::validation;
 use super::{Api, Body, json_response};
-use crate::store::{Event, KeyValue, Revision, StoreError};
+use crate::store::{KeyValue, Revision, StoreError};
 
 /// Largest request body accepted, as kube-apiserver's limit.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
-
-/// Default and largest watch duration without `timeoutSeconds`.
-const WATCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// What a resource request addresses.
 #[derive(Debug, Clone)]
@@ -55,7 +50,7 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn prefix(&self) -> String {
+    pub(super) fn prefix(&self) -> String {
         self.rt.key_prefix(self.namespace.as_deref())
     }
 }
@@ -72,7 +67,9 @@ pub async fn handle(
     let needs_ns = target.rt.namespaced && target.namespace.is_none();
     let output = || Output::negotiate(headers, query);
     match (method, target.name.as_deref()) {
-        (&Method::GET, None) if query.flag("watch")? => watch(api, &target, query, output()?).await,
+        (&Method::GET, None) if query.flag("watch")? => {
+            super::watch::watch(api, &target, query, output()?).await
+        }
         (&Method::GET, None) => list(api, &target, query, output()?).await,
         (&Method::GET, Some(name)) => get(api, &target, name, output()?).await,
         (&Method::POST, None) if !needs_ns => {
@@ -176,14 +173,14 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 /// A stored value as the API returns it: `resourceVersion` = the revision.
-fn from_kv(kv: &KeyValue) -> Result<Value, ApiError> {
+pub(super) fn from_kv(kv: &KeyValue) -> Result<Value, ApiError> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|err| ApiError::internal(format!("stored object {} is corrupt: {err}", kv.key)))?;
     metadata(&mut obj).insert("resourceVersion".into(), kv.mod_revision.to_string().into());
     Ok(obj)
 }
 
-fn to_value_bytes(obj: &Value) -> Vec<u8> {
+pub(super) fn to_value_bytes(obj: &Value) -> Vec<u8> {
     // Serializing a serde_json::Value cannot fail.
     serde_json::to_vec(obj).unwrap_or_default()
 }
@@ -527,20 +524,20 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), ApiE
     Ok((rv, start.to_owned()))
 }
 
-struct Filter {
+pub(super) struct Filter {
     labels: Selector,
     fields: Selector,
 }
 
 impl Filter {
-    fn from_query(query: &Query) -> Result<Filter, ApiError> {
+    pub(super) fn from_query(query: &Query) -> Result<Filter, ApiError> {
         Ok(Filter {
             labels: Selector::labels(query.get("labelSelector"))?,
             fields: Selector::fields(query.get("fieldSelector"))?,
         })
     }
 
-    fn matches(&self, obj: &Value) -> bool {
+    pub(super) fn matches(&self, obj: &Value) -> bool {
         self.labels.matches_labels(obj) && self.fields.matches_fields(obj)
     }
 }
@@ -608,165 +605,6 @@ async fn list(
         "items": items,
     });
     Ok(json_response(200, &output.list(rt.kind, list)))
-}
-
-/// One newline-terminated watch event.
-fn event_line(kind: &str, obj: &Value) -> Bytes {
-    let mut line = to_value_bytes(&json!({"type": kind, "object": obj}));
-    line.push(b'\n');
-    Bytes::from(line)
-}
-
-/// A watch event of object `obj` of kind `rt_kind`, rendered as `output`
-/// (with a Table, each event's object is a one-row Table).
-fn object_event(kind: &str, obj: Value, output: Output, rt_kind: &str) -> Bytes {
-    let obj = output.object(rt_kind, obj);
-    let mut line = to_value_bytes(&json!({"type": kind, "object": obj}));
-    line.push(b'\n');
-    Bytes::from(line)
-}
-
-/// Maps a store event to the watch event a filtered watcher sees: objects
-/// moving into the selection are ADDED, moving out of it DELETED.
-fn watch_event(
-    event: &Event,
-    filter: &Filter,
-    output: Output,
-    rt_kind: &str,
-) -> Result<Option<Bytes>, ApiError> {
-    let line = |kind: &str, obj: Value| object_event(kind, obj, output, rt_kind);
-    Ok(match event {
-        Event::Put { kv, prev } => {
-            let obj = from_kv(kv)?;
-            let now = filter.matches(&obj);
-            let before = match prev {
-                Some(prev) => Some(filter.matches(&from_kv(prev)?)),
-                None => None,
-            };
-            match (before, now) {
-                (None | Some(false), true) => Some(line("ADDED", obj)),
-                (Some(true), true) => Some(line("MODIFIED", obj)),
-                (Some(true), false) => Some(line("DELETED", obj)),
-                (_, false) => None,
-            }
-        }
-        Event::Delete { kv } => {
-            let obj = from_kv(kv)?;
-            filter.matches(&obj).then(|| line("DELETED", obj))
-        }
-    })
-}
-
-async fn watch(
-    api: &Api,
-    target: &Target<'_>,
-    query: &Query,
-    output: Output,
-) -> Result<Response<Body>, ApiError> {
-    let rt = target.rt;
-    let rt_kind = rt.kind;
-    let filter = Filter::from_query(query)?;
-    let timeout = query
-        .number("timeoutSeconds")?
-        .map(Duration::from_secs)
-        .map_or(WATCH_TIMEOUT, |t| t.min(WATCH_TIMEOUT));
-    let prefix = target.prefix();
-    let requested = query
-        .get("resourceVersion")
-        .filter(|rv| !rv.is_empty() && *rv != "0");
-
-    // Without a resourceVersion, a watch starts with the current state as
-    // ADDED events, then follows from the revision that state was read at.
-    let mut initial = Vec::new();
-    let from = match requested {
-        Some(rv) => rv
-            .parse::<Revision>()
-            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        None => {
-            let mut after: Option<String> = None;
-            let mut revision = None;
-            loop {
-                let page = api
-                    .store
-                    .list(&prefix, after.as_deref(), Some(500), revision)
-                    .await
-                    .map_err(|err| ApiError::from_store(err, rt.plural, ""))?;
-                revision = Some(page.revision);
-                for kv in &page.items {
-                    let obj = from_kv(kv)?;
-                    if filter.matches(&obj) {
-                        initial.push(object_event("ADDED", obj, output, rt_kind));
-                    }
-                }
-                after = page.items.last().map(|kv| kv.key.clone());
-                if !page.more || after.is_none() {
-                    break;
-                }
-            }
-            revision.unwrap_or(0)
-        }
-    };
-    let mut stream = api
-        .store
-        .watch(&prefix, from)
-        .await
-        .map_err(|err| match err {
-            StoreError::Compacted {
-                requested,
-                compacted,
-            } => ApiError::expired(format!(
-                "too old resource version: {requested} ({compacted})"
-            )),
-            err => ApiError::from_store(err, rt.plural, ""),
-        })?;
-
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    tokio::spawn(async move {
-        for line in initial {
-            if tx.send(line).await.is_err() {
-                return;
-            }
-        }
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            let event = tokio::select! {
-                event = stream.recv() => event,
-                () = &mut deadline => return,
-                () = tx.closed() => return,
-            };
-            let line = match event {
-                Some(Ok(event)) => match watch_event(&event, &filter, output, rt_kind) {
-                    Ok(Some(line)) => line,
-                    Ok(None) => continue,
-                    Err(err) => event_line("ERROR", &status_value(&err)),
-                },
-                Some(Err(err)) => {
-                    let err = ApiError::from_store(err, "", "");
-                    let _ = tx.send(event_line("ERROR", &status_value(&err))).await;
-                    return;
-                }
-                None => return,
-            };
-            if tx.send(line).await.is_err() {
-                return;
-            }
-        }
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|line| (Ok(Frame::data(line)), rx))
-    });
-    let body = http_body_util::StreamBody::new(body);
-    let mut response = Response::new(Body::new(body));
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    Ok(response)
-}
-
-fn status_value(err: &ApiError) -> Value {
-    serde_json::to_value(err.to_status()).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

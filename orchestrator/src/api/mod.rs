@@ -31,6 +31,7 @@ pub mod server;
 pub mod status;
 pub mod table;
 pub mod validation;
+pub mod watch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
