@@ -232,6 +232,7 @@ fn static_in_namespace() {
             address: Some("10.98.0.9/24".parse().expect("cidr")),
             gateway: Some("10.98.0.1".parse().expect("ip")),
             dns: vec!["10.98.0.53".parse().expect("ip")],
+            ..Network::default()
         };
         cairn_init::network::start(&config, &resolv)
             .await
