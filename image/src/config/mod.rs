@@ -19,12 +19,15 @@
 //! - [`host`], [`network`], [`cluster`], [`update`]: one module per table.
 //! - [`spans`]: offsets to key paths and back.
 //! - [`template`]: the commented `config.toml` text (default and generated).
+//! - `generate` (host tool): `config init`'s fresh credentials.
 //!
 //! Compatibility: schema version 1 grew in place; every key of its first
 //! part (`host.hostname`, `network.interface/dhcp/address/gateway/dns`)
 //! keeps its meaning.
 
 pub mod cluster;
+#[cfg(feature = "host")]
+pub mod generate;
 pub mod host;
 pub mod network;
 pub mod spans;
