@@ -8,7 +8,10 @@
 //! a process list. A supplied CA and admin credentials are copied into the
 //! server's `pki/` before it starts; the server uses them and never replaces
 //! them, and a later, different CA in the file is reported, not installed
-//! (a cluster's CA cannot change under its clients).
+//! (a cluster's CA cannot change under its clients). The server may re-issue
+//! its own admin certificate; any certificate the CA signed for
+//! `cairn-admin`/`system:masters` authenticates the same, so the kubeconfig
+//! from `cairn-image config init` stays valid.
 //!
 //! Readiness runs `cairn healthz` (a real HTTPS request to `/readyz` with
 //! the admin certificate the server created in its data dir) rather than
@@ -114,12 +117,15 @@ pub fn install_credentials(config: &Config, data_dir: &Path) -> std::io::Result<
         );
         match std::fs::read_to_string(&cert_path) {
             Ok(existing) if existing.trim() == cert.as_str().trim() => continue,
-            Ok(_) => {
-                crate::log::console(&format!(
-                    "cairn: config warning: cluster.{name}_cert differs from the one the server has used since its first start; keeping the server's"
-                ));
+            // The server may re-issue its admin certificate; any one the CA
+            // signed is as good. A different CA is worth saying.
+            Ok(_) if name == "ca" => {
+                crate::log::console(
+                    "cairn: config warning: cluster.ca_cert differs from the CA the server has used since its first start; keeping the server's",
+                );
                 continue;
             }
+            Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
