@@ -43,6 +43,11 @@ pub fn apply(config: &Config, run_etc: &Path) {
             "cairn: config warning: network.vlans and network.wifi are validated but not applied by this build",
         );
     }
+    if config.network.dhcp && !config.network.addresses.is_empty() {
+        crate::log::console(
+            "cairn: config warning: network.addresses are applied with dhcp = false only in this build",
+        );
+    }
     if !config.network.interfaces.is_empty() {
         crate::log::console(
             "cairn: config warning: network.interfaces beyond the first are validated but not applied by this build",
