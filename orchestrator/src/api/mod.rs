@@ -209,12 +209,11 @@ impl Api {
         match segments.as_slice() {
             ["version"] if is_get => return Ok(json_response(200, &discovery::version())),
             ["healthz" | "livez" | "readyz", ..] if is_get => return Ok(text_response("ok")),
-            ["api"] if is_get => return Ok(json_response(200, &discovery::api_versions())),
+            ["api"] if is_get => {
+                return Ok(discovery::serve_root(&self.registry, true, &parts.headers));
+            }
             ["apis"] if is_get => {
-                return Ok(json_response(
-                    200,
-                    &discovery::api_group_list(&self.registry),
-                ));
+                return Ok(discovery::serve_root(&self.registry, false, &parts.headers));
             }
             ["openapi", rest @ ..] if is_get => {
                 return self.openapi.serve(rest, &query, &parts.headers);
