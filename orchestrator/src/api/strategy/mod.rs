@@ -110,6 +110,13 @@ impl Errors {
         self.push("FieldValueInvalid", field.into(), message);
     }
 
+    /// `field: Invalid value: <repr>[: detail]` with the value already
+    /// rendered (e.g. `[]string{"10.43.0.1"}`).
+    pub fn invalid_repr(&mut self, field: impl Into<String>, repr: &str, detail: &str) {
+        let message = body(format!("Invalid value: {repr}"), detail);
+        self.push("FieldValueInvalid", field.into(), message);
+    }
+
     /// `field: Unsupported value: <value>: supported values: "a", "b"`.
     pub fn unsupported(&mut self, field: impl Into<String>, value: &Value, supported: &[&str]) {
         let quoted: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();

@@ -158,9 +158,9 @@ pub fn validate(old: Option<&Value>, svc: &Value, errors: &mut Errors) {
         let old_ip = cluster_ip(&old["spec"]);
         let external = kind == "ExternalName" || old["spec"]["type"] == "ExternalName";
         if !external && !ip.is_empty() && !old_ip.is_empty() && ip != old_ip {
-            errors.invalid(
+            errors.invalid_repr(
                 "spec.clusterIPs[0]",
-                &Value::String(format!("[]string{{{ip:?}}}")),
+                &format!("[]string{{{ip:?}}}"),
                 "may not change once set",
             );
         }
@@ -319,7 +319,10 @@ pub async fn allocate(api: &Api, old: Option<&Value>, svc: &mut Value) -> Result
 
 fn invalid(svc: &Value, field: &str, value: Value, detail: &str) -> ApiError {
     let mut errors = Errors::default();
-    errors.invalid(field, &value, detail);
+    match value {
+        Value::String(repr) => errors.invalid_repr(field, &repr, detail),
+        value => errors.invalid(field, &value, detail),
+    }
     let name = svc["metadata"]["name"].as_str().unwrap_or("");
     ApiError::invalid_fields("", "Service", name, errors.0)
 }
