@@ -89,7 +89,7 @@ impl Subresource {
     }
 
     /// (group, version, kind) of what the subresource takes and returns.
-    pub fn kind_of<'a>(self, rt: &'a ResourceType) -> (&'a str, &'a str, &'a str) {
+    pub fn kind_of(self, rt: &ResourceType) -> (&str, &str, &str) {
         match self {
             Subresource::Status => (rt.group, rt.version, rt.kind),
             Subresource::Scale => ("autoscaling", "v1", "Scale"),
@@ -188,7 +188,7 @@ impl ResourceType {
     }
 
     /// With subresources.
-    pub fn sub(mut self, subresources: &'static [Subresource]) -> Self {
+    pub fn subresources(mut self, subresources: &'static [Subresource]) -> Self {
         self.subresources = subresources;
         self
     }
@@ -250,51 +250,55 @@ impl Registry {
         Registry {
             types: vec![
                 // core/v1
-                R::of::<Namespace>().short(&["ns"]).sub(&[Status]),
+                R::of::<Namespace>().short(&["ns"]).subresources(&[Status]),
                 R::of::<Pod>()
                     .short(&["po"])
                     .categories(ALL)
-                    .sub(&[Status, Binding, Eviction]),
+                    .subresources(&[Status, Binding, Eviction]),
                 R::of::<Service>()
                     .short(&["svc"])
                     .categories(ALL)
-                    .sub(&[Status]),
+                    .subresources(&[Status]),
                 R::of::<Endpoints>().short(&["ep"]),
                 R::of::<ConfigMap>().short(&["cm"]),
                 R::of::<Secret>(),
                 R::of::<ServiceAccount>().short(&["sa"]),
-                R::of::<Node>().short(&["no"]).sub(&[Status]),
+                R::of::<Node>().short(&["no"]).subresources(&[Status]),
                 R::of::<Event>().short(&["ev"]),
-                R::of::<PersistentVolume>().short(&["pv"]).sub(&[Status]),
+                R::of::<PersistentVolume>()
+                    .short(&["pv"])
+                    .subresources(&[Status]),
                 R::of::<PersistentVolumeClaim>()
                     .short(&["pvc"])
-                    .sub(&[Status]),
+                    .subresources(&[Status]),
                 R::of::<LimitRange>().short(&["limits"]),
-                R::of::<ResourceQuota>().short(&["quota"]).sub(&[Status]),
+                R::of::<ResourceQuota>()
+                    .short(&["quota"])
+                    .subresources(&[Status]),
                 R::of::<PodTemplate>(),
                 // apps/v1
                 R::of::<Deployment>()
                     .short(&["deploy"])
                     .categories(ALL)
-                    .sub(&[Status, Scale]),
+                    .subresources(&[Status, Scale]),
                 R::of::<ReplicaSet>()
                     .short(&["rs"])
                     .categories(ALL)
-                    .sub(&[Status, Scale]),
+                    .subresources(&[Status, Scale]),
                 R::of::<DaemonSet>()
                     .short(&["ds"])
                     .categories(ALL)
-                    .sub(&[Status]),
+                    .subresources(&[Status]),
                 R::of::<StatefulSet>()
                     .short(&["sts"])
                     .categories(ALL)
-                    .sub(&[Status, Scale]),
+                    .subresources(&[Status, Scale]),
                 // batch/v1
-                R::of::<Job>().categories(ALL).sub(&[Status]),
+                R::of::<Job>().categories(ALL).subresources(&[Status]),
                 R::of::<CronJob>()
                     .short(&["cj"])
                     .categories(ALL)
-                    .sub(&[Status]),
+                    .subresources(&[Status]),
                 R::of::<Lease>(),
                 R::of::<EndpointSlice>(),
                 R::of::<EventsEvent>().short(&["ev"]),
@@ -305,7 +309,7 @@ impl Registry {
                 R::of::<ClusterRoleBinding>(),
                 R::of::<PodDisruptionBudget>()
                     .short(&["pdb"])
-                    .sub(&[Status]),
+                    .subresources(&[Status]),
             ],
         }
     }

@@ -19,9 +19,17 @@ pub struct ApiError {
     pub message: String,
     /// `details`: the resource (`kind` is the plural upstream) and name concerned.
     pub details: Option<(String, String)>,
-    /// `details.group` (422 `Invalid` names the kind's group).
-    pub group: Option<String>,
-    /// `details.causes`: which fields are invalid and why.
+    /// `details.group` and `details.causes` of a 422 `Invalid` (boxed:
+    /// errors travel in every `Result` of the API server).
+    pub fields: Option<Box<FieldCauses>>,
+}
+
+/// The group of an invalid object's kind and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldCauses {
+    /// `details.group` (`""` for core).
+    pub group: String,
+    /// `details.causes`.
     pub causes: Vec<Cause>,
 }
 
@@ -43,8 +51,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
-            group: None,
-            causes: Vec::new(),
+            fields: None,
         }
     }
 
@@ -133,8 +140,10 @@ impl ApiError {
             format!("{group_kind} \"{name}\" is invalid: {all}"),
         )
         .with_details(kind, name);
-        err.group = (!group.is_empty()).then(|| group.to_owned());
-        err.causes = causes;
+        err.fields = Some(Box::new(FieldCauses {
+            group: group.to_owned(),
+            causes,
+        }));
         err
     }
 
@@ -192,9 +201,13 @@ impl ApiError {
             details: self.details.as_ref().map(|(kind, name)| StatusDetails {
                 kind: Some(kind.clone()),
                 name: Some(name.clone()),
-                group: self.group.clone(),
-                causes: (!self.causes.is_empty()).then(|| {
-                    self.causes
+                group: self
+                    .fields
+                    .as_ref()
+                    .map(|f| f.group.clone())
+                    .filter(|g| !g.is_empty()),
+                causes: self.fields.as_ref().map(|f| {
+                    f.causes
                         .iter()
                         .map(|c| StatusCause {
                             reason: Some(c.reason.to_owned()),

@@ -215,10 +215,8 @@ pub fn validate(rt: &ResourceType, old: Option<&Value>, obj: &Value, errors: &mu
                 errors.required("spec.resources[storage]", "");
             }
         }
-        "StorageClass" => {
-            if obj["provisioner"].as_str().is_none_or(str::is_empty) {
-                errors.required("provisioner", "");
-            }
+        "StorageClass" if obj["provisioner"].as_str().is_none_or(str::is_empty) => {
+            errors.required("provisioner", "");
         }
         "EndpointSlice" => {
             let types = ["IPv4", "IPv6", "FQDN"];

@@ -212,14 +212,14 @@ pub fn validate(kind: &str, old: Option<&Value>, obj: &Value, errors: &mut Error
                 errors,
             );
         }
-        "PodDisruptionBudget" => {
-            if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() {
-                errors.invalid(
-                    "spec",
-                    spec,
-                    "minAvailable and maxUnavailable cannot be both set",
-                );
-            }
+        "PodDisruptionBudget"
+            if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() =>
+        {
+            errors.invalid(
+                "spec",
+                spec,
+                "minAvailable and maxUnavailable cannot be both set",
+            );
         }
         _ => {}
     }

@@ -100,7 +100,7 @@ pub fn access_modes(modes: &Value) -> String {
 }
 
 /// A string field, or `""`.
-pub fn text<'a>(v: &'a Value) -> &'a str {
+pub fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
 
