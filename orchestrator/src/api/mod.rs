@@ -18,10 +18,10 @@
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
-//! See `handlers`, `table`, `patch`, `openapi` and `validation`. Also: no
-//! OpenAPI v2, no aggregated discovery, no protobuf or YAML bodies, client
-//! certificates only (no bearer tokens) and no authorization beyond a
-//! CA-issued certificate.
+//! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`
+//! and `validation`. Also: no OpenAPI v2, no protobuf or YAML bodies,
+//! client certificates only (no bearer tokens) and no authorization beyond
+//! a CA-issued certificate; the `kubernetes` Service has no Endpoints yet.
 
 pub mod discovery;
 pub mod handlers;
