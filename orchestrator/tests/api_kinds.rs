@@ -505,6 +505,17 @@ fn tables_get_all_and_api_resources() {
             "statefulsets.apps"
         ]
     );
+    // kubectl takes everything from the aggregated documents: no per-group-version requests.
+    let cache = server.dir.path().join("discovery-cache");
+    let (_, log) =
+        server.kubectl_with_stderr(&["api-resources", "-v=8", "--cache-dir", path_str(&cache)]);
+    assert!(
+        log.contains(
+            "Content-Type: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("/apis/apps/v1"), "{log}");
     let explain = server.kubectl(&["explain", "deployment.spec.strategy"]);
     assert!(explain.contains("rollingUpdate"), "{explain}");
 }
