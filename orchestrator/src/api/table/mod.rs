@@ -10,7 +10,8 @@
 //!
 //! # Layout
 //! - `columns`: the column definitions per kind (with `-o wide` ones).
-//! - `cells`: the cells per kind, as upstream's `print<Kind>` functions.
+//! - `cells`: the cells per kind, as upstream's `print<Kind>` functions;
+//!   `rows`: the kinds whose cells are computed (pods, jobs, services...).
 //! - `format`: selectors, labels, container lists, access modes.
 //!
 //! # Current limitations
@@ -28,6 +29,7 @@ use super::status::ApiError;
 mod cells;
 mod columns;
 mod format;
+mod rows;
 
 pub use format::format_selector;
 
