@@ -418,6 +418,67 @@ impl Dynamic {
 mod tests {
     use super::*;
 
+    /// A CRD written by another server (here: straight into the shared
+    /// store, so no write hook of this `Api` runs) is served through the
+    /// store watch, and stops being served when it is deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn crds_written_elsewhere_are_served_through_the_watch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open_sqlite(dir.path().join("state.db"))
+            .await
+            .expect("store");
+        let api = Api::new(store.clone());
+        api.serve_crds().await.expect("serve CRDs");
+        let mut crd = serde_json::json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com", "scope": "Cluster",
+                "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object"}}}],
+            },
+        });
+        definition::prepare(None, &mut crd, crate::api::strategy::Write::Main).expect("valid");
+        let key = format!("{CRD_PREFIX}widgets.example.com");
+        store
+            .create(&key, serde_json::to_vec(&crd).expect("json"))
+            .await
+            .expect("create");
+        let served = |want: bool| {
+            let api = &api;
+            async move {
+                for _ in 0..200 {
+                    let snapshot = api.snapshot();
+                    let found = snapshot
+                        .registry
+                        .find("example.com", "v1", "widgets")
+                        .is_some();
+                    let documented = snapshot
+                        .openapi
+                        .serve(
+                            &["v3", "apis", "example.com", "v1"],
+                            &Default::default(),
+                            &Default::default(),
+                        )
+                        .is_ok();
+                    if found == want && documented == want {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                false
+            }
+        };
+        assert!(
+            served(true).await,
+            "the CRD was not picked up from the watch"
+        );
+        store.delete(&key, None).await.expect("delete");
+        assert!(served(false).await, "the deleted CRD is still served");
+    }
+
     #[test]
     fn versions_sort_like_upstream() {
         let mut v = vec!["v1alpha1", "foo", "v2", "v1beta2", "v1", "v1beta1", "v10"];
