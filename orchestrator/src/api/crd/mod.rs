@@ -355,7 +355,11 @@ impl Dynamic {
                 .await?;
             revision = Some(page.revision);
             for kv in &page.items {
-                match serde_json::from_slice::<CustomResourceDefinition>(&kv.value) {
+                // Through a Value: one deserializer instance of the large
+                // CRD types (definition.rs decodes from a Value too).
+                let decoded = serde_json::from_slice::<Value>(&kv.value)
+                    .and_then(serde_json::from_value::<CustomResourceDefinition>);
+                match decoded {
                     Ok(crd) => crds.push(crd),
                     Err(err) => warn!(key = %kv.key, %err, "a stored CRD does not decode"),
                 }
