@@ -12,6 +12,11 @@
 //! be PKCS#8 PEM (`openssl genpkey`, `openssl req -newkey`). Keys Cairn
 //! generates are ECDSA P-256; keys are written mode 0600.
 //!
+//! The host's addresses are read once, at start: an address that appears
+//! later (DHCP after the server started) is in the certificate from the next
+//! start on. Until then clients reach the server by another name (or
+//! `--tls-san` the address).
+//!
 //! Several servers sharing one PostgreSQL trust each other's clients when
 //! their data dirs hold the same `ca.crt` and `ca.key` (copy them before the
 //! other servers' first start): every server's serving and admin
