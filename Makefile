@@ -6,7 +6,7 @@
 #   make run     build the image and boot it in QEMU, console attached (Ctrl-A X quits)
 #   make test    unit tests, lints, API tests with the Python client, images
 #                for both arches, end-to-end QEMU tests
-#   make bench   boot/memory/size figures, side by side with a systemd baseline
+#   make bench   boot/memory/size figures vs a systemd baseline; API server figures
 #   make clean   remove out/ (the cargo target dir and the component cache stay)
 
 ARCH ?= x86_64
@@ -67,7 +67,9 @@ e2e: images
 test: lint unit api e2e
 
 bench: images
+	cargo build --release -p cairn --bin cairn --example api_load
 	/usr/bin/python3 tests/bench.py
+	/usr/bin/python3 tests/bench_api.py
 
 clean:
 	rm -rf out

@@ -99,7 +99,8 @@ impl Probe {
     }
 
     async fn exchange(&self) -> Result<String, ProbeError> {
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.tls_config()?));
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(admin_tls_config(&self.data_dir)?));
         let io = |what| move |source| ProbeError::Io { what, source };
         let tcp = tokio::net::TcpStream::connect(self.addr)
             .await
@@ -136,36 +137,38 @@ impl Probe {
             })
         }
     }
+}
 
-    fn tls_config(&self) -> Result<rustls::ClientConfig, ProbeError> {
-        let pki = self.data_dir.join("pki");
-        let read = |name: &str| {
-            let path = pki.join(name);
-            std::fs::read(&path)
-                .map(|bytes| (path.clone(), bytes))
-                .map_err(|source| ProbeError::Read { path, source })
-        };
-        let pem = |path: &PathBuf| {
-            let path = path.clone();
-            move |source| ProbeError::Pem { path, source }
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        let (ca_path, ca) = read("ca.crt")?;
-        for cert in CertificateDer::pem_slice_iter(&ca) {
-            roots.add(cert.map_err(pem(&ca_path))?)?;
-        }
-        let (cert_path, cert) = read("admin.crt")?;
-        let chain = CertificateDer::pem_slice_iter(&cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(pem(&cert_path))?;
-        let (key_path, key) = read("admin.key")?;
-        let key = PrivateKeyDer::from_pem_slice(&key).map_err(pem(&key_path))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Ok(rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?)
+/// A TLS client configuration trusting the cluster CA of the server whose
+/// data dir is `data_dir` and presenting its admin certificate.
+pub fn admin_tls_config(data_dir: &Path) -> Result<rustls::ClientConfig, ProbeError> {
+    let pki = data_dir.join("pki");
+    let read = |name: &str| {
+        let path = pki.join(name);
+        std::fs::read(&path)
+            .map(|bytes| (path.clone(), bytes))
+            .map_err(|source| ProbeError::Read { path, source })
+    };
+    let pem = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| ProbeError::Pem { path, source }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let (ca_path, ca) = read("ca.crt")?;
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.map_err(pem(&ca_path))?)?;
     }
+    let (cert_path, cert) = read("admin.crt")?;
+    let chain = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem(&cert_path))?;
+    let (key_path, key) = read("admin.key")?;
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(pem(&key_path))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?)
 }
 
 #[cfg(test)]
