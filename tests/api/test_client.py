@@ -285,6 +285,33 @@ kind: ConfigMap
 metadata:
   name: in-default
 data: {}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: from-yaml
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: from-yaml
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
 """
 
 
@@ -293,12 +320,16 @@ def test_create_from_yaml_multi_document(api, core, tmp_path):
     manifest.write_text(MANIFEST)
     created = utils.create_from_yaml(api, str(manifest))
     kinds = sorted(obj.kind for group in created for obj in group)
-    assert kinds == ["ConfigMap", "ConfigMap", "Namespace", "Secret"]
+    assert kinds == ["ConfigMap", "ConfigMap", "Deployment", "Namespace", "Secret", "Service"]
     assert core.read_namespaced_config_map("settings", "from-yaml").data == {"mode": "edge"}
     secret = core.read_namespaced_secret("token", "from-yaml").data
     assert base64.b64decode(secret["key"]) == b"value"
     assert base64.b64decode(secret["plain"]) == b"hello"
     assert core.read_namespaced_config_map("in-default", NS).metadata.name == "in-default"
+    deployment = client.AppsV1Api(api).read_namespaced_deployment("web", "from-yaml")
+    assert deployment.spec.replicas == 2
+    assert deployment.spec.strategy.type == "RollingUpdate"  # defaulted, as upstream
+    assert core.read_namespaced_service("web", "from-yaml").spec.cluster_ip
     # Again: everything exists, and the client reports it as a failure.
     with pytest.raises(utils.FailToCreateError) as e:
         utils.create_from_yaml(api, str(manifest))
