@@ -3,7 +3,8 @@ the host `cairn server`, on SQLite and on PostgreSQL: CRUD of namespaces,
 configmaps and secrets, the three patch types, label selectors and
 limit/continue, watches resumed from a resourceVersion, 410 Expired after
 compaction and the re-list that recovers from it, `utils.create_from_yaml`
-with a multi-document manifest, and bearer-token authentication."""
+with a multi-document manifest (namespace, configmaps, secret, deployment,
+service), and bearer-token authentication."""
 
 from __future__ import annotations
 
