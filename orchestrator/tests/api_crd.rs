@@ -489,3 +489,53 @@ spec:
         "{err}"
     );
 }
+
+/// A data dir holding the CA of `server`, for a second server.
+fn dir_sharing_ca(server: &Server) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pki")).expect("mkdir");
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(
+            server.dir.path().join("pki").join(file),
+            dir.path().join("pki").join(file),
+        )
+        .expect("copy the CA");
+    }
+    dir
+}
+
+/// Polls `check` for up to ten seconds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn crds_reach_every_server_on_one_postgresql() {
+    let pg = common::postgres::PgServer::start();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(pg.database("crds"));
+    let url = pg.url("crds");
+    let a = Server::start_with(&["--datastore-endpoint", &url]);
+    let b = Server::start_in_with(dir_sharing_ca(&a), &["--datastore-endpoint", &url]);
+    let crd = a.write("region-crd.yaml", CLUSTER_CRD);
+    a.kubectl(&["apply", "-f", path_str(&crd)]);
+    // b learns about the CRD from its watch on the shared store.
+    eventually("server b serves regions", || {
+        b.try_kubectl(&["get", "regions"]).status.success()
+    });
+    let region = b.write(
+        "region.yaml",
+        "apiVersion: infra.example.org/v1alpha1\nkind: Region\nmetadata:\n  name: south\nspec: {}\n",
+    );
+    b.kubectl(&["apply", "-f", path_str(&region)]);
+    assert_eq!(get(&a, &["region", "south"])["metadata"]["name"], "south");
+    b.kubectl(&["delete", "crd", "regions.infra.example.org"]);
+    eventually("server a stops serving regions", || {
+        !a.kubectl(&["api-resources"]).contains("infra.example.org")
+    });
+}

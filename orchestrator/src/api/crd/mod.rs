@@ -431,7 +431,7 @@ mod tests {
         let store = Store::open_sqlite(dir.path().join("state.db"))
             .await
             .expect("store");
-        let api = Api::new(store.clone());
+        let api = Api::new(store.clone(), Default::default());
         api.serve_crds().await.expect("serve CRDs");
         let mut crd = serde_json::json!({
             "apiVersion": "apiextensions.k8s.io/v1",
