@@ -202,8 +202,8 @@ fn error_response(err: &ApiError) -> Response<Body> {
     json_response(err.code, &err.to_status())
 }
 
-fn text_response(text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
+fn text_response(text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(text.into()).boxed_unsync());
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -356,6 +356,41 @@ impl Api {
         .await
     }
 
+    /// `/livez`, `/readyz`, `/healthz` as upstream answers them: `ok`, or
+    /// with `?verbose` one `[+]name ok` line per check. Liveness is the
+    /// process answering; readiness and health also need the datastore
+    /// (upstream's `etcd` check), so a server that lost its PostgreSQL
+    /// reports not ready (500) while it keeps trying to reconnect.
+    async fn health(&self, check: &str, query: &Query) -> Response<Body> {
+        let mut checks = vec![("ping", Ok(()))];
+        if check != "livez" {
+            let store = self.store.current_revision().await.map(|_| ());
+            checks.push(("etcd", store));
+        }
+        let passed = checks.iter().all(|(_, r)| r.is_ok());
+        let verbose = query.get("verbose").is_some();
+        let mut text = String::new();
+        for (name, result) in &checks {
+            match result {
+                Ok(()) if verbose => text.push_str(&format!("[+]{name} ok\n")),
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!(check = name, %err, "health check failed");
+                    text.push_str(&format!("[-]{name} failed: reason withheld\n"));
+                }
+            }
+        }
+        let mut response = match (passed, verbose) {
+            (true, false) => text_response("ok"),
+            (true, true) => text_response(format!("{text}{check} check passed\n")),
+            (false, _) => text_response(format!("{text}{check} check failed\n")),
+        };
+        if !passed {
+            *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        response
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().trim_end_matches('/').to_owned();
@@ -366,7 +401,9 @@ impl Api {
         let registry = &snapshot.registry;
         match segments.as_slice() {
             ["version"] if is_get => return Ok(json_response(200, &discovery::version())),
-            ["healthz" | "livez" | "readyz", ..] if is_get => return Ok(text_response("ok")),
+            [check @ ("healthz" | "livez" | "readyz"), ..] if is_get => {
+                return Ok(self.health(check, &query).await);
+            }
             ["api"] if is_get => {
                 return Ok(discovery::serve_root(registry, true, &parts.headers));
             }
