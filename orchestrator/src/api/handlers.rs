@@ -2,7 +2,11 @@
 //!
 //! Objects stay `serde_json::Value`s here: the handlers only touch
 //! `metadata` (name, namespace, uid, creationTimestamp, resourceVersion)
-//! and a few per-kind defaults, so one code path serves every kind.
+//! and leave per-kind work (defaults, validation, status and generation
+//! rules, allocations) to [`strategy`](super::strategy), so one code path
+//! serves every kind. The `status` subresource goes through `update` with
+//! [`Write::Status`]; the other subresources live in
+//! [`subresources`](super::subresources).
 //! The stored value never carries `resourceVersion`; it is the store
 //! revision, set on the way out (as kine does), so it can't go stale.
 //!
@@ -28,8 +32,9 @@ use tracing::debug;
 
 use super::patch::{self, PatchType};
 use super::query::{Query, Selector};
-use super::resources::ResourceType;
+use super::resources::{ResourceType, Subresource};
 use super::status::ApiError;
+use super::strategy::{self, Write};
 use super::table::Output;
 use super::validation;
 use super::{Api, Body, json_response};
@@ -47,6 +52,8 @@ pub struct Target<'a> {
     pub namespace: Option<String>,
     /// The object name in the path (`None`: the collection).
     pub name: Option<String>,
+    /// The subresource in the path (`None`: the object itself).
+    pub subresource: Option<Subresource>,
 }
 
 impl Target<'_> {
@@ -66,6 +73,14 @@ pub async fn handle(
 ) -> Result<Response<Body>, ApiError> {
     let needs_ns = target.rt.namespaced && target.namespace.is_none();
     let output = || Output::negotiate(headers, query);
+    match target.subresource {
+        None => {}
+        Some(Subresource::Status) if method != Method::POST => {}
+        Some(sub) => {
+            return super::subresources::handle(api, method, &target, sub, query, headers, body)
+                .await;
+        }
+    }
     match (method, target.name.as_deref()) {
         (&Method::GET, None) if query.flag("watch")? => {
             super::watch::watch(api, &target, query, output()?).await
@@ -116,7 +131,7 @@ async fn read_object(
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes.
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
@@ -214,50 +229,6 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
     ))
 }
 
-/// Per-kind defaults and normalization, as upstream's REST strategies do.
-fn prepare(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
-    match rt.kind {
-        "Namespace" => {
-            if obj["spec"]["finalizers"].is_null() {
-                obj["spec"] = json!({"finalizers": ["kubernetes"]});
-            }
-            obj["status"] = json!({"phase": "Active"});
-        }
-        "Secret" => {
-            let name = meta_str(obj, "name").unwrap_or("").to_owned();
-            if let Some(Value::Object(string_data)) =
-                obj.as_object_mut().and_then(|m| m.remove("stringData"))
-            {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                for (k, v) in string_data {
-                    let v = v.as_str().ok_or_else(|| {
-                        ApiError::bad_request(format!("stringData.{k} must be a string"))
-                    })?;
-                    obj["data"][k] = b64.encode(v).into();
-                }
-            }
-            if let Some(data) = obj["data"].as_object() {
-                for (k, v) in data {
-                    if v.as_str().is_none_or(|s| {
-                        base64::engine::general_purpose::STANDARD.decode(s).is_err()
-                    }) {
-                        return Err(ApiError::invalid(
-                            rt.kind,
-                            &name,
-                            format!("data[{k}]: Invalid value: not base64"),
-                        ));
-                    }
-                }
-            }
-            if obj["type"].is_null() {
-                obj["type"] = "Opaque".into();
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 /// Checks the object's namespace against the path and that it exists.
 async fn check_namespace(api: &Api, target: &Target<'_>, obj: &mut Value) -> Result<(), ApiError> {
     if !target.rt.namespaced {
@@ -319,7 +290,6 @@ async fn create(
     };
     validate_name(rt, &name)?;
     check_namespace(api, target, &mut obj).await?;
-    prepare(rt, &mut obj)?;
     let meta = metadata(&mut obj);
     meta.insert("name".into(), name.clone().into());
     meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
@@ -332,12 +302,11 @@ async fn create(
     ] {
         meta.remove(field);
     }
+    strategy::before_create(api, rt, &mut obj).await?;
     let key = rt.key(target.namespace.as_deref(), &name);
-    let revision = api
-        .store
-        .create(&key, to_value_bytes(&obj))
-        .await
-        .map_err(|err| ApiError::from_store(err, rt.plural, &name))?;
+    let created = api.store.create(&key, to_value_bytes(&obj)).await;
+    strategy::after_write(api, rt, None, &obj, created.is_ok()).await;
+    let revision = created.map_err(|err| ApiError::from_store(err, rt.plural, &name))?;
     metadata(&mut obj).insert("resourceVersion".into(), revision.to_string().into());
     Ok(json_response(201, &obj))
 }
@@ -352,7 +321,7 @@ async fn get(
     match api.store.get(&key).await {
         Ok(Some(kv)) => Ok(json_response(
             200,
-            &output.object(target.rt.kind, from_kv(&kv)?),
+            &output.object_of(target.rt, from_kv(&kv)?),
         )),
         Ok(None) => Err(ApiError::not_found(target.rt.plural, name)),
         Err(err) => Err(ApiError::from_store(err, target.rt.plural, name)),
@@ -394,7 +363,8 @@ async fn update(
     };
     let stored: Value = serde_json::from_slice(&current.value)
         .map_err(|err| ApiError::internal(format!("stored object {key} is corrupt: {err}")))?;
-    prepare(rt, &mut obj)?;
+    let write = Write::of(target.subresource);
+    strategy::before_update(api, rt, write, &stored, &mut obj).await?;
     let meta = metadata(&mut obj);
     meta.remove("resourceVersion");
     for field in ["uid", "creationTimestamp"] {
@@ -403,11 +373,9 @@ async fn update(
             None => meta.remove(field),
         };
     }
-    let revision = api
-        .store
-        .update(&key, to_value_bytes(&obj), expected)
-        .await
-        .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
+    let updated = api.store.update(&key, to_value_bytes(&obj), expected).await;
+    strategy::after_write(api, rt, Some(&stored), &obj, updated.is_ok()).await;
+    let revision = updated.map_err(|err| ApiError::from_store(err, rt.plural, name))?;
     metadata(&mut obj).insert("resourceVersion".into(), revision.to_string().into());
     Ok(json_response(200, &obj))
 }
@@ -465,16 +433,19 @@ async fn delete(api: &Api, target: &Target<'_>, name: &str) -> Result<Response<B
         .delete(&key, None)
         .await
         .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
+    let deleted = from_kv(&kv)?;
+    strategy::after_delete(api, rt, &deleted).await;
     if rt.kind == "Namespace" {
         delete_namespace_contents(api, name).await;
     }
-    Ok(json_response(200, &from_kv(&kv)?))
+    Ok(json_response(200, &deleted))
 }
 
 /// Deletes every namespaced object in `namespace` (the namespace
 /// controller's job upstream; done inline until there is one).
 async fn delete_namespace_contents(api: &Api, namespace: &str) {
-    for rt in api.registry.all().iter().filter(|rt| rt.namespaced) {
+    let snapshot = api.snapshot();
+    for rt in snapshot.registry.all().iter().filter(|rt| rt.namespaced) {
         let prefix = rt.key_prefix(Some(namespace));
         let mut after: Option<String> = None;
         loop {
@@ -490,8 +461,13 @@ async fn delete_namespace_contents(api: &Api, namespace: &str) {
                 }
             };
             for kv in &page.items {
-                if let Err(err) = api.store.delete(&kv.key, None).await {
-                    debug!(?err, key = %kv.key, "deleting a namespace's object");
+                match api.store.delete(&kv.key, None).await {
+                    Ok(deleted) => {
+                        if let Ok(obj) = from_kv(&deleted) {
+                            strategy::after_delete(api, rt, &obj).await;
+                        }
+                    }
+                    Err(err) => debug!(?err, key = %kv.key, "deleting a namespace's object"),
                 }
             }
             after = page.items.last().map(|kv| kv.key.clone());
@@ -604,7 +580,7 @@ async fn list(
         "metadata": metadata,
         "items": items,
     });
-    Ok(json_response(200, &output.list(rt.kind, list)))
+    Ok(json_response(200, &output.list_of(rt, list)))
 }
 
 #[cfg(test)]

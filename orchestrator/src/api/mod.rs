@@ -3,23 +3,32 @@
 //!
 //! # Layout
 //! - `server`: TLS listener (rustls, client certificates), hyper connections.
-//! - `pki`: the cluster CA, serving and admin certificates, admin kubeconfig.
+//! - `pki`: the cluster CA, serving and admin certificates, admin kubeconfig;
+//!   `x509`: the certificate fields read (subjects).
+//! - `auth`: who a request comes from (client certificate or bearer token).
 //! - this module: [`run`], and the router that maps a path to discovery or
 //!   to a [`resources::ResourceType`] and hands it to `handlers`.
 //! - `resources`: the registry of served kinds, from k8s-openapi metadata.
+//! - `crd`: CustomResourceDefinitions; the served registry is a snapshot
+//!   (built-in kinds + every stored CRD's) each request takes once.
 //! - `discovery`: `/version`, `/api`, `/apis` and `APIResourceList`s.
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
+//! - `strategy`: per-kind defaults, validation and allocation on writes.
+//! - `subresources`: `scale`, pod `binding` and `eviction` (`status` goes
+//!   through the generic handlers).
 //! - `query`: query parameters and selectors. `status`: `Status` errors.
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
 //! - `patch`: JSON, merge and strategic merge patches.
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
-//! See `handlers`, `table`, `patch`, `openapi` and `validation`. Also: no
-//! OpenAPI v2, no aggregated discovery, no protobuf or YAML bodies, client
-//! certificates only (no bearer tokens) and no authorization beyond a
-//! CA-issued certificate.
+//! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`
+//! and `validation`. Also: no OpenAPI v2, no protobuf or YAML bodies, and no
+//! authorization: every authenticated user may do everything; the
+//! `kubernetes` Service has no Endpoints yet.
 
+pub mod auth;
+pub mod crd;
 pub mod discovery;
 pub mod handlers;
 pub mod openapi;
@@ -29,14 +38,18 @@ pub mod query;
 pub mod resources;
 pub mod server;
 pub mod status;
+pub mod strategy;
+pub mod subresources;
 pub mod table;
 pub mod validation;
 pub mod watch;
+pub mod x509;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -46,21 +59,15 @@ use hyper::{Method, Request, Response};
 use serde_json::json;
 use tracing::{Instrument, info, info_span};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Endpoint, Store, StoreError};
+pub use auth::User;
 use handlers::Target;
 use query::Query;
-use resources::Registry;
+use resources::{Registry, Subresource};
 use status::ApiError;
 
 /// Response bodies: whole JSON documents or a watch stream.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// Who made a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Identity {
-    /// A client certificate issued by the cluster CA.
-    ClientCertificate,
-}
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +89,9 @@ pub enum ServerError {
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] server::TlsError),
+    /// The token file is unusable.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -93,20 +103,85 @@ pub enum ServerError {
 }
 
 /// `cairn server` settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
-    /// State directory: datastore, `pki/`, `admin.kubeconfig`.
+    /// State directory: datastore, `pki/`, `admin.kubeconfig`, `tokens.csv`.
     pub data_dir: PathBuf,
     /// HTTPS listen address.
     pub listen: SocketAddr,
+    /// The datastore: embedded SQLite in the data dir or PostgreSQL.
+    pub datastore: Endpoint,
+    /// Extra names for the serving certificate.
+    pub tls_sans: Vec<String>,
+    /// Also write the admin kubeconfig here, with this mode.
+    pub write_kubeconfig: Option<(PathBuf, u32)>,
+    /// The server token (`--token`): bearer token of user `node`.
+    pub token: Option<String>,
+    /// How often history is compacted, and how many revisions are kept.
+    pub compaction: Compaction,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token and the datastore password stay out of logs.
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("datastore", &self.datastore)
+            .field("tls_sans", &self.tls_sans)
+            .field("write_kubeconfig", &self.write_kubeconfig)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("compaction", &self.compaction)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Defaults for a server with state in `data_dir`: SQLite, port 6443
+    /// on every address, kine's compaction (every 5 minutes, keeping the
+    /// last 1000 revisions).
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            listen: SocketAddr::from(([0, 0, 0, 0], 6443)),
+            datastore: Endpoint::Sqlite,
+            tls_sans: Vec::new(),
+            write_kubeconfig: None,
+            token: None,
+            compaction: Compaction::default(),
+        }
+    }
+}
+
+/// Periodic compaction of the datastore's history (kine's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Time between compactions; zero disables them.
+    pub interval: Duration,
+    /// Revisions kept below the current one; watches and lists at older
+    /// revisions get 410 `Expired`.
+    pub retain: i64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            interval: Duration::from_secs(300),
+            retain: 1000,
+        }
+    }
 }
 
 /// Shared state of every request.
 #[derive(Debug)]
 pub struct Api {
     store: Store,
-    registry: Registry,
+    auth: auth::Authenticator,
+    /// The served kinds and their OpenAPI documents, built-in and custom.
+    dynamic: Arc<crd::Dynamic>,
+    /// The built-in kinds' documents (what `validation` checks bodies against).
     openapi: openapi::Documents,
+    services: strategy::ServiceNetwork,
 }
 
 /// Builds a JSON response.
@@ -127,8 +202,8 @@ fn error_response(err: &ApiError) -> Response<Body> {
     json_response(err.code, &err.to_status())
 }
 
-fn text_response(text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
+fn text_response(text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(text.into()).boxed_unsync());
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -137,19 +212,95 @@ fn text_response(text: &'static str) -> Response<Body> {
 }
 
 impl Api {
-    /// The API over `store`, with the built-in resources.
-    pub fn new(store: Store) -> Api {
+    /// The API over `store`, with the built-in resources, accepting the
+    /// bearer tokens of `auth` besides client certificates.
+    pub fn new(store: Store, auth: auth::Authenticator) -> Api {
         let registry = Registry::builtin();
+        let openapi = openapi::Documents::build(&registry);
         Api {
             store,
-            openapi: openapi::Documents::build(&registry),
-            registry,
+            auth,
+            dynamic: Arc::new(crd::Dynamic::new(registry, openapi.clone())),
+            openapi,
+            services: strategy::ServiceNetwork::default(),
         }
     }
 
-    /// Creates the `default` namespace if it does not exist.
-    pub async fn bootstrap(&self) -> Result<(), StoreError> {
-        let namespaces = self
+    /// The registry and documents served now (built-in and CRD kinds);
+    /// take it once per request.
+    pub fn snapshot(&self) -> Arc<crd::Snapshot> {
+        self.dynamic.snapshot()
+    }
+
+    /// Serves the CRDs in the store at once, then follows the store so
+    /// CRDs written through any server are served (runs until the store's
+    /// watch ends; spawn it).
+    pub async fn serve_crds(&self) -> Result<(), StoreError> {
+        self.dynamic.reload(&self.store).await?;
+        tokio::spawn(self.dynamic.clone().follow(self.store.clone()));
+        Ok(())
+    }
+
+    /// Reloads the served kinds after this server wrote a CRD, so its
+    /// kinds are served when the write returns.
+    pub(crate) async fn crds_changed(&self) {
+        if let Err(err) = self.dynamic.reload(&self.store).await {
+            tracing::warn!(%err, "reloading CRDs after a write failed");
+        }
+    }
+
+    /// Creates the `default` namespace and the `kubernetes` Service (the
+    /// first address of the service CIDR, port 443 to the API server's
+    /// `port`) if they do not exist.
+    pub async fn bootstrap(&self, port: u16) -> Result<(), StoreError> {
+        self.bootstrap_namespace().await?;
+        self.bootstrap_kubernetes_service(port).await
+    }
+
+    async fn bootstrap_kubernetes_service(&self, port: u16) -> Result<(), StoreError> {
+        let snapshot = self.snapshot();
+        let rt = snapshot
+            .registry
+            .find("", "v1", "services")
+            .expect("services are built in");
+        let key = rt.key(Some("default"), "kubernetes");
+        if self.store.get(&key).await?.is_some() {
+            return Ok(());
+        }
+        let mut svc = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "labels": {"component": "apiserver", "provider": "kubernetes"},
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": self.services.kubernetes_ip().to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+            },
+        });
+        if let Err(err) = strategy::before_create(self, rt, &mut svc).await {
+            tracing::warn!(%err, "the kubernetes Service could not be prepared");
+            return Ok(());
+        }
+        let created = self
+            .store
+            .create(&key, serde_json::to_vec(&svc).unwrap_or_default())
+            .await;
+        strategy::after_write(self, rt, None, &svc, created.is_ok()).await;
+        match created {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn bootstrap_namespace(&self) -> Result<(), StoreError> {
+        let snapshot = self.snapshot();
+        let namespaces = snapshot
             .registry
             .find("", "v1", "namespaces")
             .expect("namespaces are built in");
@@ -178,17 +329,22 @@ impl Api {
         }
     }
 
-    /// Serves one request from `identity` (`None`: no client certificate).
+    /// Serves one request on a connection whose client certificate named
+    /// `certificate` (`None`: no certificate).
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
-        identity: Option<Identity>,
+        mut req: Request<Incoming>,
+        certificate: Option<&User>,
     ) -> Response<Body> {
         let span = info_span!("request", method = %req.method(), path = %req.uri().path());
         async move {
-            if identity.is_none() {
+            let Some(user) = self.auth.authenticate(certificate, req.headers()) else {
                 return error_response(&ApiError::unauthorized());
-            }
+            };
+            tracing::debug!(user = %user.name, "authenticated");
+            // The user travels with the request: authorization (RBAC) and
+            // handlers that record who acted read it from the extensions.
+            req.extensions_mut().insert(user);
             let response = match self.route(req).await {
                 Ok(response) => response,
                 Err(err) => error_response(&err),
@@ -200,27 +356,65 @@ impl Api {
         .await
     }
 
+    /// `/livez`, `/readyz`, `/healthz` as upstream answers them: `ok`, or
+    /// with `?verbose` one `[+]name ok` line per check. Liveness is the
+    /// process answering; readiness and health also need the datastore
+    /// (upstream's `etcd` check), so a server that lost its PostgreSQL
+    /// reports not ready (500) while it keeps trying to reconnect.
+    async fn health(&self, check: &str, query: &Query) -> Response<Body> {
+        let mut checks = vec![("ping", Ok(()))];
+        if check != "livez" {
+            let store = self.store.current_revision().await.map(|_| ());
+            checks.push(("etcd", store));
+        }
+        let passed = checks.iter().all(|(_, r)| r.is_ok());
+        let verbose = query.get("verbose").is_some();
+        let mut text = String::new();
+        for (name, result) in &checks {
+            match result {
+                Ok(()) if verbose => text.push_str(&format!("[+]{name} ok\n")),
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!(check = name, %err, "health check failed");
+                    text.push_str(&format!("[-]{name} failed: reason withheld\n"));
+                }
+            }
+        }
+        let mut response = match (passed, verbose) {
+            (true, false) => text_response("ok"),
+            (true, true) => text_response(format!("{text}{check} check passed\n")),
+            (false, _) => text_response(format!("{text}{check} check failed\n")),
+        };
+        if !passed {
+            *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        response
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().trim_end_matches('/').to_owned();
         let query = Query::parse(parts.uri.query());
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let is_get = parts.method == Method::GET;
+        let snapshot = self.snapshot();
+        let registry = &snapshot.registry;
         match segments.as_slice() {
             ["version"] if is_get => return Ok(json_response(200, &discovery::version())),
-            ["healthz" | "livez" | "readyz", ..] if is_get => return Ok(text_response("ok")),
-            ["api"] if is_get => return Ok(json_response(200, &discovery::api_versions())),
+            [check @ ("healthz" | "livez" | "readyz"), ..] if is_get => {
+                return Ok(self.health(check, &query).await);
+            }
+            ["api"] if is_get => {
+                return Ok(discovery::serve_root(registry, true, &parts.headers));
+            }
             ["apis"] if is_get => {
-                return Ok(json_response(
-                    200,
-                    &discovery::api_group_list(&self.registry),
-                ));
+                return Ok(discovery::serve_root(registry, false, &parts.headers));
             }
             ["openapi", rest @ ..] if is_get => {
-                return self.openapi.serve(rest, &query, &parts.headers);
+                return snapshot.openapi.serve(rest, &query, &parts.headers);
             }
-            ["api", version] if is_get => return self.resource_list("", version),
-            ["apis", group, version] if is_get => return self.resource_list(group, version),
+            ["api", version] if is_get => return resource_list(registry, "", version),
+            ["apis", group, version] if is_get => return resource_list(registry, group, version),
             _ => {}
         }
         let (group, version, rest) = match segments.as_slice() {
@@ -228,48 +422,70 @@ impl Api {
             ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
             _ => return Err(ApiError::no_route(&path)),
         };
-        let find = |plural: &str| self.registry.find(group, version, plural);
-        let target = match rest {
-            [plural] => find(plural).map(|rt| Target {
-                rt,
-                namespace: None,
-                name: None,
-            }),
-            ["namespaces", ns, plural] => {
-                find(plural).filter(|rt| rt.namespaced).map(|rt| Target {
-                    rt,
-                    namespace: Some((*ns).to_owned()),
-                    name: None,
-                })
-            }
-            ["namespaces", ns, plural, name] => {
-                find(plural).filter(|rt| rt.namespaced).map(|rt| Target {
-                    rt,
-                    namespace: Some((*ns).to_owned()),
-                    name: Some((*name).to_owned()),
-                })
-            }
-            [plural, name] => find(plural).filter(|rt| !rt.namespaced).map(|rt| Target {
-                rt,
-                namespace: None,
-                name: Some((*name).to_owned()),
-            }),
-            _ => None,
-        };
-        let target = target.ok_or_else(|| ApiError::no_route(&path))?;
+        let target =
+            target(registry, group, version, rest).ok_or_else(|| ApiError::no_route(&path))?;
+        if parts.method == Method::PATCH && target.rt.custom.is_some() {
+            crd::refuse_strategic_patch(&parts.headers)?;
+        }
         handlers::handle(self, &parts.method, target, &query, &parts.headers, body).await
-    }
-
-    fn resource_list(&self, group: &str, version: &str) -> Result<Response<Body>, ApiError> {
-        discovery::api_resource_list(&self.registry, group, version)
-            .map(|list| json_response(200, &list))
-            .ok_or_else(|| ApiError::no_route(&format!("/apis/{group}/{version}")))
     }
 }
 
-/// Runs `cairn server` until `shutdown` completes: opens the datastore in
-/// the data dir, creates the PKI and the `default` namespace on first
-/// start, and serves HTTPS.
+/// The resource, namespace, name and subresource a path addresses
+/// (`rest`: the segments after the group-version).
+fn target<'a>(
+    registry: &'a Registry,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Option<Target<'a>> {
+    let find = |plural: &str| registry.find(group, version, plural);
+    let make = |rt, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+        let subresource = match sub {
+            Some(sub) => Some(Subresource::from_name(sub)?),
+            None => None,
+        };
+        Some(Target {
+            rt,
+            namespace: namespace.map(str::to_owned),
+            name: name.map(str::to_owned),
+            subresource,
+        })
+    };
+    let namespaced = |plural| find(plural).filter(|rt| rt.namespaced);
+    let cluster = |plural| find(plural).filter(|rt| !rt.namespaced);
+    let sub_served = |t: Target<'a>| t.subresource.is_none_or(|sub| t.rt.has(sub)).then_some(t);
+    let target = match rest {
+        [plural] => make(find(plural)?, None, None, None),
+        ["namespaces", ns, plural] if namespaced(plural).is_some() => {
+            make(namespaced(plural)?, Some(ns), None, None)
+        }
+        ["namespaces", ns, plural, name] if namespaced(plural).is_some() => {
+            make(namespaced(plural)?, Some(ns), Some(name), None)
+        }
+        ["namespaces", ns, plural, name, sub] => {
+            make(namespaced(plural)?, Some(ns), Some(name), Some(sub))
+        }
+        [plural, name] => make(cluster(plural)?, None, Some(name), None),
+        [plural, name, sub] => make(cluster(plural)?, None, Some(name), Some(sub)),
+        _ => None,
+    };
+    target.and_then(sub_served)
+}
+
+fn resource_list(
+    registry: &Registry,
+    group: &str,
+    version: &str,
+) -> Result<Response<Body>, ApiError> {
+    discovery::api_resource_list(registry, group, version)
+        .map(|list| json_response(200, &list))
+        .ok_or_else(|| ApiError::no_route(&format!("/apis/{group}/{version}")))
+}
+
+/// Runs `cairn server` until `shutdown` completes: opens the datastore,
+/// creates the PKI and the `default` namespace on first start, writes the
+/// admin kubeconfig, and serves HTTPS.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
@@ -279,9 +495,20 @@ pub async fn run(
         path: data_dir.clone(),
         source,
     })?;
-    let store = Store::open_sqlite(data_dir.join("state.db")).await?;
-    let api = Arc::new(Api::new(store));
-    api.bootstrap().await?;
+    let auth = auth::Authenticator::load(&data_dir.join("tokens.csv"), config.token.as_deref())?;
+    let store = match &config.datastore {
+        Endpoint::Sqlite => Store::open_sqlite(data_dir.join("state.db")).await?,
+        Endpoint::Postgres(url) => Store::open_postgres(url).await?,
+    };
+    let compactor = (!config.compaction.interval.is_zero())
+        .then(|| store.spawn_compactor(config.compaction.interval, config.compaction.retain));
+    let api = Arc::new(Api::new(store, auth));
+    let port = match config.listen.port() {
+        0 => 6443,
+        port => port,
+    };
+    api.bootstrap(port).await?;
+    api.serve_crds().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {
@@ -294,9 +521,35 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    let pki = pki::ensure(&data_dir, local.port())?;
+    let settings = pki::Settings {
+        server_url: server_url(local),
+        tls_sans: config.tls_sans.clone(),
+    };
+    let pki = pki::ensure(&data_dir, &settings)?;
+    if let Some((path, mode)) = &config.write_kubeconfig {
+        pki::write_kubeconfig(&pki, path, *mode)?;
+    }
     let tls = server::tls_config(&pki)?;
-    info!(addr = %local, kubeconfig = %pki.kubeconfig.display(), "serving the Kubernetes API");
+    info!(
+        addr = %local,
+        kubeconfig = %pki.kubeconfig.display(),
+        names = ?pki.server_names,
+        "serving the Kubernetes API"
+    );
     server::serve(listener, tls, api, shutdown).await;
+    if let Some(compactor) = compactor {
+        compactor.abort();
+    }
     Ok(())
+}
+
+/// The URL local clients reach the server at: the bound address, or
+/// loopback when bound to every address.
+fn server_url(local: SocketAddr) -> String {
+    let ip = match local.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("https://{}", SocketAddr::new(ip, local.port()))
 }
