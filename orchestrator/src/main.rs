@@ -84,6 +84,13 @@ struct Server {
     /// Revisions kept by compaction below the current one.
     #[arg(long, hide = true, default_value_t = 1000)]
     datastore_compact_retain: u32,
+    /// Apply every *.yaml, *.yml and *.json file in this directory at start
+    /// and whenever it changes (removing a file deletes nothing).
+    #[arg(long, value_name = "DIR")]
+    manifests_dir: Option<PathBuf>,
+    /// How often the manifests directory is read for changes.
+    #[arg(long, hide = true, default_value = "5s", value_parser = parse_duration)]
+    manifests_interval: Duration,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -156,9 +163,25 @@ fn server(args: Server) -> anyhow::Result<()> {
         interval: args.datastore_compact_interval,
         retain: i64::from(args.datastore_compact_retain),
     };
+    if let Some(dir) = args.manifests_dir {
+        let addr = loopback(config.listen);
+        let poll = args.manifests_interval.max(Duration::from_millis(100));
+        runtime.spawn(cairn::manifests::run(dir, data_dir.clone(), addr, poll));
+    }
     runtime
         .block_on(cairn::api::run(config, shutdown_signal()))
         .with_context(|| format!("cairn server (data dir {})", data_dir.display()))
+}
+
+/// Where this machine reaches a server listening on `listen`: loopback
+/// when it listens on every address.
+fn loopback(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
 }
 
 /// Completes on SIGINT or SIGTERM.
