@@ -41,6 +41,21 @@ enum Command {
         #[arg(long, default_value = "/readyz", value_parser = ["/readyz", "/livez", "/healthz"])]
         path: String,
     },
+    /// Import image archives (OCI layout or docker-save *.tar) into containerd.
+    ImportImages {
+        /// containerd's socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        container_runtime_endpoint: PathBuf,
+        /// containerd namespace (CRI's is k8s.io).
+        #[arg(long, default_value = "k8s.io")]
+        namespace: String,
+        /// Snapshotter to unpack into (CRI's is overlayfs).
+        #[arg(long, default_value = "overlayfs")]
+        snapshotter: String,
+        /// Archives, or directories whose *.tar files are imported.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -91,6 +106,16 @@ struct Server {
     /// How often the manifests directory is read for changes.
     #[arg(long, hide = true, default_value = "5s", value_parser = parse_duration)]
     manifests_interval: Duration,
+    /// Import every *.tar image archive in this directory into containerd at start.
+    #[arg(long, value_name = "DIR")]
+    images_dir: Option<PathBuf>,
+    /// containerd's socket, for --images-dir.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    container_runtime_endpoint: PathBuf,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -119,6 +144,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Server(args) => server(args),
+        Command::ImportImages {
+            container_runtime_endpoint,
+            namespace,
+            snapshotter,
+            paths,
+        } => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            let options = cairn::images::Options {
+                socket: container_runtime_endpoint,
+                namespace,
+                snapshotter,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(import_images(paths, options))
+        }
         Command::Healthz {
             data_dir,
             port,
@@ -163,6 +208,17 @@ fn server(args: Server) -> anyhow::Result<()> {
         interval: args.datastore_compact_interval,
         retain: i64::from(args.datastore_compact_retain),
     };
+    if let Some(dir) = args.images_dir {
+        let options = cairn::images::Options {
+            socket: args.container_runtime_endpoint,
+            ..Default::default()
+        };
+        runtime.spawn(cairn::images::import_at_start(
+            dir,
+            options,
+            Duration::from_secs(120),
+        ));
+    }
     if let Some(dir) = args.manifests_dir {
         let addr = loopback(config.listen);
         let poll = args.manifests_interval.max(Duration::from_millis(100));
@@ -171,6 +227,36 @@ fn server(args: Server) -> anyhow::Result<()> {
     runtime
         .block_on(cairn::api::run(config, shutdown_signal()))
         .with_context(|| format!("cairn server (data dir {})", data_dir.display()))
+}
+
+/// `cairn import-images`: every archive named or in a named directory;
+/// fails when any did not import.
+async fn import_images(paths: Vec<PathBuf>, options: cairn::images::Options) -> anyhow::Result<()> {
+    let mut failed = 0;
+    let mut containerd = None;
+    for path in paths {
+        if path.is_dir() {
+            let results = cairn::images::import_dir(&path, &options).await?;
+            failed += results.iter().filter(|(_, r)| r.is_err()).count();
+            continue;
+        }
+        let client = match &mut containerd {
+            Some(client) => client,
+            None => containerd.insert(
+                cairn::images::containerd::Containerd::connect(&options.socket, &options.namespace)
+                    .await?,
+            ),
+        };
+        match cairn::images::import_file(client, &path, &options).await {
+            Ok(names) => println!("{}: {}", path.display(), names.join(", ")),
+            Err(error) => {
+                eprintln!("{}: {error}", path.display());
+                failed += 1;
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} archive(s) not imported");
+    Ok(())
 }
 
 /// Where this machine reaches a server listening on `listen`: loopback
