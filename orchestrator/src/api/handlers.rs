@@ -26,6 +26,7 @@ use hyper::{HeaderMap, Method, Response};
 use serde_json::{Map, Value, json};
 use tracing::debug;
 
+use super::codec;
 use super::patch::{self, PatchType};
 use super::query::{Query, Selector};
 use super::resources::ResourceType;
@@ -98,7 +99,7 @@ pub async fn handle(
     }
 }
 
-/// Reads and decodes a JSON object body of kind `rt`.
+/// Reads and decodes an object body of kind `rt` (JSON, YAML or protobuf).
 async fn read_object(
     rt: &ResourceType,
     headers: &HeaderMap,
@@ -106,13 +107,9 @@ async fn read_object(
 ) -> Result<Value, ApiError> {
     let content_type = headers
         .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if media != "application/json" && !media.is_empty() {
-        return Err(ApiError::unsupported_media_type(content_type));
-    }
-    decode_object(rt, &read_body(body).await?)
+        .and_then(|v| v.to_str().ok());
+    let format = codec::Format::from_content_type(content_type)?;
+    check_object(rt, codec::decode(format, &read_body(body).await?, rt)?)
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes.
@@ -131,9 +128,12 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
 /// Decodes `bytes` as an object of kind `rt`: a JSON object whose
 /// `apiVersion`/`kind` (if given, as kubectl always does) name the resource.
 pub fn decode_object(rt: &ResourceType, bytes: &[u8]) -> Result<Value, ApiError> {
-    let mut obj: Value = serde_json::from_slice(bytes).map_err(|err| {
-        ApiError::bad_request(format!("the request body is not valid JSON: {err}"))
-    })?;
+    check_object(rt, codec::decode(codec::Format::Json, bytes, rt)?)
+}
+
+/// Checks that a decoded body is an object of kind `rt` and fills in its
+/// `apiVersion`, `kind` and `metadata`.
+pub fn check_object(rt: &ResourceType, mut obj: Value) -> Result<Value, ApiError> {
     let Some(map) = obj.as_object_mut() else {
         return Err(ApiError::bad_request(
             "the request body is not a JSON object",

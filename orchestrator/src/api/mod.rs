@@ -12,14 +12,16 @@
 //! - `query`: query parameters and selectors. `status`: `Status` errors.
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
 //! - `patch`: JSON, merge and strategic merge patches.
+//! - `codec`: request bodies in JSON, YAML and Kubernetes protobuf.
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
 //! See `handlers`, `table`, `patch`, `openapi` and `validation`. Also: no
-//! OpenAPI v2, no aggregated discovery, no protobuf or YAML bodies, client
+//! OpenAPI v2, no aggregated discovery, no protobuf responses, client
 //! certificates only (no bearer tokens) and no authorization beyond a
 //! CA-issued certificate.
 
+pub mod codec;
 pub mod discovery;
 pub mod handlers;
 pub mod openapi;
