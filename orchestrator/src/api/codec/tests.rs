@@ -83,7 +83,7 @@ fn protobuf_config_map_is_its_json() {
         json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": "x", "generation": 0},
+            "metadata": {"name": "x"},
             "data": {"a": "b", "empty": ""},
             "binaryData": {"bin": "AP8="},
         })
