@@ -96,18 +96,31 @@ impl Format {
 /// Decodes an object body of kind `rt` to its JSON value (an object, or
 /// an error).
 pub fn decode(format: Format, bytes: &[u8], rt: &ResourceType) -> Result<Value, ApiError> {
+    match format {
+        Format::Protobuf => decode_with(format, bytes, &properties(rt)),
+        _ => decode_with(format, bytes, &Properties::new()),
+    }
+}
+
+fn decode_with(format: Format, bytes: &[u8], properties: &Properties) -> Result<Value, ApiError> {
     let value = match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|err| {
             ApiError::bad_request(format!("the request body is not valid JSON: {err}"))
         })?,
         Format::Yaml => yaml_to_json(bytes)?,
-        Format::Protobuf => protobuf_to_json(bytes, &properties(rt))?,
+        Format::Protobuf => protobuf_to_json(bytes, properties)?,
     };
     if value.is_object() {
         Ok(value)
     } else {
         Err(ApiError::bad_request("the request body is not an object"))
     }
+}
+
+/// Decodes a body of no served kind (`DeleteOptions`): protobuf embedded
+/// structs are not flattened, which options types do not have.
+pub fn decode_untyped(format: Format, bytes: &[u8]) -> Result<Value, ApiError> {
+    decode_with(format, bytes, &Properties::new())
 }
 
 /// Decodes one YAML document (also used for `apply-patch+yaml` bodies).
@@ -165,7 +178,7 @@ fn bad(message: impl std::fmt::Display) -> ApiError {
 
 /// Decodes a `k8s\0` + `runtime.Unknown` body to the object's JSON value,
 /// with `apiVersion` and `kind` from its type meta.
-pub fn protobuf_to_json(bytes: &[u8], properties: &Properties) -> Result<Value, ApiError> {
+fn protobuf_to_json(bytes: &[u8], properties: &Properties) -> Result<Value, ApiError> {
     let raw = bytes
         .strip_prefix(MAGIC)
         .ok_or_else(|| bad("it does not start with the k8s\\0 magic"))?;
@@ -173,7 +186,7 @@ pub fn protobuf_to_json(bytes: &[u8], properties: &Properties) -> Result<Value, 
     let unknown = pool
         .get_message_by_name("apimachinery.pkg.runtime.Unknown")
         .ok_or_else(|| ApiError::internal("protobuf descriptors lack runtime.Unknown"))?;
-    let envelope = DynamicMessage::decode(unknown, raw).map_err(|err| bad(err))?;
+    let envelope = DynamicMessage::decode(unknown, raw).map_err(bad)?;
     let field = |name: &str| envelope.get_field_by_name(name);
     let type_meta = field("typeMeta");
     let type_meta = type_meta.as_ref().and_then(|v| v.as_message());

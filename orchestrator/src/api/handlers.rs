@@ -11,11 +11,12 @@
 //! and stores the result through `update`.
 //!
 //! # Current limitations
-//! - No server-side apply (`application/apply-patch+yaml`), no dryRun, no
-//!   delete options (preconditions, propagation, grace periods,
-//!   finalizers): deletes are immediate.
-//! - Deleting a namespace deletes the objects in it at once (no
-//!   `Terminating` phase yet).
+//! Deletes (options, finalizers, namespaces) live in
+//! [`delete`](super::delete); creates, updates and patches honour
+//! `dryRun` and keep [`managed`](super::managed) fields.
+//!
+//! # Current limitations
+//! - No server-side apply (`application/apply-patch+yaml`).
 //! - Lists and watches ignore `resourceVersionMatch`; no bookmarks.
 
 use base64::Engine;
@@ -26,7 +27,7 @@ use hyper::{HeaderMap, Method, Response};
 use serde_json::{Map, Value, json};
 use tracing::debug;
 
-use super::codec;
+use super::options::WriteOptions;
 use super::patch::{self, PatchType};
 use super::query::{Query, Selector};
 use super::resources::ResourceType;
@@ -34,6 +35,7 @@ use super::status::ApiError;
 use super::table::Output;
 use super::validation;
 use super::{Api, Body, json_response};
+use super::{codec, delete, managed};
 use crate::store::{KeyValue, Revision, StoreError};
 
 /// Largest request body accepted, as kube-apiserver's limit.
@@ -74,14 +76,18 @@ pub async fn handle(
         (&Method::GET, None) => list(api, &target, query, output()?).await,
         (&Method::GET, Some(name)) => get(api, &target, name, output()?).await,
         (&Method::POST, None) if !needs_ns => {
+            let options = WriteOptions::from_request(query, headers, "CreateOptions")?;
             let obj = read_object(target.rt, headers, body).await?;
             let (obj, warnings) = validation::check(&api.openapi, target.rt, query, obj)?;
-            create(api, &target, obj).await.map(|r| warnings.attach(r))
+            create(api, &target, obj, &options)
+                .await
+                .map(|r| warnings.attach(r))
         }
         (&Method::PUT, Some(name)) => {
+            let options = WriteOptions::from_request(query, headers, "UpdateOptions")?;
             let obj = read_object(target.rt, headers, body).await?;
             let (obj, warnings) = validation::check(&api.openapi, target.rt, query, obj)?;
-            update(api, &target, name, obj)
+            update(api, &target, name, obj, &options)
                 .await
                 .map(|r| warnings.attach(r))
         }
@@ -91,10 +97,16 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
+            let options = WriteOptions::from_request(query, headers, "PatchOptions")?;
             let body = read_body(body).await?;
-            apply_patch(api, &target, name, kind, &body, query).await
+            apply_patch(api, &target, name, kind, &body, query, &options).await
         }
-        (&Method::DELETE, Some(name)) => delete(api, &target, name).await,
+        (&Method::DELETE, Some(name)) => {
+            delete::delete(api, &target, name, query, headers, body).await
+        }
+        (&Method::DELETE, None) if !needs_ns => {
+            delete::delete_collection(api, &target, query, headers, body).await
+        }
         _ => Err(ApiError::method_not_allowed(method.as_str())),
     }
 }
@@ -113,7 +125,7 @@ async fn read_object(
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes.
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
@@ -258,11 +270,16 @@ fn prepare(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks the object's namespace against the path and that it exists.
-async fn check_namespace(api: &Api, target: &Target<'_>, obj: &mut Value) -> Result<(), ApiError> {
+/// Checks the object's namespace against the path and that it exists;
+/// returns the namespace (`None` for a cluster-scoped object).
+async fn check_namespace(
+    api: &Api,
+    target: &Target<'_>,
+    obj: &mut Value,
+) -> Result<Option<Value>, ApiError> {
     if !target.rt.namespaced {
         metadata(obj).remove("namespace");
-        return Ok(());
+        return Ok(None);
     }
     let Some(ns) = target.namespace.as_deref() else {
         return Err(ApiError::bad_request(
@@ -279,13 +296,13 @@ async fn check_namespace(api: &Api, target: &Target<'_>, obj: &mut Value) -> Res
     metadata(obj).insert("namespace".into(), ns.into());
     let ns_key = format!("/registry/namespaces/{ns}");
     match api.store.get(&ns_key).await {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(kv)) => from_kv(&kv).map(Some),
         Ok(None) => Err(ApiError::not_found("namespaces", ns)),
         Err(err) => Err(ApiError::from_store(err, "namespaces", ns)),
     }
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
@@ -304,6 +321,7 @@ async fn create(
     api: &Api,
     target: &Target<'_>,
     mut obj: Value,
+    options: &WriteOptions,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     let name = match (meta_str(&obj, "name"), meta_str(&obj, "generateName")) {
@@ -318,7 +336,9 @@ async fn create(
         }
     };
     validate_name(rt, &name)?;
-    check_namespace(api, target, &mut obj).await?;
+    if let Some(namespace) = check_namespace(api, target, &mut obj).await? {
+        delete::forbid_terminating(&namespace, target.namespace.as_deref().unwrap_or(""))?;
+    }
     prepare(rt, &mut obj)?;
     let meta = metadata(&mut obj);
     meta.insert("name".into(), name.clone().into());
@@ -332,7 +352,16 @@ async fn create(
     ] {
         meta.remove(field);
     }
+    managed::on_create(&mut obj, &options.manager, rt.api_version, &now());
     let key = rt.key(target.namespace.as_deref(), &name);
+    if options.dry_run {
+        // As upstream's dry-run storage: AlreadyExists is still checked.
+        return match api.store.get(&key).await {
+            Ok(None) => Ok(json_response(201, &obj)),
+            Ok(Some(_)) => Err(ApiError::already_exists(rt.plural, &name)),
+            Err(err) => Err(ApiError::from_store(err, rt.plural, &name)),
+        };
+    }
     let revision = api
         .store
         .create(&key, to_value_bytes(&obj))
@@ -364,6 +393,7 @@ async fn update(
     target: &Target<'_>,
     name: &str,
     mut obj: Value,
+    options: &WriteOptions,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     match meta_str(&obj, "name") {
@@ -403,11 +433,26 @@ async fn update(
             None => meta.remove(field),
         };
     }
-    let revision = api
-        .store
-        .update(&key, to_value_bytes(&obj), expected)
-        .await
-        .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
+    let delete_now = delete::guard_update(rt, name, &stored, &mut obj)?;
+    managed::on_update(&stored, &mut obj, &options.manager, rt.api_version, &now());
+    if options.dry_run {
+        if expected != current.mod_revision {
+            return Err(ApiError::conflict(rt.plural, name));
+        }
+        let rv = current.mod_revision.to_string();
+        metadata(&mut obj).insert("resourceVersion".into(), rv.into());
+        return Ok(json_response(200, &obj));
+    }
+    let revision = if delete_now {
+        // The last finalizer of an object being deleted is gone.
+        api.store
+            .delete(&key, Some(expected))
+            .await
+            .map(|kv| kv.mod_revision)
+    } else {
+        api.store.update(&key, to_value_bytes(&obj), expected).await
+    }
+    .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
     metadata(&mut obj).insert("resourceVersion".into(), revision.to_string().into());
     Ok(json_response(200, &obj))
 }
@@ -429,6 +474,7 @@ async fn apply_patch(
     kind: PatchType,
     body: &[u8],
     query: &Query,
+    options: &WriteOptions,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     let key = rt.key(target.namespace.as_deref(), name);
@@ -448,56 +494,11 @@ async fn apply_patch(
         let patched = decode_object(rt, &to_value_bytes(&patched))?;
         let (patched, warnings) = validation::check(&api.openapi, rt, query, patched)?;
         let pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
-        match update(api, target, name, patched).await {
+        match update(api, target, name, patched, options).await {
             Err(err) if err.reason == "Conflict" && !pinned && attempt < PATCH_ATTEMPTS => {
                 debug!(%key, attempt, "patch raced a write; applying it again");
             }
             result => return result.map(|r| warnings.attach(r)),
-        }
-    }
-}
-
-async fn delete(api: &Api, target: &Target<'_>, name: &str) -> Result<Response<Body>, ApiError> {
-    let rt = target.rt;
-    let key = rt.key(target.namespace.as_deref(), name);
-    let kv = api
-        .store
-        .delete(&key, None)
-        .await
-        .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
-    if rt.kind == "Namespace" {
-        delete_namespace_contents(api, name).await;
-    }
-    Ok(json_response(200, &from_kv(&kv)?))
-}
-
-/// Deletes every namespaced object in `namespace` (the namespace
-/// controller's job upstream; done inline until there is one).
-async fn delete_namespace_contents(api: &Api, namespace: &str) {
-    for rt in api.registry.all().iter().filter(|rt| rt.namespaced) {
-        let prefix = rt.key_prefix(Some(namespace));
-        let mut after: Option<String> = None;
-        loop {
-            let page = match api
-                .store
-                .list(&prefix, after.as_deref(), Some(500), None)
-                .await
-            {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::warn!(?err, %namespace, "listing a deleted namespace's objects failed");
-                    break;
-                }
-            };
-            for kv in &page.items {
-                if let Err(err) = api.store.delete(&kv.key, None).await {
-                    debug!(?err, key = %kv.key, "deleting a namespace's object");
-                }
-            }
-            after = page.items.last().map(|kv| kv.key.clone());
-            if !page.more || after.is_none() {
-                break;
-            }
         }
     }
 }

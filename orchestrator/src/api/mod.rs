@@ -13,6 +13,9 @@
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
 //! - `patch`: JSON, merge and strategic merge patches.
 //! - `codec`: request bodies in JSON, YAML and Kubernetes protobuf.
+//! - `options`: dryRun, fieldManager and DeleteOptions; `delete`: deletes,
+//!   finalizers, deletecollection and namespace termination; `managed`:
+//!   `metadata.managedFields`.
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
@@ -22,9 +25,12 @@
 //! CA-issued certificate.
 
 pub mod codec;
+pub mod delete;
 pub mod discovery;
 pub mod handlers;
+pub mod managed;
 pub mod openapi;
+pub mod options;
 pub mod patch;
 pub mod pki;
 pub mod query;
@@ -284,6 +290,7 @@ pub async fn run(
     let store = Store::open_sqlite(data_dir.join("state.db")).await?;
     let api = Arc::new(Api::new(store));
     api.bootstrap().await?;
+    delete::resume_terminating_namespaces(&api).await;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {

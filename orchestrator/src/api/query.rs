@@ -37,6 +37,15 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of `key` (`dryRun=All&dryRun=All`), in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// A boolean parameter, parsed as Go's `strconv.ParseBool`.
     pub fn flag(&self, key: &str) -> Result<bool, ApiError> {
         match self.get(key) {

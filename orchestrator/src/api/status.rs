@@ -99,6 +99,11 @@ impl ApiError {
         ApiError::new(401, "Unauthorized", "Unauthorized")
     }
 
+    /// 403: a request that is not allowed on this object.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(403, "Forbidden", message)
+    }
+
     /// 405: a verb the resource does not serve.
     pub fn method_not_allowed(method: &str) -> ApiError {
         ApiError::new(
