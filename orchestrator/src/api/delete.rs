@@ -35,10 +35,11 @@ use hyper::{HeaderMap, Response};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use super::handlers::{Filter, Target, from_kv, read_body, to_value_bytes};
+use super::handlers::{Target, from_kv, read_body, to_value_bytes};
 use super::options::{DeleteOptions, Propagation, finalizers};
 use super::query::Query;
 use super::resources::ResourceType;
+use super::selector::Filter;
 use super::status::ApiError;
 use super::{Api, Body, json_response};
 use crate::store::{KeyValue, Store, StoreError};
@@ -121,7 +122,7 @@ pub(super) async fn delete_collection(
     let rt = target.rt;
     let body = read_body(body).await?;
     let options = DeleteOptions::from_request(query, headers, &body)?;
-    let filter = Filter::from_query(query)?;
+    let filter = Filter::from_query(query, rt)?;
     let page = api
         .store
         .list(&target.prefix(), None, None, None)

@@ -10,14 +10,12 @@
 //! `Table`); PATCH applies a [`patch`](super::patch) to the current object
 //! and stores the result through `update`.
 //!
-//! # Current limitations
 //! Deletes (options, finalizers, namespaces) live in
 //! [`delete`](super::delete); creates, updates and patches honour
 //! `dryRun` and keep [`managed`](super::managed) fields.
 //!
 //! # Current limitations
 //! - No server-side apply (`application/apply-patch+yaml`).
-//! - Lists and watches ignore `resourceVersionMatch`; no bookmarks.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -29,8 +27,9 @@ use tracing::debug;
 
 use super::options::WriteOptions;
 use super::patch::{self, PatchType};
-use super::query::{Query, Selector};
+use super::query::{Query, ReadAt};
 use super::resources::ResourceType;
+use super::selector::Filter;
 use super::status::ApiError;
 use super::table::Output;
 use super::validation;
@@ -525,24 +524,6 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), ApiE
     Ok((rv, start.to_owned()))
 }
 
-pub(super) struct Filter {
-    labels: Selector,
-    fields: Selector,
-}
-
-impl Filter {
-    pub(super) fn from_query(query: &Query) -> Result<Filter, ApiError> {
-        Ok(Filter {
-            labels: Selector::labels(query.get("labelSelector"))?,
-            fields: Selector::fields(query.get("fieldSelector"))?,
-        })
-    }
-
-    pub(super) fn matches(&self, obj: &Value) -> bool {
-        self.labels.matches_labels(obj) && self.fields.matches_fields(obj)
-    }
-}
-
 async fn list(
     api: &Api,
     target: &Target<'_>,
@@ -550,7 +531,8 @@ async fn list(
     output: Output,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
-    let filter = Filter::from_query(query)?;
+    let filter = Filter::from_query(query, rt)?;
+    let read = ReadAt::from_query(query)?;
     let limit = query
         .number("limit")?
         .filter(|l| *l > 0)
@@ -561,8 +543,27 @@ async fn list(
             let (rv, start) = decode_continue(token, &prefix)?;
             (Some(rv), Some(start))
         }
-        None => (None, None),
+        None => match read {
+            ReadAt::Latest => (None, None),
+            ReadAt::Exact(rv) => (Some(rv), None),
+            ReadAt::NotOlderThan(rv) => {
+                let current = api
+                    .store
+                    .current_revision()
+                    .await
+                    .map_err(|err| ApiError::from_store(err, rt.plural, ""))?;
+                if rv > current {
+                    let err = StoreError::FutureRevision {
+                        requested: rv,
+                        current,
+                    };
+                    return Err(ApiError::from_store(err, rt.plural, ""));
+                }
+                (None, None)
+            }
+        },
     };
+    let continued = after.is_some();
     let mut items = Vec::new();
     let mut next = None;
     loop {
@@ -572,9 +573,12 @@ async fn list(
             .list(&prefix, after.as_deref(), want, revision)
             .await
             .map_err(|err| match err {
-                StoreError::Compacted { .. } => ApiError::expired(
+                StoreError::Compacted { .. } if continued => ApiError::expired(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
                 ),
+                StoreError::Compacted { .. } => {
+                    ApiError::expired("The resourceVersion for the provided list is too old.")
+                }
                 err => ApiError::from_store(err, rt.plural, ""),
             })?;
         revision = Some(page.revision);

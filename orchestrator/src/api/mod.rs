@@ -9,7 +9,8 @@
 //! - `resources`: the registry of served kinds, from k8s-openapi metadata.
 //! - `discovery`: `/version`, `/api`, `/apis` and `APIResourceList`s.
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
-//! - `query`: query parameters and selectors. `status`: `Status` errors.
+//! - `query`: query parameters, resourceVersion rules; `selector`: label
+//!   and field selectors. `status`: `Status` errors.
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
 //! - `patch`: JSON, merge and strategic merge patches.
 //! - `codec`: request bodies in JSON, YAML and Kubernetes protobuf.
@@ -35,6 +36,7 @@ pub mod patch;
 pub mod pki;
 pub mod query;
 pub mod resources;
+pub mod selector;
 pub mod server;
 pub mod status;
 pub mod table;
