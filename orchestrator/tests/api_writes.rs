@@ -362,6 +362,10 @@ fn namespace_deletion_terminates_then_removes() {
     assert!(ns["metadata"]["deletionTimestamp"].is_string(), "{ns}");
     let err = server.kubectl_fails(&["create", "cm", "new", "-n", "gone"]);
     assert!(err.contains("because it is being terminated"), "{err}");
+    // Updates keep it terminating.
+    server.kubectl(&["label", "ns", "gone", "x=y"]);
+    let ns = json(&server.kubectl(&["get", "ns", "gone", "-o", "json"]));
+    assert_eq!(ns["status"]["phase"], "Terminating", "{ns}");
     eventually("the plain configmap to go", || {
         !exists(&server, &["get", "cm", "plain", "-n", "gone"])
     });

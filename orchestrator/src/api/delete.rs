@@ -136,13 +136,16 @@ pub(super) async fn delete_collection(
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
         match delete_object(&api.store, rt, kv, obj, &options).await {
-            Ok(Outcome::Deleted(obj) | Outcome::Pending(obj)) => items.push(obj),
+            Ok(Outcome::Deleted(obj)) => items.push(obj),
+            Ok(Outcome::Pending(obj)) => {
+                if rt.kind == "Namespace" && !options.dry_run {
+                    spawn_namespace_cleanup(api, &name);
+                }
+                items.push(obj);
+            }
             // Deleted or changed meanwhile: as upstream, skip it.
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
             Err(err) => return Err(ApiError::from_store(err, rt.plural, &name)),
-        }
-        if rt.kind == "Namespace" && !options.dry_run {
-            spawn_namespace_cleanup(api, &name);
         }
     }
     let list = json!({
@@ -287,7 +290,8 @@ async fn delete_object(
 }
 
 /// Checks an update of an object against its `stored` state: the deletion
-/// fields stay as stored, and an object being deleted gains no finalizer.
+/// fields stay as stored (a terminating namespace stays `Terminating`),
+/// and an object being deleted gains no finalizer.
 /// Returns true when the update removes the last finalizer of an object
 /// being deleted: the caller deletes it instead of storing it.
 pub(super) fn guard_update(
@@ -307,6 +311,10 @@ pub(super) fn guard_update(
     }
     if !deleting {
         return Ok(false);
+    }
+    if rt.kind == "Namespace" {
+        // Defaulting would make it Active again.
+        obj["status"]["phase"] = "Terminating".into();
     }
     let old = finalizers(stored);
     let added: Vec<String> = finalizers(obj)

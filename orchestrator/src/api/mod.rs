@@ -20,7 +20,8 @@
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
-//! See `handlers`, `table`, `patch`, `openapi` and `validation`. Also: no
+//! See `handlers`, `table`, `patch`, `openapi`, `validation`, `codec`,
+//! `delete` and `managed`. Also: no
 //! OpenAPI v2, no aggregated discovery, no protobuf responses, client
 //! certificates only (no bearer tokens) and no authorization beyond a
 //! CA-issued certificate.
