@@ -4,9 +4,15 @@
 //! The `.proto` files are upstream's `generated.proto` files as the
 //! `k8s-rs-pb` crate ships them (a build dependency with no feature
 //! enabled, so none of its code is compiled); `protox` (a protobuf
-//! compiler in Rust) turns them into a `FileDescriptorSet`, stripped of
-//! what decoding does not read (file and field options, JSON names: the proto field names
-//! are already the JSON names), and written to `$OUT_DIR/k8s.fds`.
+//! compiler in Rust) turns them into descriptors, written twice:
+//! - `$OUT_DIR/k8s.schema`: what the decoder reads, one line per message
+//!   (`M <full name> [map]`) and per field (`F <number> <name> <type>
+//!   <o|r> [<message type>]`, the type as `FieldDescriptorProto.Type`'s
+//!   number). A table this small keeps a protobuf reflection library out
+//!   of the binary.
+//! - `$OUT_DIR/k8s.fds`: the `FileDescriptorSet`, for the tests to encode
+//!   bodies with (stripped of options and JSON names: the proto field
+//!   names are already the JSON names).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +55,42 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out.join("k8s.fds"), prost::Message::encode_to_vec(&set))
         .expect("write k8s.fds");
+    let mut schema = String::new();
+    for file in &set.file {
+        let package = file.package();
+        for message in &file.message_type {
+            write_schema(&mut schema, package, message);
+        }
+    }
+    std::fs::write(out.join("k8s.schema"), schema).expect("write k8s.schema");
+}
+
+fn write_schema(out: &mut String, scope: &str, message: &prost_types::DescriptorProto) {
+    use std::fmt::Write;
+    let name = format!("{scope}.{}", message.name());
+    let map = message.options.as_ref().is_some_and(|o| o.map_entry());
+    let _ = writeln!(out, "M {name}{}", if map { " map" } else { "" });
+    for field in &message.field {
+        let label = if field.label() == prost_types::field_descriptor_proto::Label::Repeated {
+            "r"
+        } else {
+            "o"
+        };
+        let _ = write!(
+            out,
+            "F {} {} {} {label}",
+            field.number(),
+            field.name(),
+            field.r#type.unwrap_or_default()
+        );
+        if let Some(type_name) = &field.type_name {
+            let _ = write!(out, " {}", type_name.trim_start_matches('.'));
+        }
+        out.push('\n');
+    }
+    for nested in &message.nested_type {
+        write_schema(out, &name, nested);
+    }
 }
 
 /// Drops field options and JSON names; message options stay (they mark

@@ -1,23 +1,34 @@
-//! Codec tests: protobuf bodies are built with `prost-reflect` from the
-//! same descriptors, so they are what a Go client's encoder writes for the
-//! fields set (upstream's marshalers write non-pointer zero values too,
-//! which the tests include).
+//! Codec tests: protobuf bodies are built with `prost-reflect` (a
+//! dev-dependency) from the descriptors the decoder's schema comes from,
+//! so they are what a Go client's encoder writes for the fields set
+//! (upstream's marshalers write non-pointer zero values too, which the
+//! tests include), and kubectl's own bodies are in `testdata/`.
 
+use super::protobuf::MAGIC;
 use super::*;
 use crate::api::resources::{CRUD_VERBS, SchemaFn};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use prost::Message;
 use prost_reflect::Value as V;
+use prost_reflect::{DescriptorPool, DynamicMessage, MapKey};
 use serde_json::json;
 
 fn config_maps() -> ResourceType {
     ResourceType::of::<ConfigMap>(&[], CRUD_VERBS)
 }
 
+/// The descriptor set `build.rs` compiles, for encoding test bodies.
+fn pool() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/k8s.fds"))[..])
+            .expect("descriptors")
+    })
+}
+
 fn message(name: &str) -> DynamicMessage {
     let desc = pool()
-        .expect("pool")
         .get_message_by_name(name)
         .unwrap_or_else(|| panic!("{name}"));
     DynamicMessage::new(desc)
@@ -364,4 +375,31 @@ fn kubectl_bodies_decode() {
     );
     // Go writes its non-pointer zero values; they stay (see the module doc).
     assert_eq!(service["spec"]["ports"][0]["nodePort"], 0);
+}
+
+/// Fields the schema does not know (a newer client's) are skipped; groups
+/// (wire types 3 and 4) are refused.
+#[test]
+fn unknown_fields_are_skipped() {
+    let mut cm = message("api.core.v1.ConfigMap");
+    set(&mut cm, "metadata", V::Message(object_meta("x")));
+    let mut raw = cm.encode_to_vec();
+    // Field 99, length-delimited, one byte; then field 98 as a varint.
+    raw.extend([0x9a, 0x06, 0x01, b'A', 0x90, 0x06, 0x2a]);
+    let mut type_meta = message("apimachinery.pkg.runtime.TypeMeta");
+    set(&mut type_meta, "apiVersion", V::String("v1".into()));
+    set(&mut type_meta, "kind", V::String("ConfigMap".into()));
+    let mut unknown = message("apimachinery.pkg.runtime.Unknown");
+    set(&mut unknown, "typeMeta", V::Message(type_meta));
+    set(&mut unknown, "raw", V::Bytes(raw.clone().into()));
+    let mut body = MAGIC.to_vec();
+    body.extend(unknown.encode_to_vec());
+    let value = decode(Format::Protobuf, &body, &config_maps()).expect("decoded");
+    assert_eq!(value["metadata"], json!({"name": "x"}));
+    raw.extend([0x9b, 0x06]);
+    set(&mut unknown, "raw", V::Bytes(raw.into()));
+    let mut body = MAGIC.to_vec();
+    body.extend(unknown.encode_to_vec());
+    let err = decode(Format::Protobuf, &body, &config_maps()).expect_err("group");
+    assert!(err.message.contains("wire type 3"), "{}", err.message);
 }
