@@ -8,12 +8,13 @@
 //! - `$OUT_DIR/k8s.schema`: what the decoder reads, one line per message
 //!   (`M <full name> [map]`) and per field (`F <number> <name> <type>
 //!   <o|r> [<message type>]`, the type as `FieldDescriptorProto.Type`'s
-//!   number). A table this small keeps a protobuf reflection library out
+//!   number, a message type as the index of its `M` line). A table this small keeps a protobuf reflection library out
 //!   of the binary.
 //! - `$OUT_DIR/k8s.fds`: the `FileDescriptorSet`, for the tests to encode
 //!   bodies with (stripped of options and JSON names: the proto field
 //!   names are already the JSON names).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -55,17 +56,40 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     std::fs::write(out.join("k8s.fds"), prost::Message::encode_to_vec(&set))
         .expect("write k8s.fds");
+    // Messages are numbered in the order they are written; fields name
+    // their message type by that number.
+    let mut names = Vec::new();
+    for file in &set.file {
+        for message in &file.message_type {
+            message_names(&mut names, file.package(), message);
+        }
+    }
+    let index: HashMap<String, usize> =
+        names.into_iter().enumerate().map(|(i, n)| (n, i)).collect();
     let mut schema = String::new();
     for file in &set.file {
         let package = file.package();
         for message in &file.message_type {
-            write_schema(&mut schema, package, message);
+            write_schema(&mut schema, &index, package, message);
         }
     }
     std::fs::write(out.join("k8s.schema"), schema).expect("write k8s.schema");
 }
 
-fn write_schema(out: &mut String, scope: &str, message: &prost_types::DescriptorProto) {
+fn message_names(out: &mut Vec<String>, scope: &str, message: &prost_types::DescriptorProto) {
+    let name = format!("{scope}.{}", message.name());
+    out.push(name.clone());
+    for nested in &message.nested_type {
+        message_names(out, &name, nested);
+    }
+}
+
+fn write_schema(
+    out: &mut String,
+    index: &HashMap<String, usize>,
+    scope: &str,
+    message: &prost_types::DescriptorProto,
+) {
     use std::fmt::Write;
     let name = format!("{scope}.{}", message.name());
     let map = message.options.as_ref().is_some_and(|o| o.map_entry());
@@ -84,12 +108,15 @@ fn write_schema(out: &mut String, scope: &str, message: &prost_types::Descriptor
             field.r#type.unwrap_or_default()
         );
         if let Some(type_name) = &field.type_name {
-            let _ = write!(out, " {}", type_name.trim_start_matches('.'));
+            let number = index
+                .get(type_name.trim_start_matches('.'))
+                .unwrap_or_else(|| panic!("{type_name} is not in the schema"));
+            let _ = write!(out, " {number}");
         }
         out.push('\n');
     }
     for nested in &message.nested_type {
-        write_schema(out, &name, nested);
+        write_schema(out, index, &name, nested);
     }
 }
 

@@ -46,6 +46,12 @@ const BYTES: u8 = 12;
 fn schema() -> &'static HashMap<&'static str, Message> {
     static PARSED: OnceLock<HashMap<&'static str, Message>> = OnceLock::new();
     PARSED.get_or_init(|| {
+        // Field types refer to messages by the index of their `M` line.
+        let names: Vec<&'static str> = SCHEMA
+            .lines()
+            .filter_map(|line| line.strip_prefix("M "))
+            .map(|rest| rest.split(' ').next().unwrap_or_default())
+            .collect();
         let mut messages = HashMap::new();
         let mut current: Option<(&str, Message)> = None;
         for line in SCHEMA.lines() {
@@ -71,14 +77,18 @@ fn schema() -> &'static HashMap<&'static str, Message> {
                     let (Ok(number), Ok(kind)) = (number.parse(), kind.parse()) else {
                         continue;
                     };
-                    if let Some((_, message)) = &mut current {
+                    let message = words
+                        .next()
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .and_then(|i| names.get(i).copied());
+                    if let Some((_, current)) = &mut current {
                         let field = Field {
                             name,
                             kind,
                             repeated: label == "r",
-                            message: words.next(),
+                            message,
                         };
-                        message.fields.insert(number, field);
+                        current.fields.insert(number, field);
                     }
                 }
                 _ => {}
