@@ -5,7 +5,7 @@
 #   make image   out/$(ARCH)/cairn.img            [ARCH=x86_64|aarch64] [VERSION=...]
 #   make run     build the image and boot it in QEMU, console attached (Ctrl-A X quits)
 #   make test    unit tests, lints, images for both arches, end-to-end QEMU tests
-#   make bench   boot/memory/size figures, side by side with a systemd baseline
+#   make bench   boot/memory/size figures vs a systemd baseline; API server figures
 #   make clean   remove out/ (the cargo target dir and the component cache stay)
 
 ARCH ?= x86_64
@@ -59,7 +59,9 @@ e2e: images
 test: lint unit e2e
 
 bench: images
+	cargo build --release -p cairn --bin cairn --example api_load
 	/usr/bin/python3 tests/bench.py
+	/usr/bin/python3 tests/bench_api.py
 
 clean:
 	rm -rf out

@@ -35,7 +35,7 @@ import harness  # noqa: E402
 from cairn_qemu import fields, uptime_of  # noqa: E402
 
 PHASES = ["stage 1 started", "switching root", "stage 2 started", "containerd started",
-          "containerd answered"]
+          "containerd answered", "API answered"]
 MB = 1000 * 1000
 say = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
@@ -93,11 +93,13 @@ def analyse(lines: list[tuple[float, str]]) -> dict:
         "stage2_to_containerd_started_s": diff(p("containerd started"), p("stage 2 started")),
         "stage2_to_containerd_answered_s": diff(p("containerd answered"), p("stage 2 started")),
         "kernel_to_containerd_answered_s": p("containerd answered"),
+        "kernel_to_api_answered_s": p("API answered"),
         "kernel_to_ready_s": p("ready_uptime"),
         "qemu_to_ready_s": p("qemu_to_ready"),
         "mem_used_kib": _num(r.get("mem_used_kib")),
         "containerd_rss_kib": _num(r.get("containerd_rss_kib")),
         "init_rss_kib": _num(r.get("init_rss_kib")),
+        "cairn_rss_kib": _num(r.get("cairn_rss_kib")),
     }
 
 
@@ -279,6 +281,7 @@ def report(arch: str, boots: list[dict], sz: dict, base: dict | None, memory: in
         ("stage 2 -> containerd started", "stage2_to_containerd_started_s"),
         ("stage 2 -> containerd answered", "stage2_to_containerd_answered_s"),
         ("kernel start -> containerd answered", "kernel_to_containerd_answered_s"),
+        ("kernel start -> API answered", "kernel_to_api_answered_s"),
         ("kernel start -> cairn: ready", "kernel_to_ready_s"),
         ("QEMU start -> cairn: ready", "qemu_to_ready_s"),
     ]
@@ -286,6 +289,7 @@ def report(arch: str, boots: list[dict], sz: dict, base: dict | None, memory: in
         print(f"  {label:<42} {mmm(series(boots, key)):>26} s")
     for label, key in [("memory in use at ready", "mem_used_kib"),
                        ("containerd RSS at ready", "containerd_rss_kib"),
+                       ("cairn server RSS at ready", "cairn_rss_kib"),
                        ("cairn-init RSS at ready", "init_rss_kib")]:
         print(f"  {label:<42} {mmm(series(boots, key), '{:.0f}'):>26} KiB")
 
@@ -302,6 +306,9 @@ def report(arch: str, boots: list[dict], sz: dict, base: dict | None, memory: in
     print(f"    cairn-init binary{'':<15} {fmt_bytes(sz.get('cairn_init'))}")
 
     b = base or {}
+    # The baseline runs containerd and no Kubernetes: the like-for-like figure is
+    # Cairn's kernel start -> containerd answering; the API comes on top.
+    k2c = median(series(boots, "kernel_to_containerd_answered_s"))
     k2r = median(series(boots, "kernel_to_ready_s"))
     mem = median(series(boots, "mem_used_kib"))
     ctd = median(series(boots, "containerd_rss_kib"))
@@ -311,7 +318,9 @@ def report(arch: str, boots: list[dict], sz: dict, base: dict | None, memory: in
     print(f"  vs systemd baseline{note}, medians:")
     print(f"    {'figure':<34} {'Cairn':>12} {'baseline':>12} {'ratio':>7}  target")
     table = [
-        ("kernel start -> ready (s)", k2r, b.get("kernel_start_to_containerd_ready_s"), "<= 0.33x"),
+        ("kernel -> containerd answers (s)", k2c, b.get("kernel_start_to_containerd_ready_s"),
+         "<= 0.33x"),
+        ("kernel -> ready, API up (s)", k2r, b.get("kernel_start_to_containerd_ready_s"), ""),
         ("memory in use at ready (KiB)", mem, b.get("mem_used_at_ready_kib"), "<= 0.5x"),
         ("containerd RSS (KiB)", ctd, b.get("containerd_rss_at_ready_kib"), ""),
         ("root fs, no kernel (bytes)", sz.get("root_a_squashfs"),

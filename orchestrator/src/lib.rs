@@ -9,8 +9,10 @@
 //!   embedded SQLite (default) or a shared PostgreSQL server. Its revisions
 //!   are the API's `resourceVersion`s; watches resume from them.
 //! - [`api`]: the Kubernetes API server (HTTPS, discovery, generic CRUD and watch).
+//! - [`probe`]: `cairn healthz`, a client of the server's health endpoints.
 //!
 //! Still to come (their own issues): `scheduler`, `controllers`, `agent` (CRI, networking, volumes), `proxy`, `dns`.
 
 pub mod api;
+pub mod probe;
 pub mod store;

@@ -32,6 +32,18 @@ enum Command {
         #[arg(long)]
         disable_agent: bool,
     },
+    /// Ask the local server for a health endpoint (exit 0 when it answers 200).
+    Healthz {
+        /// The server's data dir (its `pki/` holds the CA and admin certificate).
+        #[arg(long, default_value = "/var/lib/cairn/server")]
+        data_dir: PathBuf,
+        /// The server's HTTPS port on the loopback address.
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+        /// The endpoint: /readyz, /livez or /healthz.
+        #[arg(long, default_value = "/readyz", value_parser = ["/readyz", "/livez", "/healthz"])]
+        path: String,
+    },
     /// Print the version.
     Version,
 }
@@ -41,6 +53,21 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Version => {
             println!("cairn {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Healthz {
+            data_dir,
+            port,
+            path,
+        } => {
+            let mut probe = cairn::probe::Probe::readyz(&data_dir, port);
+            probe.path = path;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let body = runtime.block_on(probe.run())?;
+            println!("{body}");
             Ok(())
         }
         Command::Server {

@@ -102,10 +102,8 @@ fn create_subcommands_send_protobuf() {
     assert_eq!(code, 415, "{body}");
 }
 
-/// Deployments, services and jobs are created by the kinds branch: the
-/// lead enables this once they are served.
+/// Deployments, services and jobs from kubectl's typed sub-commands.
 #[test]
-#[ignore = "needs deployments, services and jobs served (the kinds branch)"]
 fn workload_create_subcommands_send_protobuf() {
     let server = Server::start();
     server.kubectl(&["create", "deployment", "d", "--image=nginx", "--replicas=2"]);

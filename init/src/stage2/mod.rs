@@ -3,9 +3,10 @@
 //!
 //! Boot steps, in order: mounts and cgroups, the root filesystem's modules,
 //! the log file on `/var`, the config partition and `config.toml`, the
-//! generated `/etc`, the machine id, the network, containerd under the
-//! supervisor. A readiness task waits for containerd to answer, marks the
-//! booted slot good in `grubenv` and prints `cairn: ready`. Meanwhile the
+//! generated `/etc`, the machine id, the network, containerd and `cairn
+//! server` under the supervisor. A readiness task waits for containerd to
+//! answer and the API to report ready ([`cluster`]), marks the booted slot
+//! good in `grubenv` and prints `cairn: ready`. Meanwhile the
 //! main task waits for a shutdown request (signal or power button) and then
 //! shuts down in order ([`shutdown`]).
 //!
@@ -14,6 +15,7 @@
 //! supervisor's reaper, so supervised exit statuses are never stolen.
 
 pub mod bootok;
+pub mod cluster;
 pub mod config;
 pub mod containerd;
 pub mod etc;
@@ -102,6 +104,16 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         }
         Err(error) => tracing::error!(error = format!("{error:#}"), "containerd not started"),
     }
+    let cluster = cluster::present();
+    if cluster {
+        supervisor.start(cluster::spec());
+        tracing::info!("cluster server started");
+    } else {
+        tracing::warn!(
+            program = cluster::PROGRAM,
+            "no cluster binary in this image"
+        );
+    }
 
     // Disk drivers stage 1 did not need wait until the system is ready.
     // On a blocking thread, so the runtime goes on to spawn containerd.
@@ -123,7 +135,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         .map_or(HEALTH_TIMEOUT, Duration::from_secs);
     let unhealthy = tx.clone();
     tokio::spawn(async move {
-        if tokio::time::timeout(health_timeout, readiness(slot, boot_disk))
+        if tokio::time::timeout(health_timeout, readiness(slot, boot_disk, cluster))
             .await
             .is_err()
         {
@@ -151,10 +163,20 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     }
 }
 
-/// Waits for containerd, marks the slot good, prints `cairn: ready`.
-async fn readiness(slot: Option<Slot>, boot_disk: Option<String>) {
-    let version = containerd::wait_ready().await;
-    tracing::info!(%version, "containerd answered");
+/// Waits for containerd and (when `cluster`) the API, marks the slot good,
+/// prints `cairn: ready`.
+async fn readiness(slot: Option<Slot>, boot_disk: Option<String>, cluster: bool) {
+    let containerd = async {
+        let version = containerd::wait_ready().await;
+        tracing::info!(%version, "containerd answered");
+    };
+    let api = async {
+        if cluster {
+            let probes = cluster::wait_ready().await;
+            tracing::info!(probes, "API answered");
+        }
+    };
+    tokio::join!(containerd, api);
     match slot {
         Some(slot) => {
             let marked = tokio::task::spawn_blocking(move || {
@@ -180,6 +202,7 @@ async fn readiness(slot: Option<Slot>, boot_disk: Option<String>) {
         mem_used_kib,
         init_rss_kib,
         containerd_rss_kib,
+        cairn_rss_kib = stats::process_rss_kib("cairn").unwrap_or(0),
         "ready"
     );
     tracing::info!(kib = stats::meminfo_now(), "memory at ready");

@@ -15,18 +15,22 @@
 //! - The answer is the object while it is pending, and once it is gone a
 //!   `Status` `Success` naming it, or the object for the kinds upstream
 //!   returns it for ([`RETURNS_DELETED_OBJECT`]).
-//! - A namespace is marked `Terminating` at once; a background task then
-//!   deletes its contents (respecting their finalizers, retrying every
-//!   second until they are gone), drops the `kubernetes` finalizer and
-//!   deletes it. Creates in a terminating namespace are 403 Forbidden.
+//! - A namespace is marked `Terminating` at once and its contents are
+//!   deleted in the same request (their finalizers respected); if
+//!   finalizers hold some, a background task checks every second until
+//!   they are gone. Then the `kubernetes` finalizer is dropped and the
+//!   namespace deleted. Creates in a terminating namespace are 403
+//!   Forbidden with the `NamespaceTerminating` cause.
+//! - Every object actually removed goes through the kind's
+//!   [`strategy::after_delete`] (a Service's ClusterIP is released).
 //!
 //! # Current limitations
 //! - `gracePeriodSeconds` is parsed but deletes are immediate: graceful
 //!   deletion only matters for pods, which the node agent will drive.
-//! - The 403 for a terminating namespace has no `NamespaceTerminating`
-//!   cause in its details (the message is upstream's).
 //! - A namespace cleanup interrupted by a restart resumes when the server
-//!   starts again ([`resume_terminating_namespaces`]).
+//!   starts again ([`resume_terminating_namespaces`]). The background task
+//!   holds only the store: an object that slipped into the namespace while
+//!   it was being marked is deleted there without its `after_delete`.
 
 use std::time::Duration;
 
@@ -40,7 +44,8 @@ use super::options::{DeleteOptions, Propagation, finalizers};
 use super::query::Query;
 use super::resources::ResourceType;
 use super::selector::Filter;
-use super::status::ApiError;
+use super::status::{ApiError, Cause, FieldCauses};
+use super::strategy;
 use super::{Api, Body, json_response};
 use crate::store::{KeyValue, Store, StoreError};
 
@@ -98,11 +103,14 @@ pub(super) async fn delete(
             }
             Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
             Ok(outcome) => {
-                if rt.kind == "Namespace"
-                    && !options.dry_run
-                    && let Outcome::Pending(_) = outcome
-                {
-                    spawn_namespace_cleanup(api, name);
+                if !options.dry_run {
+                    match &outcome {
+                        Outcome::Deleted(obj) => strategy::after_delete(api, rt, obj).await,
+                        Outcome::Pending(_) if rt.kind == "Namespace" => {
+                            terminate_namespace(api, name).await;
+                        }
+                        Outcome::Pending(_) => {}
+                    }
                 }
                 return Ok(respond(rt, outcome));
             }
@@ -136,10 +144,15 @@ pub(super) async fn delete_collection(
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
         match delete_object(&api.store, rt, kv, obj, &options).await {
-            Ok(Outcome::Deleted(obj)) => items.push(obj),
+            Ok(Outcome::Deleted(obj)) => {
+                if !options.dry_run {
+                    strategy::after_delete(api, rt, &obj).await;
+                }
+                items.push(obj);
+            }
             Ok(Outcome::Pending(obj)) => {
                 if rt.kind == "Namespace" && !options.dry_run {
-                    spawn_namespace_cleanup(api, &name);
+                    terminate_namespace(api, &name).await;
                 }
                 items.push(obj);
             }
@@ -337,16 +350,32 @@ pub(super) fn guard_update(
     Ok(finalizers(obj).is_empty() && !namespace_pending)
 }
 
-/// 403 when `namespace` is being deleted: nothing new may be created in it.
-pub(super) fn forbid_terminating(namespace: &Value, name: &str) -> Result<(), ApiError> {
-    if namespace["metadata"].get("deletionTimestamp").is_some()
-        || namespace["status"]["phase"] == "Terminating"
+/// 403 when `namespace` is being deleted: nothing new may be created in
+/// it (upstream's NamespaceLifecycle admission, with its cause).
+pub(super) fn forbid_terminating(
+    namespace: &Value,
+    rt: &ResourceType,
+    name: &str,
+) -> Result<(), ApiError> {
+    if namespace["metadata"].get("deletionTimestamp").is_none()
+        && namespace["status"]["phase"] != "Terminating"
     {
-        return Err(ApiError::forbidden(format!(
-            "unable to create new content in namespace {name} because it is being terminated"
-        )));
+        return Ok(());
     }
-    Ok(())
+    let ns = namespace["metadata"]["name"].as_str().unwrap_or("");
+    let why =
+        format!("unable to create new content in namespace {ns} because it is being terminated");
+    let mut err = ApiError::forbidden(format!("{} \"{name}\" is forbidden: {why}", rt.plural));
+    err.details = Some((rt.plural.to_owned(), name.to_owned()));
+    err.fields = Some(Box::new(FieldCauses {
+        group: rt.group.to_owned(),
+        causes: vec![Cause {
+            reason: "NamespaceTerminating",
+            message: why,
+            field: "metadata.namespace".into(),
+        }],
+    }));
+    Err(err)
 }
 
 /// Restarts the cleanup of namespaces left `Terminating` by a restart.
@@ -370,12 +399,51 @@ pub async fn resume_terminating_namespaces(api: &Api) {
             && ns["metadata"].get("deletionTimestamp").is_some()
             && let Some(name) = ns["metadata"]["name"].as_str()
         {
-            spawn_namespace_cleanup(api, name);
+            terminate_namespace(api, name).await;
         }
     }
 }
 
-/// Deletes a terminating namespace's contents in the background, then the
+/// Deletes a terminating namespace's contents now, then the namespace if
+/// nothing is left; otherwise leaves the rest to a background task.
+async fn terminate_namespace(api: &Api, namespace: &str) {
+    let kinds: Vec<ResourceType> = api
+        .registry
+        .all()
+        .iter()
+        .filter(|rt| rt.namespaced)
+        .cloned()
+        .collect();
+    match empty_namespace(&api.store, Some(api), &kinds, namespace).await {
+        Ok(true) => {
+            if let Some(namespaces) = api.registry.find("", "v1", "namespaces") {
+                let key = namespaces.key(None, namespace);
+                finalize_with_retries(&api.store, &key, namespace).await;
+            }
+        }
+        Ok(false) => spawn_namespace_cleanup(api, namespace),
+        Err(err) => {
+            warn!(?err, %namespace, "deleting a namespace's contents");
+            spawn_namespace_cleanup(api, namespace);
+        }
+    }
+}
+
+async fn finalize_with_retries(store: &Store, key: &str, namespace: &str) {
+    for _ in 0..ATTEMPTS {
+        match finalize_namespace(store, key).await {
+            Ok(()) => return,
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(err) => {
+                warn!(?err, %namespace, "finalizing a namespace");
+                return;
+            }
+        }
+    }
+}
+
+/// Waits in the background for a terminating namespace's remaining
+/// contents to go (deleting any that are not marked yet), then deletes the
 /// namespace (upstream's namespace controller does this).
 fn spawn_namespace_cleanup(api: &Api, namespace: &str) {
     let store = api.store.clone();
@@ -392,30 +460,23 @@ fn spawn_namespace_cleanup(api: &Api, namespace: &str) {
     let namespace = namespace.to_owned();
     tokio::spawn(async move {
         loop {
-            match empty_namespace(&store, &kinds, &namespace).await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match empty_namespace(&store, None, &kinds, &namespace).await {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(err) => warn!(?err, %namespace, "deleting a namespace's contents"),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let key = namespaces.key(None, &namespace);
-        for _ in 0..ATTEMPTS {
-            match finalize_namespace(&store, &key).await {
-                Ok(()) => return,
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(err) => {
-                    warn!(?err, %namespace, "finalizing a namespace");
-                    return;
-                }
-            }
-        }
+        finalize_with_retries(&store, &key, &namespace).await;
     });
 }
 
-/// Deletes what is in `namespace`; true once nothing is left.
+/// Deletes what is in `namespace` (with `api`, through each kind's
+/// `after_delete`); true once nothing is left.
 async fn empty_namespace(
     store: &Store,
+    api: Option<&Api>,
     kinds: &[ResourceType],
     namespace: &str,
 ) -> Result<bool, StoreError> {
@@ -431,7 +492,11 @@ async fn empty_namespace(
         for kv in &page.items {
             let Ok(obj) = from_kv(kv) else { continue };
             match delete_object(store, rt, kv, obj, &options).await {
-                Ok(Outcome::Deleted(_)) => {}
+                Ok(Outcome::Deleted(obj)) => {
+                    if let Some(api) = api {
+                        strategy::after_delete(api, rt, &obj).await;
+                    }
+                }
                 Ok(Outcome::Pending(_)) => left += 1,
                 Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => left += 1,
                 Err(err) => return Err(err),

@@ -2,7 +2,11 @@
 //!
 //! Objects stay `serde_json::Value`s here: the handlers only touch
 //! `metadata` (name, namespace, uid, creationTimestamp, resourceVersion)
-//! and a few per-kind defaults, so one code path serves every kind.
+//! and leave per-kind work (defaults, validation, status and generation
+//! rules, allocations) to [`strategy`](super::strategy), so one code path
+//! serves every kind. The `status` subresource goes through `update` with
+//! [`Write::Status`]; the other subresources live in
+//! [`subresources`](super::subresources).
 //! The stored value never carries `resourceVersion`; it is the store
 //! revision, set on the way out (as kine does), so it can't go stale.
 //!
@@ -10,6 +14,7 @@
 //! `Table`); PATCH applies a [`patch`](super::patch) to the current object
 //! and stores the result through `update`.
 //!
+//! Bodies are decoded by [`codec`](super::codec) (JSON, YAML, protobuf).
 //! Deletes (options, finalizers, namespaces) live in
 //! [`delete`](super::delete); creates, updates and patches honour
 //! `dryRun` and keep [`managed`](super::managed) fields.
@@ -28,13 +33,13 @@ use tracing::debug;
 use super::options::WriteOptions;
 use super::patch::{self, PatchType};
 use super::query::{Query, ReadAt};
-use super::resources::ResourceType;
+use super::resources::{ResourceType, Subresource};
 use super::selector::Filter;
 use super::status::ApiError;
+use super::strategy::{self, Write};
 use super::table::Output;
 use super::validation;
-use super::{Api, Body, json_response};
-use super::{codec, delete, managed};
+use super::{Api, Body, codec, delete, json_response, managed};
 use crate::store::{KeyValue, Revision, StoreError};
 
 /// Largest request body accepted, as kube-apiserver's limit.
@@ -49,6 +54,8 @@ pub struct Target<'a> {
     pub namespace: Option<String>,
     /// The object name in the path (`None`: the collection).
     pub name: Option<String>,
+    /// The subresource in the path (`None`: the object itself).
+    pub subresource: Option<Subresource>,
 }
 
 impl Target<'_> {
@@ -68,6 +75,14 @@ pub async fn handle(
 ) -> Result<Response<Body>, ApiError> {
     let needs_ns = target.rt.namespaced && target.namespace.is_none();
     let output = || Output::negotiate(headers, query);
+    match target.subresource {
+        None => {}
+        Some(Subresource::Status) if method != Method::POST => {}
+        Some(sub) => {
+            return super::subresources::handle(api, method, &target, sub, query, headers, body)
+                .await;
+        }
+    }
     match (method, target.name.as_deref()) {
         (&Method::GET, None) if query.flag("watch")? => {
             super::watch::watch(api, &target, query, output()?).await
@@ -225,50 +240,6 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
     ))
 }
 
-/// Per-kind defaults and normalization, as upstream's REST strategies do.
-fn prepare(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
-    match rt.kind {
-        "Namespace" => {
-            if obj["spec"]["finalizers"].is_null() {
-                obj["spec"] = json!({"finalizers": ["kubernetes"]});
-            }
-            obj["status"] = json!({"phase": "Active"});
-        }
-        "Secret" => {
-            let name = meta_str(obj, "name").unwrap_or("").to_owned();
-            if let Some(Value::Object(string_data)) =
-                obj.as_object_mut().and_then(|m| m.remove("stringData"))
-            {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                for (k, v) in string_data {
-                    let v = v.as_str().ok_or_else(|| {
-                        ApiError::bad_request(format!("stringData.{k} must be a string"))
-                    })?;
-                    obj["data"][k] = b64.encode(v).into();
-                }
-            }
-            if let Some(data) = obj["data"].as_object() {
-                for (k, v) in data {
-                    if v.as_str().is_none_or(|s| {
-                        base64::engine::general_purpose::STANDARD.decode(s).is_err()
-                    }) {
-                        return Err(ApiError::invalid(
-                            rt.kind,
-                            &name,
-                            format!("data[{k}]: Invalid value: not base64"),
-                        ));
-                    }
-                }
-            }
-            if obj["type"].is_null() {
-                obj["type"] = "Opaque".into();
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 /// Checks the object's namespace against the path and that it exists;
 /// returns the namespace (`None` for a cluster-scoped object).
 async fn check_namespace(
@@ -336,9 +307,8 @@ async fn create(
     };
     validate_name(rt, &name)?;
     if let Some(namespace) = check_namespace(api, target, &mut obj).await? {
-        delete::forbid_terminating(&namespace, target.namespace.as_deref().unwrap_or(""))?;
+        delete::forbid_terminating(&namespace, rt, &name)?;
     }
-    prepare(rt, &mut obj)?;
     let meta = metadata(&mut obj);
     meta.insert("name".into(), name.clone().into());
     meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
@@ -351,21 +321,22 @@ async fn create(
     ] {
         meta.remove(field);
     }
+    strategy::before_create(api, rt, &mut obj).await?;
     managed::on_create(&mut obj, &options.manager, rt.api_version, &now());
     let key = rt.key(target.namespace.as_deref(), &name);
     if options.dry_run {
-        // As upstream's dry-run storage: AlreadyExists is still checked.
+        // As upstream's dry-run storage: AlreadyExists is still checked,
+        // and what the strategy allocated is released.
+        strategy::after_write(api, rt, None, &obj, false).await;
         return match api.store.get(&key).await {
             Ok(None) => Ok(json_response(201, &obj)),
             Ok(Some(_)) => Err(ApiError::already_exists(rt.plural, &name)),
             Err(err) => Err(ApiError::from_store(err, rt.plural, &name)),
         };
     }
-    let revision = api
-        .store
-        .create(&key, to_value_bytes(&obj))
-        .await
-        .map_err(|err| ApiError::from_store(err, rt.plural, &name))?;
+    let created = api.store.create(&key, to_value_bytes(&obj)).await;
+    strategy::after_write(api, rt, None, &obj, created.is_ok()).await;
+    let revision = created.map_err(|err| ApiError::from_store(err, rt.plural, &name))?;
     metadata(&mut obj).insert("resourceVersion".into(), revision.to_string().into());
     Ok(json_response(201, &obj))
 }
@@ -423,7 +394,8 @@ async fn update(
     };
     let stored: Value = serde_json::from_slice(&current.value)
         .map_err(|err| ApiError::internal(format!("stored object {key} is corrupt: {err}")))?;
-    prepare(rt, &mut obj)?;
+    let write = Write::of(target.subresource);
+    strategy::before_update(api, rt, write, &stored, &mut obj).await?;
     let meta = metadata(&mut obj);
     meta.remove("resourceVersion");
     for field in ["uid", "creationTimestamp"] {
@@ -435,6 +407,7 @@ async fn update(
     let delete_now = delete::guard_update(rt, name, &stored, &mut obj)?;
     managed::on_update(&stored, &mut obj, &options.manager, rt.api_version, &now());
     if options.dry_run {
+        strategy::after_write(api, rt, Some(&stored), &obj, false).await;
         if expected != current.mod_revision {
             return Err(ApiError::conflict(rt.plural, name));
         }
@@ -442,16 +415,19 @@ async fn update(
         metadata(&mut obj).insert("resourceVersion".into(), rv.into());
         return Ok(json_response(200, &obj));
     }
-    let revision = if delete_now {
+    if delete_now {
         // The last finalizer of an object being deleted is gone.
-        api.store
-            .delete(&key, Some(expected))
-            .await
-            .map(|kv| kv.mod_revision)
-    } else {
-        api.store.update(&key, to_value_bytes(&obj), expected).await
+        let deleted = api.store.delete(&key, Some(expected)).await;
+        strategy::after_write(api, rt, Some(&stored), &obj, false).await;
+        let kv = deleted.map_err(|err| ApiError::from_store(err, rt.plural, name))?;
+        strategy::after_delete(api, rt, &stored).await;
+        let rv = kv.mod_revision.to_string();
+        metadata(&mut obj).insert("resourceVersion".into(), rv.into());
+        return Ok(json_response(200, &obj));
     }
-    .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
+    let updated = api.store.update(&key, to_value_bytes(&obj), expected).await;
+    strategy::after_write(api, rt, Some(&stored), &obj, updated.is_ok()).await;
+    let revision = updated.map_err(|err| ApiError::from_store(err, rt.plural, name))?;
     metadata(&mut obj).insert("resourceVersion".into(), revision.to_string().into());
     Ok(json_response(200, &obj))
 }

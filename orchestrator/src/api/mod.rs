@@ -9,6 +9,9 @@
 //! - `resources`: the registry of served kinds, from k8s-openapi metadata.
 //! - `discovery`: `/version`, `/api`, `/apis` and `APIResourceList`s.
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
+//! - `strategy`: per-kind defaults, validation and allocation on writes.
+//! - `subresources`: `scale`, pod `binding` and `eviction` (`status` goes
+//!   through the generic handlers).
 //! - `query`: query parameters, resourceVersion rules; `selector`: label
 //!   and field selectors. `status`: `Status` errors.
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
@@ -20,11 +23,11 @@
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
-//! See `handlers`, `table`, `patch`, `openapi`, `validation`, `codec`,
-//! `delete` and `managed`. Also: no
-//! OpenAPI v2, no aggregated discovery, no protobuf responses, client
-//! certificates only (no bearer tokens) and no authorization beyond a
-//! CA-issued certificate.
+//! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`,
+//! `validation`, `codec`, `delete` and `managed`. Also: no OpenAPI v2, no
+//! protobuf responses, client certificates only (no bearer tokens) and no
+//! authorization beyond a CA-issued certificate; the `kubernetes` Service
+//! has no Endpoints yet.
 
 pub mod codec;
 pub mod delete;
@@ -40,6 +43,8 @@ pub mod resources;
 pub mod selector;
 pub mod server;
 pub mod status;
+pub mod strategy;
+pub mod subresources;
 pub mod table;
 pub mod validation;
 pub mod watch;
@@ -60,7 +65,7 @@ use tracing::{Instrument, info, info_span};
 use crate::store::{Store, StoreError};
 use handlers::Target;
 use query::Query;
-use resources::Registry;
+use resources::{Registry, Subresource};
 use status::ApiError;
 
 /// Response bodies: whole JSON documents or a watch stream.
@@ -118,6 +123,7 @@ pub struct Api {
     store: Store,
     registry: Registry,
     openapi: openapi::Documents,
+    services: strategy::ServiceNetwork,
 }
 
 /// Builds a JSON response.
@@ -155,11 +161,59 @@ impl Api {
             store,
             openapi: openapi::Documents::build(&registry),
             registry,
+            services: strategy::ServiceNetwork::default(),
         }
     }
 
-    /// Creates the `default` namespace if it does not exist.
-    pub async fn bootstrap(&self) -> Result<(), StoreError> {
+    /// Creates the `default` namespace and the `kubernetes` Service (the
+    /// first address of the service CIDR, port 443 to the API server's
+    /// `port`) if they do not exist.
+    pub async fn bootstrap(&self, port: u16) -> Result<(), StoreError> {
+        self.bootstrap_namespace().await?;
+        self.bootstrap_kubernetes_service(port).await
+    }
+
+    async fn bootstrap_kubernetes_service(&self, port: u16) -> Result<(), StoreError> {
+        let rt = self
+            .registry
+            .find("", "v1", "services")
+            .expect("services are built in");
+        let key = rt.key(Some("default"), "kubernetes");
+        if self.store.get(&key).await?.is_some() {
+            return Ok(());
+        }
+        let mut svc = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "kubernetes",
+                "namespace": "default",
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "labels": {"component": "apiserver", "provider": "kubernetes"},
+            },
+            "spec": {
+                "type": "ClusterIP",
+                "clusterIP": self.services.kubernetes_ip().to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+            },
+        });
+        if let Err(err) = strategy::before_create(self, rt, &mut svc).await {
+            tracing::warn!(%err, "the kubernetes Service could not be prepared");
+            return Ok(());
+        }
+        let created = self
+            .store
+            .create(&key, serde_json::to_vec(&svc).unwrap_or_default())
+            .await;
+        strategy::after_write(self, rt, None, &svc, created.is_ok()).await;
+        match created {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn bootstrap_namespace(&self) -> Result<(), StoreError> {
         let namespaces = self
             .registry
             .find("", "v1", "namespaces")
@@ -220,12 +274,11 @@ impl Api {
         match segments.as_slice() {
             ["version"] if is_get => return Ok(json_response(200, &discovery::version())),
             ["healthz" | "livez" | "readyz", ..] if is_get => return Ok(text_response("ok")),
-            ["api"] if is_get => return Ok(json_response(200, &discovery::api_versions())),
+            ["api"] if is_get => {
+                return Ok(discovery::serve_root(&self.registry, true, &parts.headers));
+            }
             ["apis"] if is_get => {
-                return Ok(json_response(
-                    200,
-                    &discovery::api_group_list(&self.registry),
-                ));
+                return Ok(discovery::serve_root(&self.registry, false, &parts.headers));
             }
             ["openapi", rest @ ..] if is_get => {
                 return self.openapi.serve(rest, &query, &parts.headers);
@@ -239,36 +292,47 @@ impl Api {
             ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
             _ => return Err(ApiError::no_route(&path)),
         };
+        let target = self
+            .target(group, version, rest)
+            .ok_or_else(|| ApiError::no_route(&path))?;
+        handlers::handle(self, &parts.method, target, &query, &parts.headers, body).await
+    }
+
+    /// The resource, namespace, name and subresource a path addresses
+    /// (`rest`: the segments after the group-version).
+    fn target<'a>(&'a self, group: &str, version: &str, rest: &[&str]) -> Option<Target<'a>> {
         let find = |plural: &str| self.registry.find(group, version, plural);
+        let make = |rt, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+            let subresource = match sub {
+                Some(sub) => Some(Subresource::from_name(sub)?),
+                None => None,
+            };
+            Some(Target {
+                rt,
+                namespace: namespace.map(str::to_owned),
+                name: name.map(str::to_owned),
+                subresource,
+            })
+        };
+        let namespaced = |plural| find(plural).filter(|rt| rt.namespaced);
+        let cluster = |plural| find(plural).filter(|rt| !rt.namespaced);
+        let sub_served = |t: Target<'a>| t.subresource.is_none_or(|sub| t.rt.has(sub)).then_some(t);
         let target = match rest {
-            [plural] => find(plural).map(|rt| Target {
-                rt,
-                namespace: None,
-                name: None,
-            }),
-            ["namespaces", ns, plural] => {
-                find(plural).filter(|rt| rt.namespaced).map(|rt| Target {
-                    rt,
-                    namespace: Some((*ns).to_owned()),
-                    name: None,
-                })
+            [plural] => make(find(plural)?, None, None, None),
+            ["namespaces", ns, plural] if namespaced(plural).is_some() => {
+                make(namespaced(plural)?, Some(ns), None, None)
             }
-            ["namespaces", ns, plural, name] => {
-                find(plural).filter(|rt| rt.namespaced).map(|rt| Target {
-                    rt,
-                    namespace: Some((*ns).to_owned()),
-                    name: Some((*name).to_owned()),
-                })
+            ["namespaces", ns, plural, name] if namespaced(plural).is_some() => {
+                make(namespaced(plural)?, Some(ns), Some(name), None)
             }
-            [plural, name] => find(plural).filter(|rt| !rt.namespaced).map(|rt| Target {
-                rt,
-                namespace: None,
-                name: Some((*name).to_owned()),
-            }),
+            ["namespaces", ns, plural, name, sub] => {
+                make(namespaced(plural)?, Some(ns), Some(name), Some(sub))
+            }
+            [plural, name] => make(cluster(plural)?, None, Some(name), None),
+            [plural, name, sub] => make(cluster(plural)?, None, Some(name), Some(sub)),
             _ => None,
         };
-        let target = target.ok_or_else(|| ApiError::no_route(&path))?;
-        handlers::handle(self, &parts.method, target, &query, &parts.headers, body).await
+        target.and_then(sub_served)
     }
 
     fn resource_list(&self, group: &str, version: &str) -> Result<Response<Body>, ApiError> {
@@ -292,7 +356,11 @@ pub async fn run(
     })?;
     let store = Store::open_sqlite(data_dir.join("state.db")).await?;
     let api = Arc::new(Api::new(store));
-    api.bootstrap().await?;
+    let port = match config.listen.port() {
+        0 => 6443,
+        port => port,
+    };
+    api.bootstrap(port).await?;
     delete::resume_terminating_namespaces(&api).await;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

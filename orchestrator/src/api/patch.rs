@@ -47,6 +47,7 @@ impl PatchType {
                     "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
                 ),
                 details: None,
+                fields: None,
             }),
         }
     }
@@ -115,6 +116,7 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, ApiError> {
             reason: "Invalid",
             message: format!("json patch operation {i} ({name}) failed: {what}"),
             details: None,
+            fields: None,
         };
         let path = op["path"]
             .as_str()

@@ -1,11 +1,23 @@
 //! The resource registry: every kind the API serves, described once as data
-//! (group, version, kind, plural, scope, short names, verbs), so discovery,
-//! routing and the generic handlers all read the same table. Adding a kind
-//! is one line here; the names come from `k8s-openapi`'s type metadata, so
-//! nothing is typed out by hand except short names (which upstream keeps in
-//! its REST storage, not in the types).
+//! (group, version, kind, plural, scope, short names, categories, verbs,
+//! subresources), so discovery, routing, OpenAPI and the handlers all read
+//! the same table. Adding a kind is one line here; the names come from
+//! `k8s-openapi`'s type metadata, so nothing is typed out by hand except
+//! short names and categories (which upstream keeps in its REST storage,
+//! `pkg/registry/<group>/<kind>/storage/storage.go`, not in the types).
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
+    PersistentVolumeClaim, Pod, PodTemplate, ResourceQuota, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event as EventsEvent;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
@@ -27,6 +39,65 @@ impl Scope for ClusterResourceScope {
 pub const CRUD_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
+
+/// The `all` category: what `kubectl get all` lists.
+const ALL: &[&str] = &["all"];
+
+/// A subresource: `.../<plural>/<name>/<subresource>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    /// `status`: the object, where writes change only `status`.
+    Status,
+    /// `scale`: an `autoscaling/v1` `Scale` over `spec.replicas`.
+    Scale,
+    /// Pod `binding`: POST a `Binding` to set `spec.nodeName`.
+    Binding,
+    /// Pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod.
+    Eviction,
+}
+
+impl Subresource {
+    /// Every subresource, for parsing.
+    const ALL: [Subresource; 4] = [
+        Subresource::Status,
+        Subresource::Scale,
+        Subresource::Binding,
+        Subresource::Eviction,
+    ];
+
+    /// The path segment.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subresource::Status => "status",
+            Subresource::Scale => "scale",
+            Subresource::Binding => "binding",
+            Subresource::Eviction => "eviction",
+        }
+    }
+
+    /// The subresource named `name`.
+    pub fn from_name(name: &str) -> Option<Subresource> {
+        Subresource::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Verbs, as discovery lists them.
+    pub fn verbs(self) -> &'static [&'static str] {
+        match self {
+            Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
+            Subresource::Binding | Subresource::Eviction => &["create"],
+        }
+    }
+
+    /// (group, version, kind) of what the subresource takes and returns.
+    pub fn kind_of(self, rt: &ResourceType) -> (&str, &str, &str) {
+        match self {
+            Subresource::Status => (rt.group, rt.version, rt.kind),
+            Subresource::Scale => ("autoscaling", "v1", "Scale"),
+            Subresource::Binding => ("", "v1", "Binding"),
+            Subresource::Eviction => ("policy", "v1", "Eviction"),
+        }
+    }
+}
 
 /// One served resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +122,10 @@ pub struct ResourceType {
     pub short_names: &'static [&'static str],
     /// Verbs served.
     pub verbs: &'static [&'static str],
+    /// Categories, e.g. `all`.
+    pub categories: &'static [&'static str],
+    /// Subresources served under each object.
+    pub subresources: &'static [Subresource],
     /// Adds the kind's JSON Schema (from k8s-openapi) to a generator and
     /// returns a `$ref` to it; `openapi` builds its documents from this.
     pub schema: SchemaFn,
@@ -76,8 +151,9 @@ impl PartialEq for SchemaFn {
 impl Eq for SchemaFn {}
 
 impl ResourceType {
-    /// Describes the k8s-openapi type `K`.
-    pub fn of<K>(short_names: &'static [&'static str], verbs: &'static [&'static str]) -> Self
+    /// Describes the k8s-openapi type `K`: CRUD verbs, no short names,
+    /// categories or subresources until the builder methods add them.
+    pub fn of<K>() -> Self
     where
         K: ListableResource + JsonSchema,
         K::Scope: Scope,
@@ -91,9 +167,44 @@ impl ResourceType {
             plural: K::URL_PATH_SEGMENT,
             singular: K::KIND.to_ascii_lowercase(),
             namespaced: <K::Scope as Scope>::NAMESPACED,
-            short_names,
-            verbs,
+            short_names: &[],
+            verbs: CRUD_VERBS,
+            categories: &[],
+            subresources: &[],
             schema: SchemaFn(|generator| generator.subschema_for::<K>()),
+        }
+    }
+
+    /// With kubectl short names.
+    pub fn short(mut self, names: &'static [&'static str]) -> Self {
+        self.short_names = names;
+        self
+    }
+
+    /// In categories (`all`).
+    pub fn categories(mut self, categories: &'static [&'static str]) -> Self {
+        self.categories = categories;
+        self
+    }
+
+    /// With subresources.
+    pub fn subresources(mut self, subresources: &'static [Subresource]) -> Self {
+        self.subresources = subresources;
+        self
+    }
+
+    /// Whether `sub` is served for this resource.
+    pub fn has(&self, sub: Subresource) -> bool {
+        self.subresources.contains(&sub)
+    }
+
+    /// `Kind` for core, `Kind.group` otherwise, as upstream names a kind
+    /// in error messages (`Deployment.apps "x" is invalid`).
+    pub fn group_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_owned()
+        } else {
+            format!("{}.{}", self.kind, self.group)
         }
     }
 
@@ -134,11 +245,71 @@ pub struct Registry {
 impl Registry {
     /// The built-in resources of this release.
     pub fn builtin() -> Registry {
+        use Subresource::{Binding, Eviction, Scale, Status};
+        type R = ResourceType;
         Registry {
             types: vec![
-                ResourceType::of::<Namespace>(&["ns"], CRUD_VERBS),
-                ResourceType::of::<ConfigMap>(&["cm"], CRUD_VERBS),
-                ResourceType::of::<Secret>(&[], CRUD_VERBS),
+                // core/v1
+                R::of::<Namespace>().short(&["ns"]).subresources(&[Status]),
+                R::of::<Pod>()
+                    .short(&["po"])
+                    .categories(ALL)
+                    .subresources(&[Status, Binding, Eviction]),
+                R::of::<Service>()
+                    .short(&["svc"])
+                    .categories(ALL)
+                    .subresources(&[Status]),
+                R::of::<Endpoints>().short(&["ep"]),
+                R::of::<ConfigMap>().short(&["cm"]),
+                R::of::<Secret>(),
+                R::of::<ServiceAccount>().short(&["sa"]),
+                R::of::<Node>().short(&["no"]).subresources(&[Status]),
+                R::of::<Event>().short(&["ev"]),
+                R::of::<PersistentVolume>()
+                    .short(&["pv"])
+                    .subresources(&[Status]),
+                R::of::<PersistentVolumeClaim>()
+                    .short(&["pvc"])
+                    .subresources(&[Status]),
+                R::of::<LimitRange>().short(&["limits"]),
+                R::of::<ResourceQuota>()
+                    .short(&["quota"])
+                    .subresources(&[Status]),
+                R::of::<PodTemplate>(),
+                // apps/v1
+                R::of::<Deployment>()
+                    .short(&["deploy"])
+                    .categories(ALL)
+                    .subresources(&[Status, Scale]),
+                R::of::<ReplicaSet>()
+                    .short(&["rs"])
+                    .categories(ALL)
+                    .subresources(&[Status, Scale]),
+                R::of::<DaemonSet>()
+                    .short(&["ds"])
+                    .categories(ALL)
+                    .subresources(&[Status]),
+                R::of::<StatefulSet>()
+                    .short(&["sts"])
+                    .categories(ALL)
+                    .subresources(&[Status, Scale]),
+                // batch/v1
+                R::of::<Job>().categories(ALL).subresources(&[Status]),
+                R::of::<CronJob>()
+                    .short(&["cj"])
+                    .categories(ALL)
+                    .subresources(&[Status]),
+                R::of::<Lease>(),
+                R::of::<EndpointSlice>(),
+                R::of::<EventsEvent>().short(&["ev"]),
+                R::of::<StorageClass>().short(&["sc"]),
+                R::of::<Role>(),
+                R::of::<RoleBinding>(),
+                R::of::<ClusterRole>(),
+                R::of::<ClusterRoleBinding>(),
+                R::of::<PodDisruptionBudget>()
+                    .short(&["pdb"])
+                    .subresources(&[Status]),
             ],
         }
     }
@@ -196,5 +367,54 @@ mod tests {
         let ns = registry.find("", "v1", "namespaces").expect("namespaces");
         assert!(!ns.namespaced);
         assert_eq!(ns.key(None, "t"), "/registry/namespaces/t");
+    }
+
+    #[test]
+    fn scope_short_names_and_subresources_follow_upstream() {
+        let registry = Registry::builtin();
+        let deploy = registry.find("apps", "v1", "deployments").expect("deploy");
+        assert!(deploy.namespaced);
+        assert_eq!(deploy.short_names, ["deploy"]);
+        assert_eq!(deploy.categories, ["all"]);
+        assert!(deploy.has(Subresource::Scale) && deploy.has(Subresource::Status));
+        assert_eq!(deploy.group_kind(), "Deployment.apps");
+        assert_eq!(
+            Subresource::Scale.kind_of(deploy),
+            ("autoscaling", "v1", "Scale")
+        );
+        let ds = registry.find("apps", "v1", "daemonsets").expect("ds");
+        assert!(!ds.has(Subresource::Scale));
+        for (group, plural) in [
+            ("", "nodes"),
+            ("", "persistentvolumes"),
+            ("storage.k8s.io", "storageclasses"),
+            ("rbac.authorization.k8s.io", "clusterroles"),
+        ] {
+            assert!(!registry.find(group, "v1", plural).expect(plural).namespaced);
+        }
+        let all: Vec<&str> = registry
+            .all()
+            .iter()
+            .filter(|t| t.categories.contains(&"all"))
+            .map(|t| t.plural)
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "pods",
+                "services",
+                "deployments",
+                "replicasets",
+                "daemonsets",
+                "statefulsets",
+                "jobs",
+                "cronjobs"
+            ]
+        );
+        assert_eq!(
+            Subresource::from_name("eviction"),
+            Some(Subresource::Eviction)
+        );
+        assert_eq!(Subresource::from_name("log"), None);
     }
 }

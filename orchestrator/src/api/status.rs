@@ -3,7 +3,7 @@
 //! and react to them the way they do against kube-apiserver (`NotFound`,
 //! `AlreadyExists`, `Conflict`, `Expired` that makes a watcher re-list).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
 
 use crate::store::StoreError;
 
@@ -19,6 +19,29 @@ pub struct ApiError {
     pub message: String,
     /// `details`: the resource (`kind` is the plural upstream) and name concerned.
     pub details: Option<(String, String)>,
+    /// `details.group` and `details.causes` of a 422 `Invalid` (boxed:
+    /// errors travel in every `Result` of the API server).
+    pub fields: Option<Box<FieldCauses>>,
+}
+
+/// The group of an invalid object's kind and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldCauses {
+    /// `details.group` (`""` for core).
+    pub group: String,
+    /// `details.causes`.
+    pub causes: Vec<Cause>,
+}
+
+/// One `StatusCause`: a field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// `FieldValueRequired`, `FieldValueInvalid`...
+    pub reason: &'static str,
+    /// What is wrong, without the field path.
+    pub message: String,
+    /// The field path, e.g. `spec.template.spec.containers[0].image`.
+    pub field: String,
 }
 
 impl ApiError {
@@ -28,6 +51,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            fields: None,
         }
     }
 
@@ -94,6 +118,40 @@ impl ApiError {
         .with_details(kind, name)
     }
 
+    /// 422 with a cause per field: `Deployment.apps "x" is invalid:
+    /// spec.selector: Required value`, several in brackets as upstream.
+    pub fn invalid_fields(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> ApiError {
+        let group_kind = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let each: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        let all = match each.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let mut err = ApiError::new(
+            422,
+            "Invalid",
+            format!("{group_kind} \"{name}\" is invalid: {all}"),
+        )
+        .with_details(kind, name);
+        err.fields = Some(Box::new(FieldCauses {
+            group: group.to_owned(),
+            causes,
+        }));
+        err
+    }
+
+    /// 409 `Conflict` with a message of its own (e.g. a pod already bound).
+    pub fn conflict_with(resource: &str, name: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(409, "Conflict", message).with_details(resource, name)
+    }
+
     /// 401: no valid client certificate.
     pub fn unauthorized() -> ApiError {
         ApiError::new(401, "Unauthorized", "Unauthorized")
@@ -148,6 +206,21 @@ impl ApiError {
             details: self.details.as_ref().map(|(kind, name)| StatusDetails {
                 kind: Some(kind.clone()),
                 name: Some(name.clone()),
+                group: self
+                    .fields
+                    .as_ref()
+                    .map(|f| f.group.clone())
+                    .filter(|g| !g.is_empty()),
+                causes: self.fields.as_ref().map(|f| {
+                    f.causes
+                        .iter()
+                        .map(|c| StatusCause {
+                            reason: Some(c.reason.to_owned()),
+                            message: Some(c.message.clone()),
+                            field: Some(c.field.clone()),
+                        })
+                        .collect()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -202,6 +275,29 @@ mod tests {
         assert_eq!(json["message"], "configmaps \"x\" not found");
         assert_eq!(json["details"]["name"], "x");
         assert_eq!(json["details"]["kind"], "configmaps");
+    }
+
+    #[test]
+    fn invalid_fields_carry_causes() {
+        let cause = |field: &str| Cause {
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+            field: field.into(),
+        };
+        let one = ApiError::invalid_fields("apps", "Deployment", "x", vec![cause("spec.selector")]);
+        assert_eq!(
+            one.message,
+            "Deployment.apps \"x\" is invalid: spec.selector: Required value"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&one.to_json()).expect("json");
+        assert_eq!(json["details"]["group"], "apps");
+        assert_eq!(json["details"]["causes"][0]["field"], "spec.selector");
+        assert_eq!(json["details"]["causes"][0]["reason"], "FieldValueRequired");
+        let two = ApiError::invalid_fields("", "Pod", "p", vec![cause("a"), cause("b")]);
+        assert_eq!(
+            two.message,
+            "Pod \"p\" is invalid: [a: Required value, b: Required value]"
+        );
     }
 
     #[test]

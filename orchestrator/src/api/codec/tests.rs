@@ -6,7 +6,7 @@
 
 use super::protobuf::MAGIC;
 use super::*;
-use crate::api::resources::{CRUD_VERBS, SchemaFn};
+use crate::api::resources::SchemaFn;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use prost::Message;
@@ -15,7 +15,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MapKey};
 use serde_json::json;
 
 fn config_maps() -> ResourceType {
-    ResourceType::of::<ConfigMap>(&[], CRUD_VERBS)
+    ResourceType::of::<ConfigMap>()
 }
 
 /// The descriptor set `build.rs` compiles, for encoding test bodies.
@@ -158,7 +158,7 @@ fn protobuf_special_types() {
     let value = decode(
         Format::Protobuf,
         &envelope("apps/v1", "Deployment", &deployment),
-        &ResourceType::of::<Deployment>(&[], CRUD_VERBS),
+        &ResourceType::of::<Deployment>(),
     )
     .expect("decoded");
     assert_eq!(
@@ -322,17 +322,17 @@ fn kubectl_bodies_decode() {
     assert_eq!(cm["metadata"], json!({"name": "c"}));
     let secret = decode_file(
         include_bytes!("testdata/secret.pb"),
-        ResourceType::of::<Secret>(&[], CRUD_VERBS),
+        ResourceType::of::<Secret>(),
     );
     assert_eq!(secret["data"], json!({"a": "Yg=="}));
     let ns = decode_file(
         include_bytes!("testdata/namespace.pb"),
-        ResourceType::of::<Namespace>(&[], CRUD_VERBS),
+        ResourceType::of::<Namespace>(),
     );
     assert_eq!(ns["metadata"], json!({"name": "n2"}));
     let deployment = decode_file(
         include_bytes!("testdata/deployment.pb"),
-        ResourceType::of::<Deployment>(&[], CRUD_VERBS),
+        ResourceType::of::<Deployment>(),
     );
     assert_eq!(deployment["spec"]["replicas"], 0);
     assert_eq!(
@@ -344,21 +344,18 @@ fn kubectl_bodies_decode() {
     assert_eq!(container["ports"][0]["containerPort"], 8080);
     let service = decode_file(
         include_bytes!("testdata/service.pb"),
-        ResourceType::of::<Service>(&[], CRUD_VERBS),
+        ResourceType::of::<Service>(),
     );
     assert_eq!(service["spec"]["type"], "ClusterIP");
     assert_eq!(service["spec"]["ports"][0]["port"], 80);
     assert_eq!(service["spec"]["ports"][0]["targetPort"], 8080);
-    let job = decode_file(
-        include_bytes!("testdata/job.pb"),
-        ResourceType::of::<Job>(&[], CRUD_VERBS),
-    );
+    let job = decode_file(include_bytes!("testdata/job.pb"), ResourceType::of::<Job>());
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["command"], json!(["echo", "hi"]));
     assert_eq!(pod["restartPolicy"], "Never");
     let cron = decode_file(
         include_bytes!("testdata/cronjob.pb"),
-        ResourceType::of::<CronJob>(&[], CRUD_VERBS),
+        ResourceType::of::<CronJob>(),
     );
     assert_eq!(cron["spec"]["schedule"], "*/1 * * * *");
     // Not listable kinds: only their schemas matter here.

@@ -5,21 +5,33 @@
 //! output looks the way users know; `AGE` is formatted like
 //! `translateTimestampSince` (apimachinery's `duration.HumanDuration`).
 //!
-//! Kinds without a printer get upstream's default table (`NAME`, `AGE`;
-//! `-o wide` adds nothing).
+//! Kinds without a printer (Roles, ClusterRoles, LimitRanges) get
+//! upstream's default table (`NAME`, `CREATED AT`).
+//!
+//! # Layout
+//! - `columns`: the column definitions per kind (with `-o wide` ones).
+//! - `cells`: the cells per kind, as upstream's `print<Kind>` functions;
+//!   `rows`: the kinds whose cells are computed (pods, jobs, services...).
+//! - `format`: selectors, labels, container lists, access modes.
 //!
 //! # Current limitations
 //! - Only `meta.k8s.io/v1` tables; a client that accepts only `v1beta1`
 //!   gets plain JSON.
-//! - Namespaces, ConfigMaps and Secrets have no `-o wide` (priority > 0)
-//!   columns upstream either; kinds that have them add them here when they
-//!   are served.
+//! - Quantities (PV/PVC capacity, quota usage) print as stored, not in
+//!   upstream's canonical form (`1024Mi` stays `1024Mi`, upstream `1Gi`).
 
 use hyper::HeaderMap;
 use serde_json::{Value, json};
 
 use super::query::Query;
 use super::status::ApiError;
+
+mod cells;
+mod columns;
+mod format;
+mod rows;
+
+pub use format::format_selector;
 
 /// What `rows[].object` holds (the `includeObject` query parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,107 +51,6 @@ pub enum Output {
     Object,
     /// A `meta.k8s.io/v1` `Table`.
     Table(IncludeObject),
-}
-
-/// One column of a kind's table.
-struct Column {
-    name: &'static str,
-    kind: &'static str,
-    format: &'static str,
-    description: &'static str,
-    priority: i32,
-}
-
-const NAME_DOC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
-const AGE_DOC: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
-
-const NAME: Column = Column {
-    name: "Name",
-    kind: "string",
-    format: "name",
-    description: NAME_DOC,
-    priority: 0,
-};
-const AGE: Column = Column {
-    name: "Age",
-    kind: "string",
-    format: "",
-    description: AGE_DOC,
-    priority: 0,
-};
-
-const fn column(name: &'static str, kind: &'static str, description: &'static str) -> Column {
-    Column {
-        name,
-        kind,
-        format: "",
-        description,
-        priority: 0,
-    }
-}
-
-const NAMESPACE: &[Column] = &[
-    NAME,
-    column("Status", "string", "The status of the namespace"),
-    AGE,
-];
-const CONFIG_MAP: &[Column] = &[
-    NAME,
-    column(
-        "Data",
-        "string",
-        "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process.",
-    ),
-    AGE,
-];
-const SECRET: &[Column] = &[
-    NAME,
-    column(
-        "Type",
-        "string",
-        "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
-    ),
-    column(
-        "Data",
-        "string",
-        "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4",
-    ),
-    AGE,
-];
-/// Upstream's default table for kinds without a printer.
-const DEFAULT: &[Column] = &[NAME, AGE];
-
-/// The columns of `kind`, as upstream's `AddHandlers` defines them.
-fn columns(kind: &str) -> &'static [Column] {
-    match kind {
-        "Namespace" => NAMESPACE,
-        "ConfigMap" => CONFIG_MAP,
-        "Secret" => SECRET,
-        _ => DEFAULT,
-    }
-}
-
-/// The cells of one object's row, in [`columns`] order.
-fn cells(kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
-    let name = obj["metadata"]["name"].as_str().unwrap_or("").into();
-    let age = translate_timestamp_since(obj["metadata"]["creationTimestamp"].as_str(), now).into();
-    let count = |field: &str| obj[field].as_object().map_or(0, |m| m.len());
-    match kind {
-        "Namespace" => vec![
-            name,
-            obj["status"]["phase"].as_str().unwrap_or("").into(),
-            age,
-        ],
-        // Upstream counts both maps for ConfigMaps, only `data` for Secrets.
-        "ConfigMap" => vec![name, (count("data") + count("binaryData")).into(), age],
-        "Secret" => vec![
-            name,
-            obj["type"].as_str().unwrap_or("").into(),
-            count("data").into(),
-            age,
-        ],
-        _ => vec![name, age],
-    }
 }
 
 impl Output {
@@ -222,7 +133,7 @@ impl Output {
 
 fn table(kind: &str, include: IncludeObject, metadata: Value, items: Vec<Value>) -> Value {
     let now = jiff::Timestamp::now();
-    let definitions: Vec<Value> = columns(kind)
+    let definitions: Vec<Value> = columns::columns(kind)
         .iter()
         .map(|c| {
             json!({
@@ -237,7 +148,7 @@ fn table(kind: &str, include: IncludeObject, metadata: Value, items: Vec<Value>)
     let rows: Vec<Value> = items
         .into_iter()
         .map(|obj| {
-            let mut row = json!({"cells": cells(kind, &obj, now)});
+            let mut row = json!({"cells": cells::cells(kind, &obj, now)});
             match include {
                 IncludeObject::None => {}
                 IncludeObject::Object => row["object"] = obj,
