@@ -4,7 +4,8 @@
 #   make build   device binaries (static musl) for ARCH and the host tool
 #   make image   out/$(ARCH)/cairn.img            [ARCH=x86_64|aarch64] [VERSION=...]
 #   make run     build the image and boot it in QEMU, console attached (Ctrl-A X quits)
-#   make test    unit tests, lints, images for both arches, end-to-end QEMU tests
+#   make test    unit tests, lints, API tests with the Python client, images
+#                for both arches, end-to-end QEMU tests
 #   make bench   boot/memory/size figures vs a systemd baseline; API server figures
 #   make clean   remove out/ (the cargo target dir and the component cache stay)
 
@@ -12,13 +13,15 @@ ARCH ?= x86_64
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 export CAIRN_CACHE ?= $(CURDIR)/.cache/components
+# A venv (with Debian's site-packages visible) holding the Python kubernetes client.
+export CAIRN_VENV ?= $(CURDIR)/.cache/venv
 
 
 rust_target = $(1)-unknown-linux-musl
 TOOL := $(CARGO_TARGET_DIR)/debug/cairn-image
 export CAIRN_IMAGE_TOOL := $(TOOL)
 
-.PHONY: deps build tool image images run test unit lint e2e bench clean
+.PHONY: deps build tool image images run test unit lint api e2e bench clean
 
 deps:
 	@bash .ci/deps
@@ -53,10 +56,15 @@ lint: deps
 unit: deps
 	cargo test --workspace
 
-e2e: images
-	/usr/bin/python3 -m pytest -c tests/pytest.ini tests -n 2
+# The host `cairn server` driven by the official Python client (tests/api).
+api: deps
+	cargo build -p cairn
+	$(CAIRN_VENV)/bin/python -m pytest -c tests/pytest.ini tests/api
 
-test: lint unit e2e
+e2e: images
+	/usr/bin/python3 -m pytest -c tests/pytest.ini tests --ignore=tests/api -n 2
+
+test: lint unit api e2e
 
 bench: images
 	cargo build --release -p cairn --bin cairn --example api_load

@@ -8,164 +8,17 @@
 // The server harness runs outside `#[test]` functions; failures must panic.
 #![allow(clippy::unwrap_used)]
 
+mod common;
 mod store_suite;
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cairn::store::{Event, Store};
-
-/// A throwaway PostgreSQL server, stopped on drop (also when a test panics).
-struct PgServer {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    /// Root may not run the server: commands run as this user then.
-    user: Option<&'static str>,
-}
-
-fn find_bin() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
-    let mut versioned: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    versioned.sort();
-    versioned.reverse();
-    on_path
-        .chain(versioned)
-        .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
-}
-
-impl PgServer {
-    fn start() -> PgServer {
-        let bin = find_bin().unwrap_or_else(|| {
-            panic!(
-                "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in \
-                 /usr/lib/postgresql/*/bin: install the `postgresql` package (.ci/deps does)"
-            )
-        });
-        let dir = tempfile::Builder::new()
-            .prefix("cairn-pg")
-            .tempdir()
-            .unwrap();
-        let is_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
-        let user = is_root.then(|| {
-            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            if passwd.lines().any(|l| l.starts_with("postgres:")) {
-                "postgres"
-            } else {
-                "nobody"
-            }
-        });
-        if let Some(user) = user {
-            let ok = Command::new("chown")
-                .arg(user)
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(ok.success(), "chown {} to {user}", dir.path().display());
-        }
-        let server = PgServer { dir, bin, user };
-        let data = server.data();
-        server.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        let opts = format!(
-            "-k {} -c listen_addresses='' -c fsync=off -c max_connections=50",
-            server.dir.path().display()
-        );
-        let log = server.dir.path().join("server.log").display().to_string();
-        server.run(
-            "pg_ctl",
-            &["-D", &data, "-l", &log, "-o", &opts, "-w", "start"],
-        );
-        server
-    }
-
-    fn data(&self) -> String {
-        self.dir.path().join("data").display().to_string()
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) {
-        let exe = self.bin.join(tool);
-        let mut cmd = match self.user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        let out = cmd
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{tool} {args:?} failed: {}\n{}\nserver log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-        );
-    }
-
-    /// A fresh database; returns its connection string.
-    async fn database(&self, name: &str) -> String {
-        let host = self.dir.path().display();
-        let (client, conn) = tokio_postgres::connect(
-            &format!("host={host} user=postgres dbname=postgres"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap();
-        let driver = tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        drop(client);
-        let _ = driver.await;
-        format!("host={host} user=postgres dbname={name}")
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        let data = self.data();
-        let exe = self.bin.join("pg_ctl");
-        let mut cmd = match self.user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        let _ = cmd
-            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
-            .output();
-    }
-}
+use common::postgres::PgServer;
 
 fn socket_dir(server: &PgServer) -> &Path {
-    server.dir.path()
+    server.socket_dir()
 }
 
 /// One server for every scenario (starting one costs about a second); each
@@ -278,4 +131,49 @@ async fn postgres_connect_error_is_reported() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("postgresql"), "{err}");
+}
+
+/// The store outlives a PostgreSQL restart: operations fail as
+/// `Unavailable` while it is down, succeed once it is back, and a watch
+/// opened before the outage delivers every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_is_survived() {
+    let server = PgServer::start();
+    let db = server.database("restart").await;
+    let store = Store::open_postgres(&db).await.unwrap();
+    let mut w = store
+        .watch("/r/", store.current_revision().await.unwrap())
+        .await
+        .unwrap();
+    let before = store.create("/r/before", b"b".to_vec()).await.unwrap();
+    assert_eq!(store_suite::next(&mut w).await.revision(), before);
+
+    server.stop();
+    let err = store.create("/r/down", b"d".to_vec()).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(store.get("/r/before").await.unwrap_err().is_unavailable());
+    server.start_again();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        match store.create("/r/after", b"a".to_vec()).await {
+            Ok(revision) => break revision,
+            Err(err) if err.is_unavailable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("no reconnect: {err:?}"),
+        }
+    };
+    // Another handle writes too; the feed reads both from the log.
+    let other = Store::open_postgres(&db).await.unwrap();
+    let second = other
+        .update("/r/after", b"a2".to_vec(), first)
+        .await
+        .unwrap();
+    assert_eq!(store_suite::next(&mut w).await.revision(), first);
+    assert_eq!(store_suite::next(&mut w).await.revision(), second);
+    assert_eq!(
+        store.get("/r/after").await.unwrap().unwrap().value,
+        b"a2".to_vec()
+    );
 }

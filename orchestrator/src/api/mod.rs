@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - `server`: TLS listener (rustls, client certificates), hyper connections.
-//! - `pki`: the cluster CA, serving and admin certificates, admin kubeconfig.
+//! - `pki`: the cluster CA, serving and admin certificates, admin kubeconfig;
+//!   `x509`: the certificate fields read (subjects).
+//! - `auth`: who a request comes from (client certificate or bearer token).
 //! - this module: [`run`], and the router that maps a path to discovery or
 //!   to a [`resources::ResourceType`] and hands it to `handlers`.
 //! - `resources`: the registry of served kinds, from k8s-openapi metadata.
@@ -25,10 +27,10 @@
 //! # Current limitations
 //! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`,
 //! `validation`, `codec`, `delete` and `managed`. Also: no OpenAPI v2, no
-//! protobuf responses, client certificates only (no bearer tokens) and no
-//! authorization beyond a CA-issued certificate; the `kubernetes` Service
-//! has no Endpoints yet.
+//! protobuf responses, and no authorization: every authenticated user may
+//! do everything; the `kubernetes` Service has no Endpoints yet.
 
+pub mod auth;
 pub mod codec;
 pub mod delete;
 pub mod discovery;
@@ -48,11 +50,13 @@ pub mod subresources;
 pub mod table;
 pub mod validation;
 pub mod watch;
+pub mod x509;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -62,7 +66,8 @@ use hyper::{Method, Request, Response};
 use serde_json::json;
 use tracing::{Instrument, info, info_span};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Endpoint, Store, StoreError};
+pub use auth::User;
 use handlers::Target;
 use query::Query;
 use resources::{Registry, Subresource};
@@ -70,13 +75,6 @@ use status::ApiError;
 
 /// Response bodies: whole JSON documents or a watch stream.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// Who made a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Identity {
-    /// A client certificate issued by the cluster CA.
-    ClientCertificate,
-}
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +96,9 @@ pub enum ServerError {
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] server::TlsError),
+    /// The token file is unusable.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -109,18 +110,80 @@ pub enum ServerError {
 }
 
 /// `cairn server` settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
-    /// State directory: datastore, `pki/`, `admin.kubeconfig`.
+    /// State directory: datastore, `pki/`, `admin.kubeconfig`, `tokens.csv`.
     pub data_dir: PathBuf,
     /// HTTPS listen address.
     pub listen: SocketAddr,
+    /// The datastore: embedded SQLite in the data dir or PostgreSQL.
+    pub datastore: Endpoint,
+    /// Extra names for the serving certificate.
+    pub tls_sans: Vec<String>,
+    /// Also write the admin kubeconfig here, with this mode.
+    pub write_kubeconfig: Option<(PathBuf, u32)>,
+    /// The server token (`--token`): bearer token of user `node`.
+    pub token: Option<String>,
+    /// How often history is compacted, and how many revisions are kept.
+    pub compaction: Compaction,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token and the datastore password stay out of logs.
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("datastore", &self.datastore)
+            .field("tls_sans", &self.tls_sans)
+            .field("write_kubeconfig", &self.write_kubeconfig)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("compaction", &self.compaction)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Defaults for a server with state in `data_dir`: SQLite, port 6443
+    /// on every address, kine's compaction (every 5 minutes, keeping the
+    /// last 1000 revisions).
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            listen: SocketAddr::from(([0, 0, 0, 0], 6443)),
+            datastore: Endpoint::Sqlite,
+            tls_sans: Vec::new(),
+            write_kubeconfig: None,
+            token: None,
+            compaction: Compaction::default(),
+        }
+    }
+}
+
+/// Periodic compaction of the datastore's history (kine's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// Time between compactions; zero disables them.
+    pub interval: Duration,
+    /// Revisions kept below the current one; watches and lists at older
+    /// revisions get 410 `Expired`.
+    pub retain: i64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            interval: Duration::from_secs(300),
+            retain: 1000,
+        }
+    }
 }
 
 /// Shared state of every request.
 #[derive(Debug)]
 pub struct Api {
     store: Store,
+    auth: auth::Authenticator,
     registry: Registry,
     openapi: openapi::Documents,
     services: strategy::ServiceNetwork,
@@ -154,11 +217,13 @@ fn text_response(text: &'static str) -> Response<Body> {
 }
 
 impl Api {
-    /// The API over `store`, with the built-in resources.
-    pub fn new(store: Store) -> Api {
+    /// The API over `store`, with the built-in resources, accepting the
+    /// bearer tokens of `auth` besides client certificates.
+    pub fn new(store: Store, auth: auth::Authenticator) -> Api {
         let registry = Registry::builtin();
         Api {
             store,
+            auth,
             openapi: openapi::Documents::build(&registry),
             registry,
             services: strategy::ServiceNetwork::default(),
@@ -243,17 +308,22 @@ impl Api {
         }
     }
 
-    /// Serves one request from `identity` (`None`: no client certificate).
+    /// Serves one request on a connection whose client certificate named
+    /// `certificate` (`None`: no certificate).
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
-        identity: Option<Identity>,
+        mut req: Request<Incoming>,
+        certificate: Option<&User>,
     ) -> Response<Body> {
         let span = info_span!("request", method = %req.method(), path = %req.uri().path());
         async move {
-            if identity.is_none() {
+            let Some(user) = self.auth.authenticate(certificate, req.headers()) else {
                 return error_response(&ApiError::unauthorized());
-            }
+            };
+            tracing::debug!(user = %user.name, "authenticated");
+            // The user travels with the request: authorization (RBAC) and
+            // handlers that record who acted read it from the extensions.
+            req.extensions_mut().insert(user);
             let response = match self.route(req).await {
                 Ok(response) => response,
                 Err(err) => error_response(&err),
@@ -342,9 +412,9 @@ impl Api {
     }
 }
 
-/// Runs `cairn server` until `shutdown` completes: opens the datastore in
-/// the data dir, creates the PKI and the `default` namespace on first
-/// start, and serves HTTPS.
+/// Runs `cairn server` until `shutdown` completes: opens the datastore,
+/// creates the PKI and the `default` namespace on first start, writes the
+/// admin kubeconfig, and serves HTTPS.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
@@ -354,8 +424,14 @@ pub async fn run(
         path: data_dir.clone(),
         source,
     })?;
-    let store = Store::open_sqlite(data_dir.join("state.db")).await?;
-    let api = Arc::new(Api::new(store));
+    let auth = auth::Authenticator::load(&data_dir.join("tokens.csv"), config.token.as_deref())?;
+    let store = match &config.datastore {
+        Endpoint::Sqlite => Store::open_sqlite(data_dir.join("state.db")).await?,
+        Endpoint::Postgres(url) => Store::open_postgres(url).await?,
+    };
+    let compactor = (!config.compaction.interval.is_zero())
+        .then(|| store.spawn_compactor(config.compaction.interval, config.compaction.retain));
+    let api = Arc::new(Api::new(store, auth));
     let port = match config.listen.port() {
         0 => 6443,
         port => port,
@@ -374,9 +450,35 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    let pki = pki::ensure(&data_dir, local.port())?;
+    let settings = pki::Settings {
+        server_url: server_url(local),
+        tls_sans: config.tls_sans.clone(),
+    };
+    let pki = pki::ensure(&data_dir, &settings)?;
+    if let Some((path, mode)) = &config.write_kubeconfig {
+        pki::write_kubeconfig(&pki, path, *mode)?;
+    }
     let tls = server::tls_config(&pki)?;
-    info!(addr = %local, kubeconfig = %pki.kubeconfig.display(), "serving the Kubernetes API");
+    info!(
+        addr = %local,
+        kubeconfig = %pki.kubeconfig.display(),
+        names = ?pki.server_names,
+        "serving the Kubernetes API"
+    );
     server::serve(listener, tls, api, shutdown).await;
+    if let Some(compactor) = compactor {
+        compactor.abort();
+    }
     Ok(())
+}
+
+/// The URL local clients reach the server at: the bound address, or
+/// loopback when bound to every address.
+fn server_url(local: SocketAddr) -> String {
+    let ip = match local.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("https://{}", SocketAddr::new(ip, local.port()))
 }

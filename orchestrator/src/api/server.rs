@@ -18,8 +18,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use super::Api;
+use super::auth::User;
 use super::pki::Pki;
-use super::{Api, Identity};
 
 /// Errors setting up TLS.
 #[derive(Debug, thiserror::Error)]
@@ -98,17 +99,18 @@ pub async fn serve(
                     return;
                 }
             };
-            // The verifier accepted any certificate presented, so its
-            // presence alone means the client proved a CA-issued identity.
-            let identity = tls
+            // The verifier accepted any certificate presented, so it chains
+            // to the CA: its subject is the connection's user.
+            let user = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .map(|_| Identity::ClientCertificate);
+                .and_then(|cert| User::from_certificate(cert))
+                .map(Arc::new);
             let service = service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(api.handle(req, identity).await) }
+                let (api, user) = (api.clone(), user.clone());
+                async move { Ok::<_, std::convert::Infallible>(api.handle(req, user.as_deref()).await) }
             });
             if let Err(err) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)

@@ -253,6 +253,9 @@ impl ApiError {
             StoreError::InvalidKey { key } => {
                 ApiError::bad_request(format!("invalid name in key {key:?}"))
             }
+            StoreError::Backend(crate::store::BackendError::Unavailable(cause)) => {
+                ApiError::new(503, "ServiceUnavailable", cause)
+            }
             StoreError::Backend(err) => ApiError::internal(err.to_string()),
         }
     }

@@ -13,9 +13,10 @@
 //!
 //! Two back ends share one SQL text and one decision logic (`sql`):
 //! - `sqlite`: embedded, the default. One connection in WAL mode with
-//!   `synchronous=NORMAL`, driven on tokio's blocking pool. Writes are
-//!   serialized by that connection, so an event is published to watchers right
-//!   after its commit.
+//!   `synchronous=FULL` (an acknowledged write is on disk: it survives a
+//!   crash of the process and a power cut), driven on tokio's blocking pool.
+//!   Writes are serialized by that connection, so an event is published to
+//!   watchers right after its commit.
 //! - `postgres`: a real server shared by several `cairn server`s. Writes take
 //!   a table lock so revisions commit in id order; a feed task reads the log
 //!   (woken by `LISTEN`/`NOTIFY`, polling every 100 ms as a fallback) so that
@@ -25,13 +26,17 @@
 //! follow the back end's feed, without gaps or duplicates.
 //!
 //! The store is kind to SD cards: an update whose value equals the stored one
-//! writes nothing and returns the current revision.
+//! writes nothing and returns the current revision. [`Store::spawn_compactor`]
+//! compacts old history periodically, as kine does.
+//!
+//! [`Endpoint`] is the `--datastore-endpoint` a server is started with.
 //!
 //! # Current limitations
 //! - No leases/TTL and no coalescing of node heartbeats yet; the API server
 //!   decides what to write.
-//! - A lost PostgreSQL connection is not re-established: the store returns
-//!   errors (watches end with `FeedClosed`) and the server has to restart.
+//! - A lost PostgreSQL connection is re-established on next use; until then
+//!   operations fail with [`BackendError::Unavailable`]. Watches that were
+//!   open resume; a watch started during the outage fails.
 //! - On PostgreSQL, an id whose transaction commits more than a second after a
 //!   later id was published is not delivered to watches (kine has the same
 //!   window). Cairn's own writers cannot cause it: they commit in id order.
@@ -185,6 +190,10 @@ pub enum BackendError {
     /// The store's feed ended (its connection closed).
     #[error("datastore feed closed")]
     FeedClosed,
+    /// The database server cannot be reached (connection lost or refused);
+    /// the store reconnects on the next operation.
+    #[error("datastore unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -194,8 +203,82 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl From<tokio_postgres::Error> for StoreError {
+    /// Connection failures (I/O, a closed connection, SQLSTATE classes 08
+    /// "connection exception" and 57P "operator intervention", as when the
+    /// server shuts down) are `Unavailable`; the rest are query errors.
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Backend(BackendError::Postgres(e))
+        let code = e.code().map(|c| c.code());
+        let lost = e.is_closed()
+            || (e.as_db_error().is_none()
+                && std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()))
+            || code.is_some_and(|c| c.starts_with("08") || c.starts_with("57P"));
+        if lost {
+            StoreError::Backend(BackendError::Unavailable(format!("postgresql: {e}")))
+        } else {
+            StoreError::Backend(BackendError::Postgres(e))
+        }
+    }
+}
+
+impl StoreError {
+    /// True if the database could not be reached (a retry may succeed).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Backend(BackendError::Unavailable(_)))
+    }
+}
+
+/// Where the datastore lives: `--datastore-endpoint`, in K3s' spelling.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Empty endpoint: embedded SQLite in the data dir.
+    Sqlite,
+    /// `postgres://user:pass@host:port/db` (or `postgresql://`); also
+    /// libpq's `host=... dbname=...` form. No TLS.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Sqlite => f.write_str("Sqlite"),
+            // The password stays out of logs.
+            Endpoint::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
+/// A `--datastore-endpoint` Cairn cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// A scheme other than `postgres`/`postgresql`.
+    #[error(
+        "unsupported datastore scheme {0:?}: use postgres://user:pass@host:port/db, or leave --datastore-endpoint empty for the embedded SQLite"
+    )]
+    Scheme(String),
+    /// The PostgreSQL endpoint does not parse.
+    #[error("invalid postgresql endpoint: {0}")]
+    Postgres(tokio_postgres::Error),
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = EndpointError;
+
+    fn from_str(s: &str) -> Result<Endpoint, EndpointError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(Endpoint::Sqlite);
+        }
+        let scheme = match s.split_once("://") {
+            Some((scheme, _)) => scheme.to_ascii_lowercase(),
+            // libpq's key=value form has no scheme.
+            None if s.contains('=') => "postgres".to_owned(),
+            None => return Err(EndpointError::Scheme(s.to_owned())),
+        };
+        if scheme != "postgres" && scheme != "postgresql" {
+            return Err(EndpointError::Scheme(scheme));
+        }
+        postgres::config(s).map_err(EndpointError::Postgres)?;
+        Ok(Endpoint::Postgres(s.to_owned()))
     }
 }
 
@@ -386,6 +469,35 @@ impl Store {
     /// or below it. The state at `revision` and later stays readable.
     pub async fn compact(&self, revision: Revision) -> Result<()> {
         dispatch!(self, b => b.compact(revision).await)
+    }
+
+    /// Compacts every `interval` to `retain` revisions below the current
+    /// one (kine's compactor). Several servers sharing a database may all run
+    /// one: compacting to a revision already compacted does nothing.
+    pub fn spawn_compactor(
+        &self,
+        interval: std::time::Duration,
+        retain: Revision,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let target = match store.revisions().await {
+                    Ok(revs) => revs.current.saturating_sub(retain.max(0)),
+                    Err(error) => {
+                        tracing::warn!(%error, "compactor cannot read the revisions");
+                        continue;
+                    }
+                };
+                if let Err(error) = store.compact(target).await {
+                    tracing::warn!(%error, target, "compaction failed");
+                }
+            }
+        })
     }
 
     async fn revisions(&self) -> Result<sql::Revisions> {

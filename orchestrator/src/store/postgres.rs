@@ -12,6 +12,17 @@
 //! arrive at once; a 100 ms poll covers lost notifications. A gap in the ids
 //! (a transaction that took an id and did not commit) is waited for a short
 //! time and then skipped, the way kine fills gaps.
+//!
+//! # Lost connections
+//! Each handle keeps two connections (writes; reads, `LISTEN` and the feed).
+//! A connection found closed is opened again on the next use, so the server
+//! outlives a PostgreSQL restart: meanwhile operations fail with
+//! [`BackendError::Unavailable`] (HTTP 503 upstream), and the feed retries
+//! with backoff. Once it reconnects it reads the log from the last revision it
+//! published, so watches that were open resume without missing an event. A
+//! write whose commit was in flight when the connection broke reports an
+//! error although it may have committed (as with etcd); its event is still
+//! delivered.
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -22,7 +33,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use tracing::{debug, info, warn};
 
 use super::sql::{self, ListQuery, LogRow, Plan, Range, Revisions, Write, Written};
-use super::{Event, Feed, KeyValue, ListResult, Result, Revision, StoreError};
+use super::{BackendError, Event, Feed, KeyValue, ListResult, Result, Revision, StoreError};
 
 const SCHEMA: &str = "
 SELECT pg_advisory_xact_lock(7306916424634638445);
@@ -43,6 +54,13 @@ CREATE TABLE IF NOT EXISTS cairn_meta (name TEXT PRIMARY KEY, value BIGINT NOT N
 const POLL: Duration = Duration::from_millis(100);
 /// How long the feed waits for a missing id before skipping it.
 const GAP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait between the feed's attempts to reach a lost server.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Connection timeout unless the endpoint sets one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalive idle time unless the endpoint sets one: a server that
+/// vanished without closing the socket is noticed in about a minute.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// The shared statements with numbered placeholders.
 struct Statements {
@@ -70,22 +88,78 @@ pub(crate) struct Postgres {
 }
 
 struct Inner {
-    /// Writes need `&mut` for transactions; one at a time per process.
-    writer: Mutex<Client>,
-    /// Reads, pipelined; shared with the feed task.
-    reader: Arc<Client>,
+    conns: Arc<Connections>,
     feed: Arc<Feed>,
-    /// Wakes the feed after a local write.
-    wake: Arc<Notify>,
-    tasks: Vec<JoinHandle<()>>,
+    feed_task: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.feed_task.abort();
     }
+}
+
+/// The two connections of a handle, each opened again when found closed.
+struct Connections {
+    config: tokio_postgres::Config,
+    /// Writes need `&mut` for transactions; one at a time per process.
+    writer: Mutex<Option<Client>>,
+    /// Reads, pipelined; shared with the feed task. Listens on `cairn_log`.
+    reader: Mutex<Option<Arc<Client>>>,
+    /// Wakes the feed after a local write or a notification.
+    wake: Arc<Notify>,
+}
+
+impl Connections {
+    /// The read connection, reconnected (and listening) if it was lost.
+    async fn reader(&self) -> Result<Arc<Client>> {
+        let mut slot = self.reader.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        *slot = None;
+        let client = connect(&self.config, Some(self.wake.clone())).await?;
+        client.batch_execute("LISTEN cairn_log").await?;
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        // Notifications sent while it was away are lost: let the feed look.
+        self.wake.notify_one();
+        Ok(client)
+    }
+
+    /// Runs a read; a lost connection is dropped so the next read reconnects.
+    async fn read<T>(&self, f: impl AsyncFnOnce(&Client) -> Result<T>) -> Result<T> {
+        let client = self.reader().await?;
+        let result = f(&client).await;
+        if is_unavailable(&result) {
+            let mut slot = self.reader.lock().await;
+            if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                *slot = None;
+            }
+        }
+        result
+    }
+
+    /// Runs `f` on the write connection (reconnected if it was lost).
+    async fn write<T>(&self, f: impl AsyncFnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let mut slot = self.writer.lock().await;
+        let client = match slot.as_mut().filter(|c| !c.is_closed()) {
+            Some(client) => client,
+            None => slot.insert(connect(&self.config, None).await?),
+        };
+        let result = f(client).await;
+        if is_unavailable(&result) {
+            *slot = None;
+        }
+        result
+    }
+}
+
+fn is_unavailable<T>(result: &Result<T>) -> bool {
+    matches!(
+        result,
+        Err(StoreError::Backend(BackendError::Unavailable(_)))
+    )
 }
 
 fn row(r: &Row) -> Result<LogRow> {
@@ -111,10 +185,11 @@ async fn revisions(client: &Client) -> Result<Revisions> {
     Ok(Revisions::new(r.try_get(0)?, r.try_get(1)?))
 }
 
-/// Connects and drives the connection on a task; notifications wake `wake`.
-async fn connect(conn_str: &str, wake: Option<Arc<Notify>>) -> Result<(Client, JoinHandle<()>)> {
-    let (client, mut connection) = tokio_postgres::connect(conn_str, NoTls).await?;
-    let task = tokio::spawn(async move {
+/// Connects and drives the connection on a task, which ends with the
+/// connection; notifications wake `wake`.
+async fn connect(config: &tokio_postgres::Config, wake: Option<Arc<Notify>>) -> Result<Client> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
                 Ok(AsyncMessage::Notification(_)) => {
@@ -125,37 +200,54 @@ async fn connect(conn_str: &str, wake: Option<Arc<Notify>>) -> Result<(Client, J
                 Ok(AsyncMessage::Notice(notice)) => debug!(%notice, "postgresql notice"),
                 Ok(_) => {}
                 Err(error) => {
-                    warn!(%error, "postgresql connection failed");
+                    warn!(%error, "postgresql connection lost");
                     break;
                 }
             }
         }
     });
-    Ok((client, task))
+    Ok(client)
+}
+
+/// The connection settings of `conn_str` (`host=... dbname=...` or a
+/// `postgres://` URL), with Cairn's timeouts where it sets none.
+pub(crate) fn config(conn_str: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = conn_str.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    Ok(config)
 }
 
 impl Postgres {
     pub(crate) async fn open(conn_str: &str) -> Result<Postgres> {
-        let wake = Arc::new(Notify::new());
-        let (mut writer, writer_task) = connect(conn_str, None).await?;
-        let (reader, reader_task) = connect(conn_str, Some(wake.clone())).await?;
-        let tx = writer.transaction().await?;
-        tx.batch_execute(SCHEMA).await?;
-        tx.commit().await?;
-        reader.batch_execute("LISTEN cairn_log").await?;
-        let revs = revisions(&reader).await?;
+        let conns = Arc::new(Connections {
+            config: config(conn_str)?,
+            writer: Mutex::new(None),
+            reader: Mutex::new(None),
+            wake: Arc::new(Notify::new()),
+        });
+        conns
+            .write(async |client| {
+                let tx = client.transaction().await?;
+                tx.batch_execute(SCHEMA).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await?;
+        let revs = conns.read(async |client| revisions(client).await).await?;
         info!(revision = revs.current, "opened postgresql datastore");
 
-        let reader = Arc::new(reader);
         let feed = Arc::new(Feed::new(revs.current));
-        let feed_task = tokio::spawn(run_feed(reader.clone(), feed.clone(), wake.clone()));
+        let feed_task = tokio::spawn(run_feed(conns.clone(), feed.clone()));
         Ok(Postgres {
             inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
-                reader,
+                conns,
                 feed,
-                wake,
-                tasks: vec![writer_task, reader_task, feed_task],
+                feed_task,
             }),
         })
     }
@@ -165,51 +257,20 @@ impl Postgres {
     }
 
     pub(crate) async fn write(&self, write: Write) -> Result<Written> {
-        let mut client = self.inner.writer.lock().await;
-        let tx = client.transaction().await?;
-        // Serializes writers of every server, so ids commit in order.
-        tx.batch_execute("LOCK TABLE cairn_log IN EXCLUSIVE MODE")
+        let conns = &self.inner.conns;
+        let written = conns
+            .write(async |client| write_in(client, &write).await)
             .await?;
-        let latest = match tx.query_opt(&PG.latest, &[&write.key()]).await? {
-            Some(r) => Some(row(&r)?),
-            None => None,
-        };
-        let new = match sql::plan(&write, latest.as_ref())? {
-            Plan::Unchanged(revision) => {
-                tx.rollback().await?;
-                debug!(
-                    key = write.key(),
-                    revision, "unchanged value, nothing written"
-                );
-                return Ok(Written::unchanged(revision));
-            }
-            Plan::Append(new) => new,
-        };
-        let id: Revision = tx
-            .query_one(
-                &PG.insert,
-                &[
-                    &write.key(),
-                    &new.create_revision,
-                    &new.prev_revision,
-                    &new.deleted,
-                    &new.value,
-                ],
-            )
-            .await?
-            .try_get(0)?;
-        tx.batch_execute("NOTIFY cairn_log").await?;
-        tx.commit().await?;
-        drop(client);
-        self.inner.wake.notify_one();
-        let mut written = Written::appended(&write, latest, new, id);
-        // The feed publishes the event once it reads it back.
-        written.event = None;
+        conns.wake.notify_one();
         Ok(written)
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let r = self.inner.reader.query_opt(&PG.latest, &[&key]).await?;
+        let r = self
+            .inner
+            .conns
+            .read(async |client| Ok(client.query_opt(&PG.latest, &[&key]).await?))
+            .await?;
         Ok(match r {
             Some(r) => Some(row(&r)?).filter(|r| !r.deleted).map(LogRow::kv),
             None => None,
@@ -217,25 +278,10 @@ impl Postgres {
     }
 
     pub(crate) async fn list(&self, q: ListQuery) -> Result<ListResult> {
-        let client = &self.inner.reader;
-        let at = q.read_at(revisions(client).await?)?;
-        let rows = client
-            .query(
-                &PG.list,
-                &[
-                    &q.range.lo,
-                    &q.range.hi,
-                    &q.start_after,
-                    &at,
-                    &at,
-                    &q.fetch(),
-                ],
-            )
-            .await?;
-        // A compaction past `at` during the read may have removed rows.
-        revisions(client).await?.check_not_compacted(at)?;
-        let rows = rows.iter().map(row).collect::<Result<Vec<_>>>()?;
-        Ok(q.finish(rows, at))
+        self.inner
+            .conns
+            .read(async |client| list_in(client, q).await)
+            .await
     }
 
     pub(crate) async fn events(
@@ -244,27 +290,102 @@ impl Postgres {
         after: Revision,
         upto: Revision,
     ) -> Result<Vec<Event>> {
-        read_events(&self.inner.reader, &range, after, upto).await
+        self.inner
+            .conns
+            .read(async |client| read_events(client, &range, after, upto).await)
+            .await
     }
 
     pub(crate) async fn revisions(&self) -> Result<Revisions> {
-        revisions(&self.inner.reader).await
+        self.inner
+            .conns
+            .read(async |client| revisions(client).await)
+            .await
     }
 
     pub(crate) async fn compact(&self, revision: Revision) -> Result<()> {
-        let mut client = self.inner.writer.lock().await;
-        let revs = revisions(&client).await?;
-        if revision <= revs.compacted {
-            return Ok(());
-        }
-        revs.check(revision)?;
-        let tx = client.transaction().await?;
-        let removed = tx.execute(&PG.compact, &[&revision, &revision]).await?;
-        tx.execute(&PG.set_compacted, &[&revision]).await?;
-        tx.commit().await?;
-        info!(revision, removed, "compacted postgresql datastore");
-        Ok(())
+        self.inner
+            .conns
+            .write(async |client| compact_in(client, revision).await)
+            .await
     }
+}
+
+/// One write in a transaction on `client`.
+async fn write_in(client: &mut Client, write: &Write) -> Result<Written> {
+    let tx = client.transaction().await?;
+    // Serializes writers of every server, so ids commit in order.
+    tx.batch_execute("LOCK TABLE cairn_log IN EXCLUSIVE MODE")
+        .await?;
+    let latest = match tx.query_opt(&PG.latest, &[&write.key()]).await? {
+        Some(r) => Some(row(&r)?),
+        None => None,
+    };
+    let new = match sql::plan(write, latest.as_ref())? {
+        Plan::Unchanged(revision) => {
+            tx.rollback().await?;
+            debug!(
+                key = write.key(),
+                revision, "unchanged value, nothing written"
+            );
+            return Ok(Written::unchanged(revision));
+        }
+        Plan::Append(new) => new,
+    };
+    let id: Revision = tx
+        .query_one(
+            &PG.insert,
+            &[
+                &write.key(),
+                &new.create_revision,
+                &new.prev_revision,
+                &new.deleted,
+                &new.value,
+            ],
+        )
+        .await?
+        .try_get(0)?;
+    tx.batch_execute("NOTIFY cairn_log").await?;
+    tx.commit().await?;
+    let mut written = Written::appended(write, latest, new, id);
+    // The feed publishes the event once it reads it back.
+    written.event = None;
+    Ok(written)
+}
+
+async fn list_in(client: &Client, q: ListQuery) -> Result<ListResult> {
+    let at = q.read_at(revisions(client).await?)?;
+    let rows = client
+        .query(
+            &PG.list,
+            &[
+                &q.range.lo,
+                &q.range.hi,
+                &q.start_after,
+                &at,
+                &at,
+                &q.fetch(),
+            ],
+        )
+        .await?;
+    // A compaction past `at` during the read may have removed rows.
+    revisions(client).await?.check_not_compacted(at)?;
+    let rows = rows.iter().map(row).collect::<Result<Vec<_>>>()?;
+    Ok(q.finish(rows, at))
+}
+
+async fn compact_in(client: &mut Client, revision: Revision) -> Result<()> {
+    let revs = revisions(client).await?;
+    if revision <= revs.compacted {
+        return Ok(());
+    }
+    revs.check(revision)?;
+    let tx = client.transaction().await?;
+    let removed = tx.execute(&PG.compact, &[&revision, &revision]).await?;
+    tx.execute(&PG.set_compacted, &[&revision]).await?;
+    tx.commit().await?;
+    info!(revision, removed, "compacted postgresql datastore");
+    Ok(())
 }
 
 /// Events in `(after, upto]`, failing if `after` is compacted.
@@ -286,17 +407,27 @@ async fn read_events(
 }
 
 /// Reads the log past the last published revision and publishes it in order.
-async fn run_feed(client: Arc<Client>, feed: Arc<Feed>, wake: Arc<Notify>) {
+/// While the server is unreachable it retries with a growing backoff.
+async fn run_feed(conns: Arc<Connections>, feed: Arc<Feed>) {
     let all = Range::prefix("");
     let mut gap_since: Option<Instant> = None;
+    let mut backoff: Option<Duration> = None;
     loop {
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(POLL) => {}
+        match backoff {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => {
+                tokio::select! {
+                    _ = conns.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
         }
         loop {
             let last = feed.published();
-            let events = match read_events(&client, &all, last, Revision::MAX).await {
+            let read = conns
+                .read(async |client| read_events(client, &all, last, Revision::MAX).await)
+                .await;
+            let events = match read {
                 Ok(events) => events,
                 Err(StoreError::Compacted { compacted, .. }) => {
                     // This process fell behind a compaction by another server;
@@ -306,13 +437,15 @@ async fn run_feed(client: Arc<Client>, feed: Arc<Feed>, wake: Arc<Notify>) {
                     continue;
                 }
                 Err(error) => {
-                    warn!(%error, "datastore feed cannot read the log");
-                    if client.is_closed() {
-                        return;
-                    }
+                    let delay = backoff.map_or(POLL, |d| (d * 2).min(MAX_BACKOFF));
+                    warn!(%error, retry_in = ?delay, "datastore feed cannot read the log");
+                    backoff = Some(delay);
                     break;
                 }
             };
+            if backoff.take().is_some() {
+                info!(last, "datastore feed reading the log again");
+            }
             let full = events.len() as i64 >= sql::EVENT_BATCH;
             let mut stalled = false;
             for event in events {

@@ -12,6 +12,8 @@
 // the rest would be reported as dead code in that crate.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +34,16 @@ impl Server {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Server {
+        Server::start_in_with(dir, &[])
+    }
+
+    /// Starts with extra `cairn server` flags (besides the port and data dir).
+    pub fn start_with(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("temp data dir");
+        Server::start_in_with(dir, args)
+    }
+
+    pub fn start_in_with(dir: tempfile::TempDir, args: &[&str]) -> Server {
         assert!(
             Command::new("kubectl")
                 .arg("version")
@@ -44,16 +56,23 @@ impl Server {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("server.log"))
+            .expect("server log");
         let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(["server", "--disable-agent", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
+            .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+            .arg("--https-listen-port")
+            .arg(port.to_string())
             .arg("--data-dir")
             .arg(dir.path())
+            .args(args)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("server.log")).expect("server log"))
+            .stderr(log)
             .spawn()
             .expect("spawn cairn server");
-        let server = Server { child, dir, port };
+        let mut server = Server { child, dir, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if server.kubeconfig().exists()
@@ -61,13 +80,27 @@ impl Server {
             {
                 break;
             }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("cairn server exited with {status}:\n{}", server.log());
+            }
             assert!(
                 Instant::now() < deadline,
-                "cairn server did not start listening on {port}"
+                "cairn server did not start listening on {port}:\n{}",
+                server.log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -165,7 +198,8 @@ impl Server {
         (code.trim().parse().expect("http code"), body.to_owned())
     }
 
-    /// Stops the server and hands back its data dir, for [`Server::start_in`].
+    /// Kills the server (SIGKILL, as `kill -9`) and hands back its data
+    /// dir, for [`Server::start_in`].
     pub fn stop(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -195,4 +229,53 @@ pub const NAMESPACE_T: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  nam
 pub fn create_namespace_t(server: &Server) {
     let out = server.kubectl(&["create", "namespace", "t"]);
     assert!(out.contains("namespace/t created"), "{out}");
+}
+
+/// Creates `n` configmaps one kubectl call each (each acknowledged),
+/// deletes the first two, and returns name → resourceVersion of the rest.
+pub fn acknowledged_writes(server: &Server, n: usize) -> Vec<(String, String)> {
+    let mut written = Vec::new();
+    for i in 0..n {
+        let name = format!("crash-{i}");
+        let manifest = server.write(
+            "cm.yaml",
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  i: \"{i}\"\n"
+            ),
+        );
+        let rv = server.kubectl(&[
+            "create",
+            "-f",
+            path_str(&manifest),
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ]);
+        written.push((name, rv));
+    }
+    for (name, _) in written.drain(..2) {
+        server.kubectl(&["delete", "configmap", &name]);
+    }
+    written
+}
+
+/// The configmaps named `crash-*` with their resourceVersions.
+pub fn stored(server: &Server) -> Vec<(String, String)> {
+    let list = json(&server.kubectl(&["get", "configmaps", "-o", "json"]));
+    let mut items: Vec<(String, String)> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|cm| {
+            (
+                cm["metadata"]["name"].as_str().expect("name").to_owned(),
+                cm["metadata"]["resourceVersion"]
+                    .as_str()
+                    .expect("rv")
+                    .to_owned(),
+            )
+        })
+        .filter(|(name, _)| name.starts_with("crash-"))
+        .collect();
+    items.sort_by_key(|(name, _)| name[6..].parse::<usize>().unwrap_or(0));
+    items
 }
