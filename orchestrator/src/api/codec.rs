@@ -93,6 +93,10 @@ impl Format {
 /// Decodes an object body of kind `rt` to its JSON value (an object, or
 /// an error).
 pub fn decode(format: Format, bytes: &[u8], rt: &ResourceType) -> Result<Value, ApiError> {
+    if format == Format::Protobuf && rt.custom.is_some() {
+        // As upstream: custom resources have no protobuf form.
+        return Err(ApiError::unsupported_media_type(PROTOBUF));
+    }
     match format {
         Format::Protobuf => decode_with(format, bytes, &properties(rt)),
         _ => decode_with(format, bytes, &Properties::new()),

@@ -380,7 +380,8 @@ pub(super) fn forbid_terminating(
 
 /// Restarts the cleanup of namespaces left `Terminating` by a restart.
 pub async fn resume_terminating_namespaces(api: &Api) {
-    let Some(namespaces) = api.registry.find("", "v1", "namespaces") else {
+    let snapshot = api.snapshot();
+    let Some(namespaces) = snapshot.registry.find("", "v1", "namespaces") else {
         return;
     };
     let page = match api
@@ -407,7 +408,8 @@ pub async fn resume_terminating_namespaces(api: &Api) {
 /// Deletes a terminating namespace's contents now, then the namespace if
 /// nothing is left; otherwise leaves the rest to a background task.
 async fn terminate_namespace(api: &Api, namespace: &str) {
-    let kinds: Vec<ResourceType> = api
+    let snapshot = api.snapshot();
+    let kinds: Vec<ResourceType> = snapshot
         .registry
         .all()
         .iter()
@@ -416,7 +418,7 @@ async fn terminate_namespace(api: &Api, namespace: &str) {
         .collect();
     match empty_namespace(&api.store, Some(api), &kinds, namespace).await {
         Ok(true) => {
-            if let Some(namespaces) = api.registry.find("", "v1", "namespaces") {
+            if let Some(namespaces) = snapshot.registry.find("", "v1", "namespaces") {
                 let key = namespaces.key(None, namespace);
                 finalize_with_retries(&api.store, &key, namespace).await;
             }
@@ -447,14 +449,15 @@ async fn finalize_with_retries(store: &Store, key: &str, namespace: &str) {
 /// namespace (upstream's namespace controller does this).
 fn spawn_namespace_cleanup(api: &Api, namespace: &str) {
     let store = api.store.clone();
-    let kinds: Vec<ResourceType> = api
+    let snapshot = api.snapshot();
+    let kinds: Vec<ResourceType> = snapshot
         .registry
         .all()
         .iter()
         .filter(|rt| rt.namespaced)
         .cloned()
         .collect();
-    let Some(namespaces) = api.registry.find("", "v1", "namespaces").cloned() else {
+    let Some(namespaces) = snapshot.registry.find("", "v1", "namespaces").cloned() else {
         return;
     };
     let namespace = namespace.to_owned();

@@ -351,7 +351,7 @@ async fn get(
     match api.store.get(&key).await {
         Ok(Some(kv)) => Ok(json_response(
             200,
-            &output.object(target.rt.kind, from_kv(&kv)?),
+            &output.object_of(target.rt, from_kv(&kv)?),
         )),
         Ok(None) => Err(ApiError::not_found(target.rt.plural, name)),
         Err(err) => Err(ApiError::from_store(err, target.rt.plural, name)),
@@ -585,7 +585,7 @@ async fn list(
         "metadata": metadata,
         "items": items,
     });
-    Ok(json_response(200, &output.list(rt.kind, list)))
+    Ok(json_response(200, &output.list_of(rt, list)))
 }
 
 #[cfg(test)]
