@@ -360,7 +360,11 @@ fn reclaim(conn: &Connection) -> rusqlite::Result<()> {
     if free < RECLAIM_MIN_PAGES || free * RECLAIM_FRACTION < pages {
         return Ok(());
     }
-    conn.execute_batch("PRAGMA incremental_vacuum")?;
+    // Each step of the pragma frees one page: run it to the end.
+    let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+    let mut steps = vacuum.query([])?;
+    while steps.next()?.is_some() {}
+    drop(steps);
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     info!(free_pages = free, pages, "gave free datastore pages back");
     Ok(())
