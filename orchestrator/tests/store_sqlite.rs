@@ -81,19 +81,19 @@ fn lease(holder: &str, renew: u32) -> Vec<u8> {
         "spec": {"holderIdentity": holder, "leaseDurationSeconds": 40,
                  "renewTime": format!("2026-01-01T00:00:{renew:02}.000000Z")},
     }))
-    .unwrap()
+    .expect("json")
 }
 
 /// Revisions of the rows of `key` in the file, read by a second connection.
 fn rows_on_disk(path: &Path, key: &str) -> Vec<i64> {
-    let conn = rusqlite::Connection::open(path).unwrap();
+    let conn = rusqlite::Connection::open(path).expect("second connection");
     let mut stmt = conn
         .prepare("SELECT id FROM cairn_log WHERE name = ? ORDER BY id")
-        .unwrap();
+        .expect("prepare");
     stmt.query_map([key], |r| r.get(0))
-        .unwrap()
+        .expect("query")
         .collect::<Result<_, _>>()
-        .unwrap()
+        .expect("rows")
 }
 
 /// Lease renewals are acknowledged from memory: get, list and watch see them
