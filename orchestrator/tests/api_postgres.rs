@@ -137,8 +137,19 @@ fn two_servers_one_postgresql() {
     let rv2 = configmap(&b, "via-a", "two");
     watch.expect(&["via-a", "two", &rv2]);
 
-    // PostgreSQL goes away: requests fail with 503, then heal.
+    // PostgreSQL goes away: requests fail with 503 and /readyz says why, then heal.
+    let ready = a.kubectl(&["get", "--raw", "/readyz?verbose"]);
+    assert!(ready.contains("[+]etcd ok"), "{ready}");
     pg.stop();
+    let not_ready = a.try_kubectl(&["get", "--raw", "/readyz?verbose"]);
+    assert!(
+        !not_ready.status.success(),
+        "/readyz passed without a datastore"
+    );
+    assert!(
+        a.kubectl(&["get", "--raw", "/livez"]) == "ok",
+        "/livez must not depend on the datastore"
+    );
     let down = a.try_kubectl(&["get", "configmaps"]);
     assert!(!down.status.success());
     let err = String::from_utf8_lossy(&down.stderr);

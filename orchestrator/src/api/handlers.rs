@@ -321,7 +321,7 @@ async fn get(
     match api.store.get(&key).await {
         Ok(Some(kv)) => Ok(json_response(
             200,
-            &output.object(target.rt.kind, from_kv(&kv)?),
+            &output.object_of(target.rt, from_kv(&kv)?),
         )),
         Ok(None) => Err(ApiError::not_found(target.rt.plural, name)),
         Err(err) => Err(ApiError::from_store(err, target.rt.plural, name)),
@@ -444,7 +444,8 @@ async fn delete(api: &Api, target: &Target<'_>, name: &str) -> Result<Response<B
 /// Deletes every namespaced object in `namespace` (the namespace
 /// controller's job upstream; done inline until there is one).
 async fn delete_namespace_contents(api: &Api, namespace: &str) {
-    for rt in api.registry.all().iter().filter(|rt| rt.namespaced) {
+    let snapshot = api.snapshot();
+    for rt in snapshot.registry.all().iter().filter(|rt| rt.namespaced) {
         let prefix = rt.key_prefix(Some(namespace));
         let mut after: Option<String> = None;
         loop {
@@ -579,7 +580,7 @@ async fn list(
         "metadata": metadata,
         "items": items,
     });
-    Ok(json_response(200, &output.list(rt.kind, list)))
+    Ok(json_response(200, &output.list_of(rt, list)))
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! - this module: [`run`], and the router that maps a path to discovery or
 //!   to a [`resources::ResourceType`] and hands it to `handlers`.
 //! - `resources`: the registry of served kinds, from k8s-openapi metadata.
+//! - `crd`: CustomResourceDefinitions; the served registry is a snapshot
+//!   (built-in kinds + every stored CRD's) each request takes once.
 //! - `discovery`: `/version`, `/api`, `/apis` and `APIResourceList`s.
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
 //! - `strategy`: per-kind defaults, validation and allocation on writes.
@@ -26,6 +28,7 @@
 //! `kubernetes` Service has no Endpoints yet.
 
 pub mod auth;
+pub mod crd;
 pub mod discovery;
 pub mod handlers;
 pub mod openapi;
@@ -174,7 +177,9 @@ impl Default for Compaction {
 pub struct Api {
     store: Store,
     auth: auth::Authenticator,
-    registry: Registry,
+    /// The served kinds and their OpenAPI documents, built-in and custom.
+    dynamic: Arc<crd::Dynamic>,
+    /// The built-in kinds' documents (what `validation` checks bodies against).
     openapi: openapi::Documents,
     services: strategy::ServiceNetwork,
 }
@@ -197,8 +202,8 @@ fn error_response(err: &ApiError) -> Response<Body> {
     json_response(err.code, &err.to_status())
 }
 
-fn text_response(text: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync());
+fn text_response(text: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(text.into()).boxed_unsync());
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -211,12 +216,36 @@ impl Api {
     /// bearer tokens of `auth` besides client certificates.
     pub fn new(store: Store, auth: auth::Authenticator) -> Api {
         let registry = Registry::builtin();
+        let openapi = openapi::Documents::build(&registry);
         Api {
             store,
             auth,
-            openapi: openapi::Documents::build(&registry),
-            registry,
+            dynamic: Arc::new(crd::Dynamic::new(registry, openapi.clone())),
+            openapi,
             services: strategy::ServiceNetwork::default(),
+        }
+    }
+
+    /// The registry and documents served now (built-in and CRD kinds);
+    /// take it once per request.
+    pub fn snapshot(&self) -> Arc<crd::Snapshot> {
+        self.dynamic.snapshot()
+    }
+
+    /// Serves the CRDs in the store at once, then follows the store so
+    /// CRDs written through any server are served (runs until the store's
+    /// watch ends; spawn it).
+    pub async fn serve_crds(&self) -> Result<(), StoreError> {
+        self.dynamic.reload(&self.store).await?;
+        tokio::spawn(self.dynamic.clone().follow(self.store.clone()));
+        Ok(())
+    }
+
+    /// Reloads the served kinds after this server wrote a CRD, so its
+    /// kinds are served when the write returns.
+    pub(crate) async fn crds_changed(&self) {
+        if let Err(err) = self.dynamic.reload(&self.store).await {
+            tracing::warn!(%err, "reloading CRDs after a write failed");
         }
     }
 
@@ -229,7 +258,8 @@ impl Api {
     }
 
     async fn bootstrap_kubernetes_service(&self, port: u16) -> Result<(), StoreError> {
-        let rt = self
+        let snapshot = self.snapshot();
+        let rt = snapshot
             .registry
             .find("", "v1", "services")
             .expect("services are built in");
@@ -269,7 +299,8 @@ impl Api {
     }
 
     async fn bootstrap_namespace(&self) -> Result<(), StoreError> {
-        let namespaces = self
+        let snapshot = self.snapshot();
+        let namespaces = snapshot
             .registry
             .find("", "v1", "namespaces")
             .expect("namespaces are built in");
@@ -325,26 +356,65 @@ impl Api {
         .await
     }
 
+    /// `/livez`, `/readyz`, `/healthz` as upstream answers them: `ok`, or
+    /// with `?verbose` one `[+]name ok` line per check. Liveness is the
+    /// process answering; readiness and health also need the datastore
+    /// (upstream's `etcd` check), so a server that lost its PostgreSQL
+    /// reports not ready (500) while it keeps trying to reconnect.
+    async fn health(&self, check: &str, query: &Query) -> Response<Body> {
+        let mut checks = vec![("ping", Ok(()))];
+        if check != "livez" {
+            let store = self.store.current_revision().await.map(|_| ());
+            checks.push(("etcd", store));
+        }
+        let passed = checks.iter().all(|(_, r)| r.is_ok());
+        let verbose = query.get("verbose").is_some();
+        let mut text = String::new();
+        for (name, result) in &checks {
+            match result {
+                Ok(()) if verbose => text.push_str(&format!("[+]{name} ok\n")),
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!(check = name, %err, "health check failed");
+                    text.push_str(&format!("[-]{name} failed: reason withheld\n"));
+                }
+            }
+        }
+        let mut response = match (passed, verbose) {
+            (true, false) => text_response("ok"),
+            (true, true) => text_response(format!("{text}{check} check passed\n")),
+            (false, _) => text_response(format!("{text}{check} check failed\n")),
+        };
+        if !passed {
+            *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        response
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().trim_end_matches('/').to_owned();
         let query = Query::parse(parts.uri.query());
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let is_get = parts.method == Method::GET;
+        let snapshot = self.snapshot();
+        let registry = &snapshot.registry;
         match segments.as_slice() {
             ["version"] if is_get => return Ok(json_response(200, &discovery::version())),
-            ["healthz" | "livez" | "readyz", ..] if is_get => return Ok(text_response("ok")),
+            [check @ ("healthz" | "livez" | "readyz"), ..] if is_get => {
+                return Ok(self.health(check, &query).await);
+            }
             ["api"] if is_get => {
-                return Ok(discovery::serve_root(&self.registry, true, &parts.headers));
+                return Ok(discovery::serve_root(registry, true, &parts.headers));
             }
             ["apis"] if is_get => {
-                return Ok(discovery::serve_root(&self.registry, false, &parts.headers));
+                return Ok(discovery::serve_root(registry, false, &parts.headers));
             }
             ["openapi", rest @ ..] if is_get => {
-                return self.openapi.serve(rest, &query, &parts.headers);
+                return snapshot.openapi.serve(rest, &query, &parts.headers);
             }
-            ["api", version] if is_get => return self.resource_list("", version),
-            ["apis", group, version] if is_get => return self.resource_list(group, version),
+            ["api", version] if is_get => return resource_list(registry, "", version),
+            ["apis", group, version] if is_get => return resource_list(registry, group, version),
             _ => {}
         }
         let (group, version, rest) = match segments.as_slice() {
@@ -352,54 +422,65 @@ impl Api {
             ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
             _ => return Err(ApiError::no_route(&path)),
         };
-        let target = self
-            .target(group, version, rest)
-            .ok_or_else(|| ApiError::no_route(&path))?;
+        let target =
+            target(registry, group, version, rest).ok_or_else(|| ApiError::no_route(&path))?;
+        if parts.method == Method::PATCH && target.rt.custom.is_some() {
+            crd::refuse_strategic_patch(&parts.headers)?;
+        }
         handlers::handle(self, &parts.method, target, &query, &parts.headers, body).await
     }
+}
 
-    /// The resource, namespace, name and subresource a path addresses
-    /// (`rest`: the segments after the group-version).
-    fn target<'a>(&'a self, group: &str, version: &str, rest: &[&str]) -> Option<Target<'a>> {
-        let find = |plural: &str| self.registry.find(group, version, plural);
-        let make = |rt, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
-            let subresource = match sub {
-                Some(sub) => Some(Subresource::from_name(sub)?),
-                None => None,
-            };
-            Some(Target {
-                rt,
-                namespace: namespace.map(str::to_owned),
-                name: name.map(str::to_owned),
-                subresource,
-            })
+/// The resource, namespace, name and subresource a path addresses
+/// (`rest`: the segments after the group-version).
+fn target<'a>(
+    registry: &'a Registry,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Option<Target<'a>> {
+    let find = |plural: &str| registry.find(group, version, plural);
+    let make = |rt, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| {
+        let subresource = match sub {
+            Some(sub) => Some(Subresource::from_name(sub)?),
+            None => None,
         };
-        let namespaced = |plural| find(plural).filter(|rt| rt.namespaced);
-        let cluster = |plural| find(plural).filter(|rt| !rt.namespaced);
-        let sub_served = |t: Target<'a>| t.subresource.is_none_or(|sub| t.rt.has(sub)).then_some(t);
-        let target = match rest {
-            [plural] => make(find(plural)?, None, None, None),
-            ["namespaces", ns, plural] if namespaced(plural).is_some() => {
-                make(namespaced(plural)?, Some(ns), None, None)
-            }
-            ["namespaces", ns, plural, name] if namespaced(plural).is_some() => {
-                make(namespaced(plural)?, Some(ns), Some(name), None)
-            }
-            ["namespaces", ns, plural, name, sub] => {
-                make(namespaced(plural)?, Some(ns), Some(name), Some(sub))
-            }
-            [plural, name] => make(cluster(plural)?, None, Some(name), None),
-            [plural, name, sub] => make(cluster(plural)?, None, Some(name), Some(sub)),
-            _ => None,
-        };
-        target.and_then(sub_served)
-    }
+        Some(Target {
+            rt,
+            namespace: namespace.map(str::to_owned),
+            name: name.map(str::to_owned),
+            subresource,
+        })
+    };
+    let namespaced = |plural| find(plural).filter(|rt| rt.namespaced);
+    let cluster = |plural| find(plural).filter(|rt| !rt.namespaced);
+    let sub_served = |t: Target<'a>| t.subresource.is_none_or(|sub| t.rt.has(sub)).then_some(t);
+    let target = match rest {
+        [plural] => make(find(plural)?, None, None, None),
+        ["namespaces", ns, plural] if namespaced(plural).is_some() => {
+            make(namespaced(plural)?, Some(ns), None, None)
+        }
+        ["namespaces", ns, plural, name] if namespaced(plural).is_some() => {
+            make(namespaced(plural)?, Some(ns), Some(name), None)
+        }
+        ["namespaces", ns, plural, name, sub] => {
+            make(namespaced(plural)?, Some(ns), Some(name), Some(sub))
+        }
+        [plural, name] => make(cluster(plural)?, None, Some(name), None),
+        [plural, name, sub] => make(cluster(plural)?, None, Some(name), Some(sub)),
+        _ => None,
+    };
+    target.and_then(sub_served)
+}
 
-    fn resource_list(&self, group: &str, version: &str) -> Result<Response<Body>, ApiError> {
-        discovery::api_resource_list(&self.registry, group, version)
-            .map(|list| json_response(200, &list))
-            .ok_or_else(|| ApiError::no_route(&format!("/apis/{group}/{version}")))
-    }
+fn resource_list(
+    registry: &Registry,
+    group: &str,
+    version: &str,
+) -> Result<Response<Body>, ApiError> {
+    discovery::api_resource_list(registry, group, version)
+        .map(|list| json_response(200, &list))
+        .ok_or_else(|| ApiError::no_route(&format!("/apis/{group}/{version}")))
 }
 
 /// Runs `cairn server` until `shutdown` completes: opens the datastore,
@@ -427,6 +508,7 @@ pub async fn run(
         port => port,
     };
     api.bootstrap(port).await?;
+    api.serve_crds().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {

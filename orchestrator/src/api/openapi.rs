@@ -42,7 +42,7 @@ const REF_PREFIX: &str = "#/components/schemas/";
 
 /// The OpenAPI documents of every served group-version, and the schemas
 /// `validation` checks request bodies against.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Documents {
     root: Served,
     /// `api/v1`, `apis/<group>/<version>` → its document.
@@ -54,7 +54,7 @@ pub struct Documents {
 }
 
 /// One served JSON document and its hash.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Served {
     body: Bytes,
     hash: String,
@@ -92,19 +92,26 @@ impl Documents {
             }
             group_versions.insert(gv_path(rt.group, rt.version), Served::new(&doc));
         }
-        let paths: Map<String, Value> = group_versions
-            .iter()
-            .map(|(path, served)| {
-                let url = format!("/openapi/v3/{path}?hash={}", served.hash);
-                (path.clone(), json!({ "serverRelativeURL": url }))
-            })
-            .collect();
         Documents {
-            root: Served::new(&json!({ "paths": paths })),
+            root: root(&group_versions),
             group_versions,
             schemas,
             kinds,
         }
+    }
+
+    /// These documents plus `extra` (`apis/<group>/<version>` → document),
+    /// for the group-versions CRDs serve; the schemas `validation` reads
+    /// stay the built-in ones.
+    pub fn with_documents(&self, extra: Vec<(String, Value)>) -> Documents {
+        let mut docs = self.clone();
+        for (path, doc) in extra {
+            docs.group_versions
+                .entry(path)
+                .or_insert_with(|| Served::new(&doc));
+        }
+        docs.root = root(&docs.group_versions);
+        docs
     }
 
     /// The component schemas, by name.
@@ -174,6 +181,18 @@ impl Documents {
     }
 }
 
+/// The `/openapi/v3` document: each group-version's URL with its hash.
+fn root(group_versions: &BTreeMap<String, Served>) -> Served {
+    let paths: Map<String, Value> = group_versions
+        .iter()
+        .map(|(path, served)| {
+            let url = format!("/openapi/v3/{path}?hash={}", served.hash);
+            (path.clone(), json!({ "serverRelativeURL": url }))
+        })
+        .collect();
+    Served::new(&json!({ "paths": paths }))
+}
+
 fn respond(code: StatusCode, body: Bytes, headers: impl FnOnce(&mut HeaderMap)) -> Response<Body> {
     let mut response = Response::new(Full::new(body).boxed_unsync());
     *response.status_mut() = code;
@@ -182,7 +201,7 @@ fn respond(code: StatusCode, body: Bytes, headers: impl FnOnce(&mut HeaderMap)) 
 }
 
 /// `api/v1` or `apis/<group>/<version>`.
-fn gv_path(group: &str, version: &str) -> String {
+pub(crate) fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() {
         format!("api/{version}")
     } else {
@@ -190,11 +209,11 @@ fn gv_path(group: &str, version: &str) -> String {
     }
 }
 
-fn schema_ref(name: &str) -> Value {
+pub(crate) fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("{REF_PREFIX}{name}") })
 }
 
-fn name_of_ref(schema: &schemars::Schema) -> String {
+pub(crate) fn name_of_ref(schema: &schemars::Schema) -> String {
     schema
         .get("$ref")
         .and_then(Value::as_str)
@@ -203,7 +222,7 @@ fn name_of_ref(schema: &schemars::Schema) -> String {
         .to_owned()
 }
 
-fn gvk(rt: &ResourceType, kind: &str) -> Value {
+pub(crate) fn gvk(rt: &ResourceType, kind: &str) -> Value {
     json!({ "group": rt.group, "version": rt.version, "kind": kind })
 }
 
@@ -264,7 +283,7 @@ fn document(
 }
 
 /// The schema of `<Kind>List`, the way upstream's list types read.
-fn list_schema(rt: &ResourceType, item: &str, list_meta: &str) -> Value {
+pub(crate) fn list_schema(rt: &ResourceType, item: &str, list_meta: &str) -> Value {
     json!({
         "description": format!("{} is a list of {} objects.", rt.list_kind, rt.kind),
         "type": "object",
@@ -294,12 +313,12 @@ fn list_schema(rt: &ResourceType, item: &str, list_meta: &str) -> Value {
 }
 
 /// Schema names an operation refers to.
-struct OperationSchemas<'a> {
-    kind: &'a str,
-    list: &'a str,
-    status: &'a str,
-    delete_options: &'a str,
-    patch: &'a str,
+pub(crate) struct OperationSchemas<'a> {
+    pub(crate) kind: &'a str,
+    pub(crate) list: &'a str,
+    pub(crate) status: &'a str,
+    pub(crate) delete_options: &'a str,
+    pub(crate) patch: &'a str,
 }
 
 fn query_param(name: &str, description: &str) -> Value {
@@ -349,7 +368,13 @@ fn ok(schema: Value) -> Value {
 }
 
 /// Adds the collection and object paths of `rt`, as upstream names them.
-fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, names: &OperationSchemas<'_>) {
+/// Custom kinds take no strategic merge patch (kubectl would send one if
+/// the document offered it).
+pub(crate) fn add_paths(
+    paths: &mut Map<String, Value>,
+    rt: &ResourceType,
+    names: &OperationSchemas<'_>,
+) {
     let base = format!("/{}", gv_path(rt.group, rt.version));
     let prefix = if rt.namespaced {
         format!("{base}/namespaces/{{namespace}}/{}", rt.plural)
@@ -440,6 +465,7 @@ fn add_paths(paths: &mut Map<String, Value>, rt: &ResourceType, names: &Operatio
     ];
     let patch_content: Map<String, Value> = patch_types
         .iter()
+        .filter(|t| rt.custom.is_none() || !t.starts_with("application/strategic"))
         .map(|t| {
             (
                 (*t).to_owned(),

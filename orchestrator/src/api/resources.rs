@@ -18,8 +18,13 @@ use k8s_openapi::api::events::v1::Event as EventsEvent;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use std::sync::Arc;
+
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
+
+use super::crd::Custom;
 
 /// Whether a k8s-openapi scope marker is namespaced.
 pub trait Scope {
@@ -129,6 +134,9 @@ pub struct ResourceType {
     /// Adds the kind's JSON Schema (from k8s-openapi) to a generator and
     /// returns a `$ref` to it; `openapi` builds its documents from this.
     pub schema: SchemaFn,
+    /// For a kind a CustomResourceDefinition serves: its schema, scale
+    /// paths and printer columns (`None` for built-in kinds).
+    pub custom: Option<Arc<Custom>>,
 }
 
 /// [`SchemaGenerator::subschema_for`] of one kind.
@@ -172,6 +180,7 @@ impl ResourceType {
             categories: &[],
             subresources: &[],
             schema: SchemaFn(|generator| generator.subschema_for::<K>()),
+            custom: None,
         }
     }
 
@@ -310,8 +319,25 @@ impl Registry {
                 R::of::<PodDisruptionBudget>()
                     .short(&["pdb"])
                     .subresources(&[Status]),
+                R::of::<CustomResourceDefinition>()
+                    .short(&["crd", "crds"])
+                    .categories(&["api-extensions"])
+                    .subresources(&[Status]),
             ],
         }
+    }
+
+    /// This registry plus `custom` kinds; a custom kind whose group,
+    /// version and plural a kind here already serves is left out (built-in
+    /// kinds win, as upstream's own groups cannot be taken over).
+    pub fn with_custom(&self, custom: Vec<ResourceType>) -> Registry {
+        let mut types = self.types.clone();
+        for rt in custom {
+            if self.find(rt.group, rt.version, rt.plural).is_none() {
+                types.push(rt);
+            }
+        }
+        Registry { types }
     }
 
     /// Every served resource.

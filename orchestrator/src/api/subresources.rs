@@ -2,7 +2,8 @@
 //! with [`Write::Status`]):
 //! - `scale`: an `autoscaling/v1` `Scale` over `spec.replicas`
 //!   (`status.replicas` and the selector as a string in `status.selector`),
-//!   for Deployments, ReplicaSets and StatefulSets; GET, PUT and PATCH,
+//!   for Deployments, ReplicaSets and StatefulSets (custom kinds: the
+//!   paths their CRD declares); GET, PUT and PATCH,
 //!   which is what `kubectl scale` and the HPA use.
 //! - pod `binding`: POST a `Binding` to set `spec.nodeName` once (409 if
 //!   the pod is bound already), as the scheduler does.
@@ -20,10 +21,11 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Response};
 use serde_json::{Value, json};
 
+use super::crd;
 use super::handlers::{Target, from_kv, read_body, to_value_bytes};
 use super::patch::{self, PatchType};
 use super::query::Query;
-use super::resources::Subresource;
+use super::resources::{ResourceType, Subresource};
 use super::status::ApiError;
 use super::strategy::{self, Errors, Write};
 use super::table::format_selector;
@@ -49,7 +51,7 @@ pub async fn handle(
     match (sub, method) {
         (Subresource::Scale, &Method::GET) => {
             let kv = current(api, target, name).await?;
-            Ok(json_response(200, &scale_of(&from_kv(&kv)?)))
+            Ok(json_response(200, &scale_for(target.rt, &from_kv(&kv)?)))
         }
         (Subresource::Scale, &Method::PUT) => {
             let scale = json_body(body).await?;
@@ -101,6 +103,14 @@ async fn current(api: &Api, target: &Target<'_>, name: &str) -> Result<KeyValue,
     }
 }
 
+/// The `Scale` of an object of `rt`: a custom kind's from its CRD's paths.
+fn scale_for(rt: &ResourceType, obj: &Value) -> Value {
+    match &rt.custom {
+        Some(custom) => crd::resource::scale_of(custom, obj),
+        None => scale_of(obj),
+    }
+}
+
 /// The `Scale` of a Deployment, ReplicaSet or StatefulSet.
 pub fn scale_of(obj: &Value) -> Value {
     let meta = &obj["metadata"];
@@ -140,7 +150,7 @@ async fn set_scale(
     for attempt in 1..=ATTEMPTS {
         let kv = current(api, target, name).await?;
         let old = from_kv(&kv)?;
-        let current_scale = scale_of(&old);
+        let current_scale = scale_for(rt, &old);
         let scale = make(&current_scale)?;
         if scale["kind"].as_str().is_some_and(|k| k != "Scale") {
             return Err(ApiError::bad_request(format!(
@@ -178,7 +188,12 @@ async fn set_scale(
             return Err(ApiError::conflict(rt.plural, name));
         }
         let mut new = old.clone();
-        new["spec"]["replicas"] = replicas.as_i64().unwrap_or(0).into();
+        match &rt.custom {
+            Some(custom) => {
+                crd::resource::set_replicas(custom, &mut new, replicas.as_i64().unwrap_or(0))
+            }
+            None => new["spec"]["replicas"] = replicas.as_i64().unwrap_or(0).into(),
+        }
         strategy::before_update(api, rt, Write::Main, &old, &mut new).await?;
         if let Some(meta) = new["metadata"].as_object_mut() {
             meta.remove("resourceVersion");
@@ -190,7 +205,7 @@ async fn set_scale(
         {
             Ok(revision) => {
                 new["metadata"]["resourceVersion"] = revision.to_string().into();
-                return Ok(json_response(200, &scale_of(&new)));
+                return Ok(json_response(200, &scale_for(rt, &new)));
             }
             Err(StoreError::Conflict { .. }) if pinned.is_none() && attempt < ATTEMPTS => {}
             Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),

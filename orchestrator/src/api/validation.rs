@@ -17,6 +17,7 @@ use hyper::header::HeaderValue;
 use serde_json::{Map, Value};
 
 use super::Body;
+use super::crd;
 use super::openapi::Documents;
 use super::query::Query;
 use super::resources::ResourceType;
@@ -74,18 +75,33 @@ pub fn check(
     mut obj: Value,
 ) -> Result<(Value, Warnings), ApiError> {
     let directive = Directive::from_query(query)?;
-    let Some(name) = docs.schema_name(rt.api_version, rt.kind) else {
-        return Ok((obj, Warnings::default()));
-    };
-    let schema = Value::String(name.to_owned());
     let mut unknown = Vec::new();
-    prune(
-        docs.schemas(),
-        &schema_ref(&schema),
-        &mut obj,
-        "",
-        &mut unknown,
-    );
+    if let Some(custom) = &rt.custom {
+        // A custom kind: its CRD's schema, and ObjectMeta for metadata.
+        crd::schema::prune(&custom.schema, &mut obj, "", &mut unknown);
+        if let Some(meta) = obj.get_mut("metadata") {
+            let schema = Value::String("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into());
+            prune(
+                docs.schemas(),
+                &schema_ref(&schema),
+                meta,
+                "metadata",
+                &mut unknown,
+            );
+        }
+    } else {
+        let Some(name) = docs.schema_name(rt.api_version, rt.kind) else {
+            return Ok((obj, Warnings::default()));
+        };
+        let schema = Value::String(name.to_owned());
+        prune(
+            docs.schemas(),
+            &schema_ref(&schema),
+            &mut obj,
+            "",
+            &mut unknown,
+        );
+    }
     let messages: Vec<String> = unknown
         .iter()
         .map(|path| format!("unknown field {path:?}"))

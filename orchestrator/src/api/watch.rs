@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::handlers::{Filter, Target, from_kv, to_value_bytes};
 use super::query::Query;
+use super::resources::ResourceType;
 use super::status::ApiError;
 use super::table::Output;
 use super::{Api, Body};
@@ -33,8 +34,8 @@ fn event_line(kind: &str, obj: &Value) -> Bytes {
 
 /// A watch event of object `obj` of kind `rt_kind`, rendered as `output`
 /// (with a Table, each event's object is a one-row Table).
-fn object_event(kind: &str, obj: Value, output: Output, rt_kind: &str) -> Bytes {
-    let obj = output.object(rt_kind, obj);
+fn object_event(kind: &str, obj: Value, output: Output, rt: &ResourceType) -> Bytes {
+    let obj = output.object_of(rt, obj);
     let mut line = to_value_bytes(&json!({"type": kind, "object": obj}));
     line.push(b'\n');
     Bytes::from(line)
@@ -46,9 +47,9 @@ fn watch_event(
     event: &Event,
     filter: &Filter,
     output: Output,
-    rt_kind: &str,
+    rt: &ResourceType,
 ) -> Result<Option<Bytes>, ApiError> {
-    let line = |kind: &str, obj: Value| object_event(kind, obj, output, rt_kind);
+    let line = |kind: &str, obj: Value| object_event(kind, obj, output, rt);
     Ok(match event {
         Event::Put { kv, prev } => {
             let obj = from_kv(kv)?;
@@ -78,7 +79,8 @@ pub(super) async fn watch(
     output: Output,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
-    let rt_kind = rt.kind;
+    // The spawned stream outlives the request's borrow of the registry.
+    let rt_owned = rt.clone();
     let filter = Filter::from_query(query)?;
     let timeout = query
         .number("timeoutSeconds")?
@@ -109,7 +111,7 @@ pub(super) async fn watch(
                 for kv in &page.items {
                     let obj = from_kv(kv)?;
                     if filter.matches(&obj) {
-                        initial.push(object_event("ADDED", obj, output, rt_kind));
+                        initial.push(object_event("ADDED", obj, output, rt));
                     }
                 }
                 after = page.items.last().map(|kv| kv.key.clone());
@@ -150,7 +152,7 @@ pub(super) async fn watch(
                 () = tx.closed() => return,
             };
             let line = match event {
-                Some(Ok(event)) => match watch_event(&event, &filter, output, rt_kind) {
+                Some(Ok(event)) => match watch_event(&event, &filter, output, &rt_owned) {
                     Ok(Some(line)) => line,
                     Ok(None) => continue,
                     Err(err) => event_line("ERROR", &status_value(&err)),

@@ -38,6 +38,7 @@ pub use service::ServiceNetwork;
 use serde_json::{Value, json};
 
 use super::Api;
+use super::crd;
 use super::resources::{ResourceType, Subresource};
 use super::status::{ApiError, Cause};
 
@@ -138,6 +139,16 @@ impl Errors {
     pub fn forbidden(&mut self, field: impl Into<String>, detail: &str) {
         let message = body("Forbidden".into(), detail);
         self.push("FieldValueForbidden", field.into(), message);
+    }
+
+    /// A cause with its own reason (`FieldValueTooLong`...) and message.
+    pub fn other(&mut self, reason: &'static str, field: impl Into<String>, message: String) {
+        self.push(reason, field.into(), message);
+    }
+
+    /// The causes reported so far.
+    pub fn causes(&self) -> &[Cause] {
+        &self.0
     }
 
     /// Whether nothing was reported.
@@ -286,6 +297,12 @@ fn validate(rt: &ResourceType, old: Option<&Value>, obj: &Value) -> Result<(), A
 /// already set): defaults, status reset, generation 1, the kind's own
 /// preparation, validation, then allocations. On error nothing is held.
 pub async fn before_create(api: &Api, rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    if let Some(custom) = &rt.custom {
+        return crd::resource::before_create(rt, custom, obj);
+    }
+    if is_crd(rt) {
+        return crd::definition::prepare(None, obj, Write::Main);
+    }
     apply_defaults(rt, obj)?;
     if let Some(meta) = obj["metadata"].as_object_mut() {
         if tracks_generation(rt) {
@@ -324,7 +341,19 @@ pub async fn before_update(
 ) -> Result<(), ApiError> {
     if write == Write::Status {
         status_only(old, new);
+        if let Some(custom) = &rt.custom {
+            return crd::resource::after_status_write(rt, custom, new);
+        }
+        if is_crd(rt) {
+            return crd::definition::prepare(Some(old), new, write);
+        }
         return Ok(());
+    }
+    if let Some(custom) = &rt.custom {
+        return crd::resource::before_update(rt, custom, old, new);
+    }
+    if is_crd(rt) {
+        return crd::definition::prepare(Some(old), new, write);
     }
     apply_defaults(rt, new)?;
     if rt.has(Subresource::Status)
@@ -378,6 +407,11 @@ fn status_only(old: &Value, new: &mut Value) {
     *new = merged;
 }
 
+/// Whether `rt` is `CustomResourceDefinition`.
+fn is_crd(rt: &ResourceType) -> bool {
+    rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition"
+}
+
 /// After the store answered a create (`old` is `None`) or an update:
 /// releases what the losing side of the write held (`stored`: whether the
 /// write happened).
@@ -388,6 +422,9 @@ pub async fn after_write(
     new: &Value,
     stored: bool,
 ) {
+    if is_crd(rt) && stored {
+        api.crds_changed().await;
+    }
     if rt.kind == "Service" && rt.group.is_empty() {
         match (stored, old) {
             (true, Some(old)) => service::release_unused(api, old, new).await,
@@ -400,6 +437,10 @@ pub async fn after_write(
 
 /// After an object was deleted from the store.
 pub async fn after_delete(api: &Api, rt: &ResourceType, obj: &Value) {
+    if is_crd(rt) {
+        api.crds_changed().await;
+        crd::delete_objects(api, obj).await;
+    }
     if rt.kind == "Service" && rt.group.is_empty() {
         service::release_unused(api, obj, &json!({})).await;
     }

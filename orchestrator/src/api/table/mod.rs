@@ -6,7 +6,8 @@
 //! `translateTimestampSince` (apimachinery's `duration.HumanDuration`).
 //!
 //! Kinds without a printer (Roles, ClusterRoles, LimitRanges) get
-//! upstream's default table (`NAME`, `CREATED AT`).
+//! upstream's default table (`NAME`, `CREATED AT`). Custom kinds print
+//! their CRD's `additionalPrinterColumns` (`crd::printer`).
 //!
 //! # Layout
 //! - `columns`: the column definitions per kind (with `-o wide` ones).
@@ -23,7 +24,9 @@
 use hyper::HeaderMap;
 use serde_json::{Value, json};
 
+use super::crd::{Custom, printer};
 use super::query::Query;
+use super::resources::ResourceType;
 use super::status::ApiError;
 
 mod cells;
@@ -105,18 +108,42 @@ impl Output {
 
     /// Renders one object (a GET or a watch event's object).
     pub fn object(self, kind: &str, obj: Value) -> Value {
+        self.render_object(kind, None, obj)
+    }
+
+    /// Renders one object of `rt` (custom kinds print their CRD's columns).
+    pub fn object_of(self, rt: &ResourceType, obj: Value) -> Value {
+        self.render_object(rt.kind, rt.custom.as_deref(), obj)
+    }
+
+    /// Renders a list of `rt`'s objects, as [`Output::list`].
+    pub fn list_of(self, rt: &ResourceType, list: Value) -> Value {
+        self.render_list(rt.kind, rt.custom.as_deref(), list)
+    }
+
+    fn render_object(self, kind: &str, custom: Option<&Custom>, obj: Value) -> Value {
         match self {
             Output::Object => obj,
             Output::Table(include) => {
                 let rv = obj["metadata"]["resourceVersion"].clone();
-                table(kind, include, json!({"resourceVersion": rv}), vec![obj])
+                table(
+                    kind,
+                    custom,
+                    include,
+                    json!({"resourceVersion": rv}),
+                    vec![obj],
+                )
             }
         }
     }
 
     /// Renders a list (`kind` is the item kind): its `metadata` (with
     /// `resourceVersion` and `continue`) is kept.
-    pub fn list(self, kind: &str, mut list: Value) -> Value {
+    pub fn list(self, kind: &str, list: Value) -> Value {
+        self.render_list(kind, None, list)
+    }
+
+    fn render_list(self, kind: &str, custom: Option<&Custom>, mut list: Value) -> Value {
         match self {
             Output::Object => list,
             Output::Table(include) => {
@@ -125,30 +152,32 @@ impl Output {
                     Value::Array(items) => items,
                     _ => Vec::new(),
                 };
-                table(kind, include, metadata, items)
+                table(kind, custom, include, metadata, items)
             }
         }
     }
 }
 
-fn table(kind: &str, include: IncludeObject, metadata: Value, items: Vec<Value>) -> Value {
+fn table(
+    kind: &str,
+    custom: Option<&Custom>,
+    include: IncludeObject,
+    metadata: Value,
+    items: Vec<Value>,
+) -> Value {
     let now = jiff::Timestamp::now();
-    let definitions: Vec<Value> = columns::columns(kind)
-        .iter()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "type": c.kind,
-                "format": c.format,
-                "description": c.description,
-                "priority": c.priority,
-            })
-        })
-        .collect();
+    let definitions: Vec<Value> = match custom {
+        Some(custom) => printer::definitions(custom),
+        None => builtin_definitions(kind),
+    };
     let rows: Vec<Value> = items
         .into_iter()
         .map(|obj| {
-            let mut row = json!({"cells": cells::cells(kind, &obj, now)});
+            let cells = match custom {
+                Some(custom) => printer::cells(custom, &obj, now),
+                None => cells::cells(kind, &obj, now),
+            };
+            let mut row = json!({ "cells": cells });
             match include {
                 IncludeObject::None => {}
                 IncludeObject::Object => row["object"] = obj,
@@ -170,6 +199,21 @@ fn table(kind: &str, include: IncludeObject, metadata: Value, items: Vec<Value>)
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+fn builtin_definitions(kind: &str) -> Vec<Value> {
+    columns::columns(kind)
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "type": c.kind,
+                "format": c.format,
+                "description": c.description,
+                "priority": c.priority,
+            })
+        })
+        .collect()
 }
 
 /// `AGE` of an RFC 3339 timestamp: `<unknown>` without one, else
