@@ -232,7 +232,16 @@ async fn other_lease_writes_are_durable_and_flush_the_renewal() {
 
     let r3 = store.update(LEASE, lease("node-2", 30), r2).await.unwrap();
     assert_eq!(rows_on_disk(&path, LEASE), [created, r1, r2]);
+    // A compaction that would drop only heartbeat rows is skipped (no write).
     store.compact(r3).await.unwrap();
+    assert_eq!(store.compacted_revision().await.unwrap(), 0);
+    assert_eq!(rows_on_disk(&path, LEASE), [created, r1, r2]);
+    let cm = store
+        .create("/registry/configmaps/default/a", vec![])
+        .await
+        .unwrap();
+    store.compact(cm).await.unwrap();
+    assert_eq!(store.compacted_revision().await.unwrap(), cm);
     assert_eq!(
         rows_on_disk(&path, LEASE),
         [r3],

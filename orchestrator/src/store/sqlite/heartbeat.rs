@@ -10,7 +10,9 @@
 //! it at once through this overlay. Only the latest renewal per Lease is
 //! written to SQLite, with the revision it was acknowledged with, when the
 //! writer flushes: every [`FLUSH_INTERVAL`], at every compaction, before any
-//! other write to the same key, and at shutdown.
+//! other write to the same key, and at shutdown. (A periodic compaction
+//! that would drop nothing but renewals is skipped, so at idle a flush every
+//! `FLUSH_INTERVAL` is the only write: about 50 KB, 7 MB a day.)
 //!
 //! Renewals replaced before a flush are *coalesced away*: their revisions
 //! are gaps in the log. A watch on a range that holds heartbeat Leases

@@ -23,13 +23,16 @@ use tracing::{debug, info, warn};
 
 use super::heartbeat::{self, Overlay};
 use super::{Shared, State, latest};
-use crate::store::sql::{self, LogRow, Plan, Write, Written};
+use crate::store::sql::{self, LogRow, Plan, Range, Write, Written};
 use crate::store::{BackendError, Event, KeyValue, Result, Revision, StoreError};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 256;
 /// How often an idle writer looks for heartbeats due to be flushed.
 const FLUSH_CHECK: Duration = Duration::from_secs(30);
+/// Compactions that would drop heartbeat renewals only are skipped until
+/// the window reaches this many revisions.
+const SKIP_MAX: Revision = 10_000;
 /// Revisions reserved at once for heartbeats (one small write per block).
 const RESERVE_BLOCK: Revision = 1000;
 /// A compaction that leaves this share of the file free (and at least
@@ -70,7 +73,10 @@ fn run(shared: &Shared, rx: &Receiver<Request>) {
             }
             Err(RecvTimeoutError::Disconnected) => {
                 // The store was dropped without `close`: still keep the heartbeats.
-                if let Err(error) = flush(&mut shared.lock(), true) {
+                let mut st = shared.lock();
+                if !st.closed
+                    && let Err(error) = flush(&mut st, true)
+                {
                     warn!(%error, "flushing heartbeats at close failed");
                 }
                 return;
@@ -289,13 +295,11 @@ fn insert_pending(conn: &Connection, p: &heartbeat::Pending) -> rusqlite::Result
     Ok(())
 }
 
-/// Writes every pending heartbeat and the coalesced revision.
+/// Writes every pending heartbeat. The coalesced revision is written at
+/// close only: after a crash, the reservation stands in for it.
 fn write_pending(tx: &Transaction<'_>, overlay: &Overlay) -> rusqlite::Result<()> {
     for p in overlay.pending.values() {
         insert_pending(tx, p)?;
-    }
-    if overlay.coalesced > 0 {
-        tx.execute(SET_META, params!["coalesced_rev", overlay.coalesced])?;
     }
     Ok(())
 }
@@ -312,6 +316,9 @@ fn flush(st: &mut State, close: bool) -> Result<()> {
     write_pending(&tx, &st.overlay)?;
     if close {
         tx.execute("DELETE FROM cairn_meta WHERE name = 'rev_reserved'", [])?;
+        if st.overlay.coalesced > 0 {
+            tx.execute(SET_META, params!["coalesced_rev", st.overlay.coalesced])?;
+        }
     }
     tx.commit()?;
     let flushed = st.overlay.pending.len();
@@ -334,6 +341,13 @@ fn compact(st: &mut State, revision: Revision) -> Result<()> {
         return Ok(());
     }
     revs.check(revision)?;
+    if heartbeats_only(&st.conn, revs.compacted, revision)? {
+        debug!(
+            revision,
+            "only heartbeats since the last compaction: skipped"
+        );
+        return Ok(());
+    }
     let tx = st
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -350,6 +364,23 @@ fn compact(st: &mut State, revision: Revision) -> Result<()> {
         warn!(%error, "reclaiming free pages failed");
     }
     Ok(())
+}
+
+/// True if every row in `(compacted, revision]` is a heartbeat Lease and
+/// that window is under [`SKIP_MAX`]: compacting would only drop a few
+/// renewals, not worth a write every few minutes at idle.
+fn heartbeats_only(conn: &Connection, compacted: Revision, revision: Revision) -> Result<bool> {
+    if revision - compacted >= SKIP_MAX {
+        return Ok(false);
+    }
+    let hb = Range::prefix(heartbeat::PREFIX);
+    let other: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM cairn_log WHERE id > ? AND id <= ? \
+             AND NOT (name >= ? AND name < ?))",
+        )?
+        .query_row(params![compacted, revision, hb.lo, hb.hi], |r| r.get(0))?;
+    Ok(!other)
 }
 
 /// Returns free pages to the file system and truncates the WAL when a
