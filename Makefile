@@ -45,9 +45,29 @@ image: image-$(ARCH)
 
 images: image-x86_64 image-aarch64
 
-run: image
-	@echo "Booting out/$(ARCH)/cairn.img in QEMU. Ctrl-A X quits."
-	qemu/run out/$(ARCH)/cairn.img --arch $(ARCH)
+# make run: the image with a generated config (out/$(ARCH)/config/, made once
+# by `cairn-image config init` and reused, so the kubeconfig stays valid), the
+# API forwarded to 127.0.0.1:$(API_PORT). The tests' out/$(ARCH)/cairn.img is
+# left as built; the booted copy is out/$(ARCH)/run.img.
+API_PORT ?= 6443
+RUN_CONFIG = out/$(ARCH)/config
+
+$(RUN_CONFIG)/config.toml: | tool
+	$(TOOL) config init --server https://127.0.0.1:$(API_PORT) $(RUN_CONFIG)
+
+run: image $(RUN_CONFIG)/config.toml
+	$(TOOL) config validate $(RUN_CONFIG)/config.toml
+	sed -i 's#server: https://127.0.0.1:[0-9]*$$#server: https://127.0.0.1:$(API_PORT)#' $(RUN_CONFIG)/kubeconfig.yaml
+	cp --sparse=always out/$(ARCH)/cairn.img out/$(ARCH)/run.img
+	$(TOOL) config write out/$(ARCH)/run.img $(RUN_CONFIG)/config.toml
+	@echo
+	@echo "Booting out/$(ARCH)/run.img in QEMU. Ctrl-A X quits."
+	@echo "Edit $(RUN_CONFIG)/config.toml to configure the device (checked on every run)."
+	@echo "When 'cairn: ready' appears, from another terminal:"
+	@echo "  export KUBECONFIG=$(CURDIR)/$(RUN_CONFIG)/kubeconfig.yaml"
+	@echo "  kubectl get ns"
+	@echo
+	qemu/run out/$(ARCH)/run.img --arch $(ARCH) --forward $(API_PORT):6443
 
 lint: deps
 	cargo fmt --all -- --check

@@ -65,6 +65,22 @@ impl Image {
     }
 
     /// The ESP's `grubenv`.
+    /// Writes a file on a FAT partition, keeping the previous one as
+    /// `<path>.bak` ([`fat::replace`]). The image must be open for writing.
+    pub fn replace_fat_file(
+        &self,
+        part: &str,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<bool, InspectError> {
+        Ok(fat::replace(
+            &self.file,
+            self.partition(part)?,
+            path,
+            bytes,
+        )?)
+    }
+
     pub fn grubenv(&self) -> Result<GrubEnv, InspectError> {
         let bytes = self.read_fat_file(layout::PART_ESP, layout::ESP_GRUBENV)?;
         Ok(GrubEnv::parse(&bytes)?)

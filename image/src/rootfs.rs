@@ -166,6 +166,7 @@ fn etc(root: &Path, arch: Arch, v: &str) -> Result<(), RootfsError> {
         ("etc/hostname", "/run/cairn/etc/hostname"),
         ("etc/hosts", "/run/cairn/etc/hosts"),
         ("etc/resolv.conf", "/run/cairn/etc/resolv.conf"),
+        ("etc/timezone", "/run/cairn/etc/timezone"),
         ("etc/machine-id", "/var/lib/cairn/machine-id"),
         ("etc/cni/net.d", "/run/cairn/cni/net.d"),
     ] {

@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -61,14 +61,45 @@ impl LogFile {
     }
 }
 
+/// The most verbose level printed: 1 = ERROR ... 5 = TRACE.
+static MAX_LEVEL: AtomicU8 = AtomicU8::new(3);
+/// `cairn.debug` on the command line: DEBUG whatever the config says.
+static FORCED_DEBUG: AtomicBool = AtomicBool::new(false);
+
+fn level_number(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 3,
+        Level::DEBUG => 4,
+        Level::TRACE => 5,
+    }
+}
+
 /// Installs the console logger as the global subscriber. `debug` lowers the
 /// level from INFO to DEBUG.
 pub fn init(debug: bool) {
+    FORCED_DEBUG.store(debug, Ordering::Relaxed);
     let max = if debug { Level::DEBUG } else { Level::INFO };
+    MAX_LEVEL.store(level_number(max), Ordering::Relaxed);
     let _ = tracing::subscriber::set_global_default(Console {
-        max,
         next_id: AtomicU64::new(1),
     });
+}
+
+/// Sets the level from `host.log_level` (the command line's `cairn.debug`
+/// still wins).
+pub fn set_level(level: cairn_image::config::LogLevel) {
+    use cairn_image::config::LogLevel;
+    let level = match level {
+        _ if FORCED_DEBUG.load(Ordering::Relaxed) => Level::DEBUG,
+        LogLevel::Error => Level::ERROR,
+        LogLevel::Warn => Level::WARN,
+        LogLevel::Info => Level::INFO,
+        LogLevel::Debug => Level::DEBUG,
+    };
+    MAX_LEVEL.store(level_number(level), Ordering::Relaxed);
+    tracing::callsite::rebuild_interest_cache();
 }
 
 /// Also appends every log line to `path` (created with its directory).
@@ -122,7 +153,6 @@ pub fn format_line(at: Duration, level: Level, message: &str, fields: &str) -> S
 }
 
 struct Console {
-    max: Level,
     next_id: AtomicU64,
 }
 
@@ -154,12 +184,13 @@ impl Visit for Fields {
 }
 
 impl Subscriber for Console {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        *metadata.level() <= self.max
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> tracing::subscriber::Interest {
+        // The level can change at run time: ask `enabled` every time.
+        tracing::subscriber::Interest::sometimes()
     }
 
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        Some(self.max.into())
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        level_number(*metadata.level()) <= MAX_LEVEL.load(Ordering::Relaxed)
     }
 
     fn new_span(&self, _span: &Attributes<'_>) -> Id {

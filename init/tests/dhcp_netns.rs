@@ -232,6 +232,9 @@ fn static_in_namespace() {
             address: Some("10.98.0.9/24".parse().expect("cidr")),
             gateway: Some("10.98.0.1".parse().expect("ip")),
             dns: vec!["10.98.0.53".parse().expect("ip")],
+            addresses: vec!["fd98::9/64".parse().expect("cidr")],
+            gateway6: Some("fd98::1".parse().expect("ip")),
+            ..Network::default()
         };
         cairn_init::network::start(&config, &resolv)
             .await
@@ -260,6 +263,21 @@ fn static_in_namespace() {
     assert!(
         route.contains("via 10.98.0.1") && route.contains(CLIENT_IF),
         "{route}"
+    );
+    let addr6 = Command::new("ip")
+        .args(["-6", "addr", "show", "dev", CLIENT_IF])
+        .output()
+        .expect("ip addr");
+    let addr6 = String::from_utf8_lossy(&addr6.stdout);
+    assert!(addr6.contains("inet6 fd98::9/64"), "{addr6}");
+    let route6 = Command::new("ip")
+        .args(["-6", "route", "show", "default"])
+        .output()
+        .expect("ip route");
+    let route6 = String::from_utf8_lossy(&route6.stdout);
+    assert!(
+        route6.contains("via fd98::1") && route6.contains(CLIENT_IF),
+        "{route6}"
     );
     // A missing interface is an error naming it.
     let missing = Network {

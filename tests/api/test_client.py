@@ -171,11 +171,6 @@ def test_label_selectors_and_pages(core):
     assert seen == [f"sel-{i}" for i in range(5)]
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ApiException,
-    reason="set-based selectors (in, notin, exists, !key) are not served yet: "
-           "remove this mark when they are",
-)
 def test_set_based_label_selectors(core):
     for i in range(3):
         core.create_namespaced_config_map(NS, cm(f"set-{i}", labels={"n": str(i)}))

@@ -65,7 +65,7 @@ enum Command {
     },
     /// Print the A/B boot state: order, ok, tries.
     Slots { image: PathBuf },
-    /// Check a config.toml with the same code the device uses.
+    /// config.toml: validate, generate (init), write into an image or card.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
@@ -94,7 +94,29 @@ enum ComponentsAction {
 
 #[derive(Subcommand)]
 enum ConfigAction {
+    /// Check a config.toml; errors name the key, line and column.
     Validate { file: PathBuf },
+    /// Write a commented config.toml with fresh cluster credentials, an
+    /// admin kubeconfig.yaml and the agents' join-token into OUT_DIR.
+    Init {
+        #[arg(long, default_value = "server", value_parser = ["server", "agent"])]
+        role: String,
+        /// Server: the API URL in kubeconfig.yaml (default https://127.0.0.1:6443).
+        /// Agent: the server to join.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Agent: the server's join token, or @FILE to read it (its join-token file).
+        #[arg(long, value_name = "TOKEN|@FILE")]
+        token: Option<String>,
+        /// Replace files that exist.
+        #[arg(long)]
+        force: bool,
+        out_dir: PathBuf,
+    },
+    /// Put a config.toml (validated first) into an image's or a card's
+    /// CAIRN partition, keeping the previous one as config.toml.bak. No
+    /// mount, no root (write access to the file or device is enough).
+    Write { image: PathBuf, file: PathBuf },
 }
 
 fn default_binary(arch: Arch, name: &str) -> PathBuf {
@@ -178,10 +200,112 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Config { action } => match action {
             ConfigAction::Validate { file } => {
-                Config::load(&file)?;
-                println!("{}: ok", file.display());
+                let config = Config::load(&file)?;
+                println!(
+                    "{}: ok (hostname {}, network {}, role {})",
+                    file.display(),
+                    config.host.hostname,
+                    if config.network.dhcp {
+                        "DHCP"
+                    } else {
+                        "static"
+                    },
+                    config.cluster.role.as_str()
+                );
+            }
+            ConfigAction::Init {
+                role,
+                server,
+                token,
+                force,
+                out_dir,
+            } => config_init(&role, server, token, force, &out_dir)?,
+            ConfigAction::Write { image, file } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                Config::parse(&text, &file.display().to_string())?;
+                let img = Image::open(&image, true)?;
+                let kept = img.replace_fat_file(
+                    cairn_image::layout::PART_CONFIG,
+                    cairn_image::layout::CONFIG_FILE,
+                    text.as_bytes(),
+                )?;
+                println!(
+                    "{}: {} written to the {} partition{}",
+                    image.display(),
+                    cairn_image::layout::CONFIG_FILE,
+                    cairn_image::layout::CONFIG_LABEL,
+                    if kept {
+                        " (previous kept as config.toml.bak)"
+                    } else {
+                        ""
+                    }
+                );
             }
         },
+    }
+    Ok(())
+}
+
+/// `config init`: generates, then writes each file mode 0600 (they hold
+/// keys), refusing to overwrite unless `force`.
+fn config_init(
+    role: &str,
+    server: Option<String>,
+    token: Option<String>,
+    force: bool,
+    out_dir: &Path,
+) -> Result<()> {
+    use cairn_image::config::generate::{self, InitOptions};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = match token {
+        Some(t) => match t.strip_prefix('@') {
+            Some(path) => {
+                Some(std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?)
+            }
+            None => Some(t),
+        },
+        None => None,
+    };
+    let role = match role {
+        "agent" => cairn_image::config::Role::Agent,
+        _ => cairn_image::config::Role::Server,
+    };
+    let generated = generate::generate(&InitOptions {
+        role,
+        server,
+        token,
+    })?;
+    let mut files = vec![("config.toml", generated.config)];
+    if let Some(k) = generated.kubeconfig {
+        files.push(("kubeconfig.yaml", k));
+    }
+    if let Some(t) = generated.token {
+        files.push(("join-token", format!("{t}\n")));
+    }
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    if !force {
+        for (name, _) in &files {
+            let path = out_dir.join(name);
+            anyhow::ensure!(
+                !path.exists(),
+                "{} exists (it holds cluster credentials): pass --force to replace it",
+                path.display()
+            );
+        }
+    }
+    for (name, text) in &files {
+        let path = out_dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
     }
     Ok(())
 }

@@ -141,6 +141,61 @@ pub fn overwrite(
         .map_err(DiskError::io("sync image".to_string()))
 }
 
+/// Writes `bytes` to `path` (its directories created), replacing any file
+/// there the way a careful editor does: the new text goes to `<path>.new`
+/// first, the old file becomes `<path>.bak` (one kept), then the new one
+/// takes its name. Returns whether a previous file was kept as `.bak`.
+pub fn replace(
+    image: &File,
+    part: &Partition,
+    path: &str,
+    bytes: &[u8],
+) -> Result<bool, DiskError> {
+    let fs = open_fs(image, part)?;
+    let had_old;
+    {
+        let root = fs.root_dir();
+        let (dir_path, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let mut dir = root.clone();
+        for component in dir_path.split('/').filter(|c| !c.is_empty()) {
+            dir = match dir.open_dir(component) {
+                Ok(d) => d,
+                Err(_) => dir
+                    .create_dir(component)
+                    .map_err(fat_err(format!("{}: mkdir {component}", part.name)))?,
+            };
+        }
+        let (new, bak) = (format!("{name}.new"), format!("{name}.bak"));
+        let _ = dir.remove(&new);
+        let mut f = dir
+            .create_file(&new)
+            .map_err(fat_err(format!("{}: create {path}.new", part.name)))?;
+        f.truncate()
+            .and_then(|()| f.write_all(bytes))
+            .and_then(|()| f.flush())
+            .map_err(fat_err(format!("{}: write {path}.new", part.name)))?;
+        drop(f);
+        had_old = dir.open_file(name).is_ok();
+        if had_old {
+            let _ = dir.remove(&bak);
+            dir.rename(name, &dir, &bak).map_err(fat_err(format!(
+                "{}: rename {path} to {path}.bak",
+                part.name
+            )))?;
+        }
+        dir.rename(&new, &dir, name).map_err(fat_err(format!(
+            "{}: rename {path}.new to {path}",
+            part.name
+        )))?;
+    }
+    fs.unmount()
+        .map_err(fat_err(format!("unmount {}", part.name)))?;
+    image
+        .sync_all()
+        .map_err(DiskError::io("sync image".to_string()))?;
+    Ok(had_old)
+}
+
 fn open_fs(image: &File, part: &Partition) -> Result<fatfs::FileSystem<Slice<File>>, DiskError> {
     let slice = image
         .try_clone()
@@ -185,6 +240,15 @@ mod tests {
             overwrite(&file, &part, "env", b"short"),
             Err(DiskError::SizeChange { .. })
         ));
+        // Replacing keeps one backup; new directories are made.
+        assert!(!replace(&file, &part, "manifests/app.yaml", b"v1").unwrap());
+        assert!(replace(&file, &part, "cairn/hello.txt", b"bye").unwrap());
+        assert_eq!(read(&file, &part, "cairn/hello.txt").unwrap(), b"bye");
+        assert_eq!(read(&file, &part, "cairn/hello.txt.bak").unwrap(), b"hello");
+        assert!(replace(&file, &part, "cairn/hello.txt", b"third").unwrap());
+        assert_eq!(read(&file, &part, "cairn/hello.txt.bak").unwrap(), b"bye");
+        assert_eq!(read(&file, &part, "manifests/app.yaml").unwrap(), b"v1");
+        assert!(read(&file, &part, "cairn/hello.txt.new").is_err());
         let fs = open_fs(&file, &part).unwrap();
         assert_eq!(fs.fat_type(), fatfs::FatType::Fat32);
         assert_eq!(fs.volume_label(), "CAIRN");

@@ -13,7 +13,7 @@
 use super::NetworkError;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const IFF_UP: u32 = 0x1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -79,16 +80,16 @@ impl Netlink {
         Ok(link)
     }
 
-    /// Adds (or refreshes) `addr/prefix`. With `valid`, the kernel removes
-    /// the address when that time has passed.
+    /// Adds (or refreshes) `addr/prefix`, IPv4 or IPv6. With `valid`, the
+    /// kernel removes the address when that time has passed.
     pub fn set_address(
         &self,
         link: Link<'_>,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         prefix: u8,
         valid: Option<Duration>,
     ) -> Result<(), NetworkError> {
-        let body = address(link.index, addr, prefix, Some(valid));
+        let body = address(link.index, addr.into(), prefix, Some(valid));
         let flags = NLM_F_CREATE | NLM_F_REPLACE;
         self.request(link, "add address", RTM_NEWADDR, flags, &body)
     }
@@ -100,7 +101,7 @@ impl Netlink {
         addr: Ipv4Addr,
         prefix: u8,
     ) -> Result<(), NetworkError> {
-        let body = address(link.index, addr, prefix, None);
+        let body = address(link.index, addr.into(), prefix, None);
         match self.request(link, "remove address", RTM_DELADDR, 0, &body) {
             Err(NetworkError::Netlink { source, .. })
                 if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
@@ -111,14 +112,15 @@ impl Netlink {
         }
     }
 
-    /// Makes `gateway` the default route through the interface.
+    /// Makes `gateway` (IPv4 or IPv6) the default route of its family
+    /// through the interface.
     pub fn set_default_route(
         &self,
         link: Link<'_>,
-        gateway: Ipv4Addr,
+        gateway: impl Into<IpAddr>,
         dhcp: bool,
     ) -> Result<(), NetworkError> {
-        let body = default_route(link.index, gateway, dhcp);
+        let body = default_route(link.index, gateway.into(), dhcp);
         let flags = NLM_F_CREATE | NLM_F_REPLACE;
         self.request(link, "add default route", RTM_NEWROUTE, flags, &body)
     }
@@ -130,7 +132,7 @@ impl Netlink {
         link: Link<'_>,
         gateway: Ipv4Addr,
     ) -> Result<(), NetworkError> {
-        let body = default_route(link.index, gateway, true);
+        let body = default_route(link.index, gateway.into(), true);
         match self.request(link, "remove default route", RTM_DELROUTE, 0, &body) {
             Err(NetworkError::Netlink { source, .. })
                 if source.raw_os_error() == Some(libc::ESRCH) =>
@@ -212,16 +214,23 @@ fn link_up(index: u32) -> Vec<u8> {
     b
 }
 
-/// `ifaddrmsg` + local, address, broadcast, and the lifetime when `valid`
-/// is given (`Some(None)` = forever; `None` = no lifetime, for deletes).
-fn address(index: u32, addr: Ipv4Addr, prefix: u8, valid: Option<Option<Duration>>) -> Vec<u8> {
-    let mut b = vec![AF_INET, prefix, 0, RT_SCOPE_UNIVERSE];
+/// `ifaddrmsg` + local, address, broadcast (IPv4), and the lifetime when
+/// `valid` is given (`Some(None)` = forever; `None` = no lifetime, for
+/// deletes).
+fn address(index: u32, addr: IpAddr, prefix: u8, valid: Option<Option<Duration>>) -> Vec<u8> {
+    let family = if addr.is_ipv4() { AF_INET } else { AF_INET6 };
+    let mut b = vec![family, prefix, 0, RT_SCOPE_UNIVERSE];
     b.extend_from_slice(&index.to_ne_bytes());
-    attr(&mut b, IFA_LOCAL, &addr.octets());
-    attr(&mut b, IFA_ADDRESS, &addr.octets());
-    if prefix < 31 {
-        let brd = Ipv4Addr::from(u32::from(addr) | (u32::MAX >> prefix));
-        attr(&mut b, IFA_BROADCAST, &brd.octets());
+    match addr {
+        IpAddr::V4(addr) => {
+            attr(&mut b, IFA_LOCAL, &addr.octets());
+            attr(&mut b, IFA_ADDRESS, &addr.octets());
+            if prefix < 31 {
+                let brd = Ipv4Addr::from(u32::from(addr) | (u32::MAX >> prefix));
+                attr(&mut b, IFA_BROADCAST, &brd.octets());
+            }
+        }
+        IpAddr::V6(addr) => attr(&mut b, IFA_ADDRESS, &addr.octets()),
     }
     if let Some(valid) = valid {
         let secs = valid.map_or(INFINITY_LIFE_TIME, |v| {
@@ -236,11 +245,16 @@ fn address(index: u32, addr: Ipv4Addr, prefix: u8, valid: Option<Option<Duration
     b
 }
 
-/// `rtmsg` for 0.0.0.0/0 in the main table + gateway and output interface.
-fn default_route(index: u32, gateway: Ipv4Addr, dhcp: bool) -> Vec<u8> {
+/// `rtmsg` for 0.0.0.0/0 (or ::/0) in the main table + gateway and output
+/// interface.
+fn default_route(index: u32, gateway: IpAddr, dhcp: bool) -> Vec<u8> {
     let proto = if dhcp { RTPROT_DHCP } else { RTPROT_STATIC };
+    let (family, gw) = match gateway {
+        IpAddr::V4(g) => (AF_INET, g.octets().to_vec()),
+        IpAddr::V6(g) => (AF_INET6, g.octets().to_vec()),
+    };
     let mut b = vec![
-        AF_INET,
+        family,
         0,
         0,
         0,
@@ -250,7 +264,7 @@ fn default_route(index: u32, gateway: Ipv4Addr, dhcp: bool) -> Vec<u8> {
         RTN_UNICAST,
     ];
     b.extend_from_slice(&0u32.to_ne_bytes()); // flags
-    attr(&mut b, RTA_GATEWAY, &gateway.octets());
+    attr(&mut b, RTA_GATEWAY, &gw);
     attr(&mut b, RTA_OIF, &index.to_ne_bytes());
     b
 }
@@ -314,6 +328,7 @@ mod tests {
     #[test]
     fn address_carries_broadcast_and_lifetime() {
         let a = Ipv4Addr::new(10, 0, 2, 15);
+        let a = IpAddr::V4(a);
         let b = address(2, a, 24, Some(Some(Duration::from_secs(86400))));
         assert_eq!(b[..4], [AF_INET, 24, 0, 0]);
         assert_eq!(b[4..8], ne32(2));
@@ -335,7 +350,7 @@ mod tests {
 
     #[test]
     fn default_route_layout() {
-        let b = default_route(4, Ipv4Addr::new(10, 0, 2, 2), true);
+        let b = default_route(4, Ipv4Addr::new(10, 0, 2, 2).into(), true);
         assert_eq!(
             b[..8],
             [AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_DHCP, 0, RTN_UNICAST]
@@ -346,9 +361,31 @@ mod tests {
         assert_eq!(b[22..24], RTA_OIF.to_ne_bytes());
         assert_eq!(b[24..28], ne32(4));
         assert_eq!(
-            default_route(4, Ipv4Addr::new(10, 0, 2, 2), false)[5],
+            default_route(4, Ipv4Addr::new(10, 0, 2, 2).into(), false)[5],
             RTPROT_STATIC
         );
+    }
+
+    #[test]
+    fn ipv6_address_and_route() {
+        let a: IpAddr = "fd00::5".parse().expect("ip");
+        let b = address(3, a, 64, Some(None));
+        assert_eq!(b[..4], [AF_INET6, 64, 0, 0]);
+        // address (4 + 16), cacheinfo (4 + 16); no local, no broadcast.
+        assert_eq!(b.len(), 8 + 20 + 20);
+        assert_eq!(b[10..12], IFA_ADDRESS.to_ne_bytes());
+        assert_eq!(b[12..28], a_octets(a));
+        let r = default_route(3, "fd00::1".parse().expect("ip"), false);
+        assert_eq!(r[0], AF_INET6);
+        assert_eq!(r[12..14], 20u16.to_ne_bytes());
+        assert_eq!(r[16..32], a_octets("fd00::1".parse().expect("ip")));
+    }
+
+    fn a_octets(a: IpAddr) -> [u8; 16] {
+        match a {
+            IpAddr::V6(v6) => v6.octets(),
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        }
     }
 
     fn error_msg(seq: u32, errno: i32) -> Vec<u8> {

@@ -13,7 +13,11 @@
 //! background task so boot never waits for a lease: containerd starts
 //! anyway and the address appears when a server answers.
 //!
-//! Current limitations: IPv4 only; one interface; no link-state tracking
+//! Static addresses may be IPv4 and IPv6 (with an IPv6 default route);
+//! DHCP is IPv4 (IPv6 comes from router advertisements).
+//!
+//! Current limitations: static IPv6 addresses are applied only with
+//! `dhcp = false`; one interface; no link-state tracking
 //! (a cable pulled and replugged is noticed only at renewal); routers
 //! outside the leased subnet (on-link /32 leases) are not supported.
 
@@ -106,14 +110,20 @@ fn configure_static(
     config: &Network,
     resolv_conf: &Path,
 ) -> Result<(), NetworkError> {
-    let cidr = config
-        .address
-        .ok_or_else(|| NetworkError::NoStaticAddress {
+    let addresses = config.static_addresses();
+    if addresses.is_empty() {
+        return Err(NetworkError::NoStaticAddress {
             interface: name.to_string(),
-        })?;
+        });
+    }
     let link = nl.up(name)?;
-    nl.set_address(link, cidr.addr, cidr.prefix, None)?;
+    for cidr in &addresses {
+        nl.set_address(link, cidr.addr, cidr.prefix, None)?;
+    }
     if let Some(gateway) = config.gateway {
+        nl.set_default_route(link, gateway, false)?;
+    }
+    if let Some(gateway) = config.gateway6 {
         nl.set_default_route(link, gateway, false)?;
     }
     let dns: &[IpAddr] = &config.dns;
@@ -123,7 +133,8 @@ fn configure_static(
             source,
         }
     })?;
-    info!(interface = %name, address = %cidr, gateway = ?config.gateway, dns = ?config.dns,
-        "network: static address set");
+    let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    info!(interface = %name, address = %shown.join(","), gateway = ?config.gateway,
+        gateway6 = ?config.gateway6, dns = ?config.dns, "network: static address set");
     Ok(())
 }

@@ -1,13 +1,34 @@
 //! The cluster service: `cairn server` (API server and datastore; the node
-//! agent joins it in its own issue) under the supervisor, and the readiness
-//! check that waits for its API.
+//! agent joins it in its own issue) under the supervisor, started with the
+//! `[cluster]` settings, and the readiness check that waits for its API.
+//!
+//! From `config.toml`, in K3s' flag spelling: `--tls-san` for the host name,
+//! the static addresses and `cluster.tls_san`; `--datastore-endpoint`; the
+//! join token through the environment (`CAIRN_TOKEN`), so it never shows in
+//! a process list. A supplied CA and admin credentials are copied into the
+//! server's `pki/` before it starts; the server uses them and never replaces
+//! them, and a later, different CA in the file is reported, not installed
+//! (a cluster's CA cannot change under its clients). The server may re-issue
+//! its own admin certificate; any certificate the CA signed for
+//! `cairn-admin`/`system:masters` authenticates the same, so the kubeconfig
+//! from `cairn-image config init` stays valid.
+//!
+//! The config partition's `manifests/` and `images/` (read-only under
+//! [`super::config::CONFIG_MOUNT`]) are handed to the server, which applies
+//! the one through its API and imports the other into containerd, started
+//! before it.
 //!
 //! Readiness runs `cairn healthz` (a real HTTPS request to `/readyz` with
 //! the admin certificate the server created in its data dir) rather than
 //! speaking TLS from PID 1: init stays small and the check goes through the
 //! same TLS, authentication and routing any client uses.
+//!
+//! Current limitations: `role = "agent"` needs `cairn agent` (the node agent
+//! issue) and is reported, not started; pod/service CIDRs, cluster domain,
+//! node labels/taints and registries are validated and wait for the agent.
 
 use crate::supervisor::{ServiceSpec, reaper};
+use cairn_image::config::{Config, Pem, Role};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,8 +37,14 @@ use std::time::Duration;
 pub const PROGRAM: &str = "/usr/bin/cairn";
 /// The server's state on the data partition: datastore, PKI, kubeconfig.
 pub const DATA_DIR: &str = "/var/lib/cairn/server";
+/// The config partition's manifests, applied by the server at start and on change.
+pub const MANIFESTS_DIR: &str = "/run/cairn/config/manifests";
+/// The config partition's image archives, imported into containerd at start.
+pub const IMAGES_DIR: &str = "/run/cairn/config/images";
 /// The API's HTTPS port.
 pub const PORT: u16 = 6443;
+/// The kubeconfig written back to the config partition.
+pub const KUBECONFIG_FILE: &str = "kubeconfig.yaml";
 /// Where `cairn.log` is written.
 const LOG_DIR: &str = "/var/log/cairn";
 /// How often readiness asks.
@@ -28,19 +55,147 @@ pub fn present() -> bool {
     Path::new(PROGRAM).exists()
 }
 
-/// The supervised `cairn server`.
-pub fn spec() -> ServiceSpec {
-    ServiceSpec {
+/// The subject names the serving certificate needs besides what the
+/// server adds itself (localhost, 127.0.0.1): host name, static
+/// addresses, `cluster.tls_san`.
+pub fn tls_sans(config: &Config) -> Vec<String> {
+    let mut sans = vec![config.host.hostname.to_string()];
+    sans.extend(
+        config
+            .network
+            .static_addresses()
+            .iter()
+            .map(|a| a.addr.to_string()),
+    );
+    sans.extend(config.cluster.tls_san.iter().map(|s| s.to_string()));
+    let mut seen = std::collections::HashSet::new();
+    sans.retain(|s| seen.insert(s.clone()));
+    sans
+}
+
+/// The supervised `cairn server`, or `None` for a role this build cannot
+/// run. `env` is the host's service environment (TZ, proxy).
+pub fn spec(config: &Config, env: Vec<(String, String)>) -> Option<ServiceSpec> {
+    if config.cluster.role != Role::Server {
+        return None;
+    }
+    let mut args: Vec<String> = [
+        "server",
+        "--data-dir",
+        DATA_DIR,
+        "--disable-agent",
+        "--manifests-dir",
+        MANIFESTS_DIR,
+        "--images-dir",
+        IMAGES_DIR,
+    ]
+    .map(String::from)
+    .to_vec();
+    for san in tls_sans(config) {
+        args.push("--tls-san".into());
+        args.push(san);
+    }
+    if let Some(endpoint) = &config.cluster.datastore_endpoint {
+        args.push("--datastore-endpoint".into());
+        args.push(endpoint.expose().to_string());
+    }
+    // Plain log lines on the console and in the log file.
+    let mut env_all = vec![("NO_COLOR".to_string(), "1".to_string())];
+    env_all.extend(env);
+    if let Some(token) = &config.cluster.token {
+        env_all.push(("CAIRN_TOKEN".into(), token.expose().to_string()));
+    }
+    Some(ServiceSpec {
         name: "cairn".to_string(),
         program: PathBuf::from(PROGRAM),
-        // The server's default address is the device's: every address, PORT.
-        args: ["server", "--data-dir", DATA_DIR, "--disable-agent"]
-            .map(String::from)
-            .to_vec(),
-        // Plain log lines on the console and in the log file.
-        env: vec![("NO_COLOR".to_string(), "1".to_string())],
+        args,
+        env: env_all,
         log_dir: Some(PathBuf::from(LOG_DIR)),
+    })
+}
+
+/// Copies the supplied CA and admin credentials into `data_dir/pki` where
+/// they are missing. Returns the files written; a supplied pair that
+/// differs from the one in place is reported on the console.
+pub fn install_credentials(config: &Config, data_dir: &Path) -> std::io::Result<Vec<String>> {
+    let pki = data_dir.join("pki");
+    let c = &config.cluster;
+    let pairs: [(&str, &Option<Pem>, &Option<Pem>); 2] = [
+        ("ca", &c.ca_cert, &c.ca_key),
+        ("admin", &c.admin_cert, &c.admin_key),
+    ];
+    let mut written = Vec::new();
+    for (name, cert, key) in pairs {
+        let (Some(cert), Some(key)) = (cert, key) else {
+            continue;
+        };
+        let (cert_path, key_path) = (
+            pki.join(format!("{name}.crt")),
+            pki.join(format!("{name}.key")),
+        );
+        match std::fs::read_to_string(&cert_path) {
+            Ok(existing) if existing.trim() == cert.as_str().trim() => continue,
+            // The server may re-issue its admin certificate; any one the CA
+            // signed is as good. A different CA is worth saying.
+            Ok(_) if name == "ca" => {
+                crate::log::console(
+                    "cairn: config warning: cluster.ca_cert differs from the CA the server has used since its first start; keeping the server's",
+                );
+                continue;
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // Key first: the server takes a certificate without its key as
+        // "generate a new one".
+        super::config::write_atomic(&key_path, key.as_str().as_bytes(), 0o600)?;
+        super::config::write_atomic(&cert_path, cert.as_str().as_bytes(), 0o644)?;
+        written.push(format!("{name}.crt"));
     }
+    Ok(written)
+}
+
+/// The server's admin kubeconfig, pointed at this device (its first static
+/// address, else its host name) instead of 127.0.0.1, for the user's laptop.
+pub fn kubeconfig_for_user(server_kubeconfig: &str, config: &Config) -> String {
+    let host = config
+        .network
+        .static_addresses()
+        .first()
+        .map(|a| match a.addr {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        })
+        .unwrap_or_else(|| config.host.hostname.to_string());
+    server_kubeconfig
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("server: ") {
+            Some(_) => {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                format!("{indent}server: https://{host}:{PORT}")
+            }
+            None => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// `cluster.write_kubeconfig`: the admin kubeconfig onto the config
+/// partition as `kubeconfig.yaml`, when it changed.
+pub fn write_kubeconfig(config: &Config) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    let source = Path::new(DATA_DIR).join("admin.kubeconfig");
+    let text = std::fs::read_to_string(&source)
+        .with_context(|| format!("reading {}", source.display()))?;
+    let text = kubeconfig_for_user(&text, config);
+    let target = Path::new(super::config::CONFIG_MOUNT).join(KUBECONFIG_FILE);
+    if std::fs::read_to_string(&target).is_ok_and(|old| old == text) {
+        return Ok(false);
+    }
+    super::config::write_back(KUBECONFIG_FILE, text.as_bytes())?;
+    Ok(true)
 }
 
 /// The readiness probe's command line.
@@ -73,9 +228,13 @@ pub async fn wait_ready() -> u32 {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Config {
+        Config::parse(text, "c").expect("valid")
+    }
+
     #[test]
-    fn server_runs_on_the_data_partition() {
-        let s = spec();
+    fn default_server_runs_on_the_data_partition() {
+        let s = spec(&Config::default(), vec![]).expect("server");
         assert_eq!(s.program, PathBuf::from("/usr/bin/cairn"));
         assert_eq!(
             s.args,
@@ -83,9 +242,16 @@ mod tests {
                 "server",
                 "--data-dir",
                 "/var/lib/cairn/server",
-                "--disable-agent"
+                "--disable-agent",
+                "--manifests-dir",
+                "/run/cairn/config/manifests",
+                "--images-dir",
+                "/run/cairn/config/images",
+                "--tls-san",
+                "cairn"
             ]
         );
+        assert!(!s.env.iter().any(|(k, _)| k == "CAIRN_TOKEN"));
         let probe = probe();
         let args: Vec<_> = probe.get_args().collect();
         assert_eq!(
@@ -98,5 +264,91 @@ mod tests {
                 "6443"
             ]
         );
+    }
+
+    #[test]
+    fn cluster_settings_become_flags_and_environment() {
+        let c = parse(
+            "version = 1\n[host]\nhostname = \"edge1\"\n[network]\ndhcp = false\naddress = \"10.0.2.15/24\"\naddresses = [\"fd00::15/64\"]\n[cluster]\ntoken = \"0123456789abcdef0123\"\ndatastore_endpoint = \"postgres://u:p@db/cairn\"\ntls_san = [\"edge1.example.com\", \"edge1\"]\n",
+        );
+        let s = spec(&c, vec![("TZ".into(), "UTC".into())]).expect("server");
+        let args = s.args.join(" ");
+        assert!(args.contains("--tls-san edge1 --tls-san 10.0.2.15 --tls-san fd00::15 --tls-san edge1.example.com --datastore-endpoint postgres://u:p@db/cairn"), "{args}");
+        assert_eq!(args.matches("--tls-san edge1 ").count(), 1, "no duplicates");
+        assert!(
+            !args.contains("0123456789abcdef0123"),
+            "the token is not an argument"
+        );
+        assert!(
+            s.env
+                .contains(&("CAIRN_TOKEN".into(), "0123456789abcdef0123".into()))
+        );
+        assert!(s.env.contains(&("TZ".into(), "UTC".into())));
+
+        let agent = parse(
+            "version = 1\n[cluster]\nrole = \"agent\"\nserver = \"https://s:6443\"\ntoken = \"0123456789abcdef0123\"\n",
+        );
+        assert!(spec(&agent, vec![]).is_none());
+    }
+
+    #[test]
+    fn credentials_are_installed_once() {
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
+        let key = "-----BEGIN PRIVATE KEY-----\nBBBB\n-----END PRIVATE KEY-----";
+        let ml = |s: &str| format!("\"\"\"\n{s}\n\"\"\"");
+        let text = format!(
+            "version = 1\n[cluster]\nca_cert = {}\nca_key = {}\nadmin_cert = {}\nadmin_key = {}\n",
+            ml(cert),
+            ml(key),
+            ml(cert),
+            ml(key)
+        );
+        let c = parse(&text);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let written = install_credentials(&c, dir.path()).expect("install");
+        assert_eq!(written, ["ca.crt", "admin.crt"]);
+        let ca = std::fs::read_to_string(dir.path().join("pki/ca.crt")).expect("ca");
+        assert_eq!(ca.trim(), cert);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("pki/ca.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Present and equal: nothing to do. Different: kept, not replaced.
+        assert!(
+            install_credentials(&c, dir.path())
+                .expect("again")
+                .is_empty()
+        );
+        std::fs::write(dir.path().join("pki/ca.crt"), "other").expect("write");
+        assert!(
+            install_credentials(&c, dir.path())
+                .expect("differs")
+                .is_empty()
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("pki/ca.crt")).expect("ca"),
+            "other"
+        );
+        // Nothing supplied: nothing written.
+        let empty = tempfile::tempdir().expect("tempdir");
+        assert!(
+            install_credentials(&Config::default(), empty.path())
+                .expect("none")
+                .is_empty()
+        );
+        assert!(!empty.path().join("pki").exists());
+    }
+
+    #[test]
+    fn user_kubeconfig_points_at_the_device() {
+        let server = "apiVersion: v1\nclusters:\n- name: cairn\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority-data: AAA\n";
+        let stat = parse("version = 1\n[network]\ndhcp = false\naddress = \"192.168.1.50/24\"\n");
+        let k = kubeconfig_for_user(server, &stat);
+        assert!(k.contains("    server: https://192.168.1.50:6443\n"), "{k}");
+        assert!(k.contains("certificate-authority-data: AAA"));
+        let dhcp = parse("version = 1\n[host]\nhostname = \"edge3\"\n");
+        assert!(kubeconfig_for_user(server, &dhcp).contains("server: https://edge3:6443\n"));
     }
 }

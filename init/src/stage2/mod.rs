@@ -19,9 +19,11 @@ pub mod cluster;
 pub mod config;
 pub mod containerd;
 pub mod etc;
+pub mod host;
 pub mod input;
 pub mod mounts;
 pub mod shutdown;
+pub mod sntp;
 pub mod stats;
 
 use crate::network;
@@ -86,7 +88,8 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         .and_then(|s| partitions::find(s.partition_name(), None))
         .and_then(|p| p.disk);
     let config_part = partitions::find(layout::PART_CONFIG, boot_disk.as_deref());
-    let config = config::load(config_part.as_ref());
+    let loaded = config::load(config_part.as_ref());
+    let config = loaded.config;
 
     let hostname = config.host.hostname.as_str();
     if let Err(error) = etc::write_run_etc(hostname, &config.network.dns) {
@@ -95,24 +98,55 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     if let Err(error) = etc::ensure_machine_id(Path::new(etc::MACHINE_ID)) {
         tracing::error!(error = format!("{error:#}"), "no machine id");
     }
+    host::apply(&config, Path::new(etc::RUN_ETC));
+    let service_env = host::service_env(&config);
 
     let supervisor = Supervisor::new();
     match containerd::prepare() {
         Ok(()) => {
-            supervisor.start(containerd::spec());
+            let mut spec = containerd::spec();
+            spec.env.extend(service_env.iter().cloned());
+            supervisor.start(spec);
             tracing::info!("containerd started");
         }
         Err(error) => tracing::error!(error = format!("{error:#}"), "containerd not started"),
     }
-    let cluster = cluster::present();
-    if cluster {
-        supervisor.start(cluster::spec());
-        tracing::info!("cluster server started");
+    // A clock that was never set (no RTC) makes every certificate the
+    // server issues or checks wrong: then the server waits for SNTP.
+    let ntp: Vec<String> = config.host.ntp.iter().map(|s| s.to_string()).collect();
+    let clock_first = sntp::clock_unset() && !ntp.is_empty();
+    let cluster_spec = if cluster::present() {
+        cluster::spec(&config, service_env.clone())
     } else {
         tracing::warn!(
             program = cluster::PROGRAM,
             "no cluster binary in this image"
         );
+        None
+    };
+    if cluster::present() && cluster_spec.is_none() {
+        crate::log::console(&format!(
+            "cairn: config warning: cluster.role = \"{}\" needs the node agent, which this build does not have; no cluster service started",
+            config.cluster.role.as_str()
+        ));
+    }
+    let cluster = cluster_spec.is_some();
+    let start_cluster = move |supervisor: &Supervisor, config: &cairn_image::config::Config| {
+        if let Some(spec) = cluster_spec {
+            match cluster::install_credentials(config, Path::new(cluster::DATA_DIR)) {
+                Ok(files) if !files.is_empty() => {
+                    tracing::info!(files = ?files, "supplied cluster credentials installed")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "supplied cluster credentials not installed"),
+            }
+            supervisor.start(spec);
+            tracing::info!("cluster server started");
+        }
+    };
+    let mut start_cluster = Some(start_cluster);
+    if !clock_first && let Some(start) = start_cluster.take() {
+        start(&supervisor, &config);
     }
 
     // Disk drivers stage 1 did not need wait until the system is ready.
@@ -130,11 +164,24 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     if let Err(error) = network::start(&config.network, &resolv).await {
         tracing::error!(%error, "network not configured");
     }
+    if clock_first {
+        tracing::info!("clock not set: waiting for SNTP before the cluster starts");
+        sntp::run(ntp, 5, Duration::from_secs(3)).await;
+        if let Some(start) = start_cluster.take() {
+            start(&supervisor, &config);
+        }
+    } else if !ntp.is_empty() {
+        tokio::spawn(sntp::run(ntp, 6, Duration::from_secs(10)));
+    }
+    if config.debug.serial_shell {
+        serial_shell(&supervisor);
+    }
     let health_timeout = cmdline::value(cmdline, "cairn.health_timeout")
         .and_then(|v| v.parse().ok())
         .map_or(HEALTH_TIMEOUT, Duration::from_secs);
     let unhealthy = tx.clone();
     tokio::spawn(async move {
+        let write_kubeconfig = config.cluster.write_kubeconfig;
         if tokio::time::timeout(health_timeout, readiness(slot, boot_disk, cluster))
             .await
             .is_err()
@@ -148,6 +195,20 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
             let _ = unhealthy.send(PowerAction::Reboot);
             return;
         }
+        if write_kubeconfig && cluster {
+            let written =
+                tokio::task::spawn_blocking(move || cluster::write_kubeconfig(&config)).await;
+            match written {
+                Ok(Ok(true)) => {
+                    crate::log::console("cairn: kubeconfig.yaml written to the CAIRN partition")
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(error = format!("{error:#}"), "kubeconfig.yaml not written")
+                }
+                Err(error) => tracing::error!(%error, "kubeconfig.yaml not written"),
+            }
+        }
         // Disk drivers stage 1 did not need: loaded once the system is up,
         // so their probing (ahci: ~0.5 s under emulation) never delays it.
         if !disk_drivers.is_empty() {
@@ -160,6 +221,18 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         if let Some(action) = requests.recv().await {
             shutdown::shutdown(&supervisor, action).await;
         }
+    }
+}
+
+/// `[debug] serial_shell`: a root shell on the console, when the image
+/// has one.
+fn serial_shell(supervisor: &Supervisor) {
+    const SHELL: &str = "/bin/sh";
+    crate::log::console("cairn: warning: debug.serial_shell is on: a root shell on the console");
+    if Path::new(SHELL).exists() {
+        supervisor.start(supervisor::ServiceSpec::new("shell", SHELL));
+    } else {
+        crate::log::console("cairn: warning: debug.serial_shell: this image has no /bin/sh");
     }
 }
 

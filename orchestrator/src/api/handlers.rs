@@ -14,13 +14,13 @@
 //! `Table`); PATCH applies a [`patch`](super::patch) to the current object
 //! and stores the result through `update`.
 //!
+//! Bodies are decoded by [`codec`](super::codec) (JSON, YAML, protobuf).
+//! Deletes (options, finalizers, namespaces) live in
+//! [`delete`](super::delete); creates, updates and patches honour
+//! `dryRun` and keep [`managed`](super::managed) fields.
+//!
 //! # Current limitations
-//! - No server-side apply (`application/apply-patch+yaml`), no dryRun, no
-//!   delete options (preconditions, propagation, grace periods,
-//!   finalizers): deletes are immediate.
-//! - Deleting a namespace deletes the objects in it at once (no
-//!   `Terminating` phase yet).
-//! - Lists and watches ignore `resourceVersionMatch`; no bookmarks.
+//! - No server-side apply (`application/apply-patch+yaml`).
 
 use base64::Engine;
 use bytes::Bytes;
@@ -30,14 +30,16 @@ use hyper::{HeaderMap, Method, Response};
 use serde_json::{Map, Value, json};
 use tracing::debug;
 
+use super::options::WriteOptions;
 use super::patch::{self, PatchType};
-use super::query::{Query, Selector};
+use super::query::{Query, ReadAt};
 use super::resources::{ResourceType, Subresource};
+use super::selector::Filter;
 use super::status::ApiError;
 use super::strategy::{self, Write};
 use super::table::Output;
 use super::validation;
-use super::{Api, Body, json_response};
+use super::{Api, Body, codec, delete, json_response, managed};
 use crate::store::{KeyValue, Revision, StoreError};
 
 /// Largest request body accepted, as kube-apiserver's limit.
@@ -88,14 +90,18 @@ pub async fn handle(
         (&Method::GET, None) => list(api, &target, query, output()?).await,
         (&Method::GET, Some(name)) => get(api, &target, name, output()?).await,
         (&Method::POST, None) if !needs_ns => {
+            let options = WriteOptions::from_request(query, headers, "CreateOptions")?;
             let obj = read_object(target.rt, headers, body).await?;
             let (obj, warnings) = validation::check(&api.openapi, target.rt, query, obj)?;
-            create(api, &target, obj).await.map(|r| warnings.attach(r))
+            create(api, &target, obj, &options)
+                .await
+                .map(|r| warnings.attach(r))
         }
         (&Method::PUT, Some(name)) => {
+            let options = WriteOptions::from_request(query, headers, "UpdateOptions")?;
             let obj = read_object(target.rt, headers, body).await?;
             let (obj, warnings) = validation::check(&api.openapi, target.rt, query, obj)?;
-            update(api, &target, name, obj)
+            update(api, &target, name, obj, &options)
                 .await
                 .map(|r| warnings.attach(r))
         }
@@ -105,15 +111,21 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
+            let options = WriteOptions::from_request(query, headers, "PatchOptions")?;
             let body = read_body(body).await?;
-            apply_patch(api, &target, name, kind, &body, query).await
+            apply_patch(api, &target, name, kind, &body, query, &options).await
         }
-        (&Method::DELETE, Some(name)) => delete(api, &target, name).await,
+        (&Method::DELETE, Some(name)) => {
+            delete::delete(api, &target, name, query, headers, body).await
+        }
+        (&Method::DELETE, None) if !needs_ns => {
+            delete::delete_collection(api, &target, query, headers, body).await
+        }
         _ => Err(ApiError::method_not_allowed(method.as_str())),
     }
 }
 
-/// Reads and decodes a JSON object body of kind `rt`.
+/// Reads and decodes an object body of kind `rt` (JSON, YAML or protobuf).
 async fn read_object(
     rt: &ResourceType,
     headers: &HeaderMap,
@@ -121,13 +133,9 @@ async fn read_object(
 ) -> Result<Value, ApiError> {
     let content_type = headers
         .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if media != "application/json" && !media.is_empty() {
-        return Err(ApiError::unsupported_media_type(content_type));
-    }
-    decode_object(rt, &read_body(body).await?)
+        .and_then(|v| v.to_str().ok());
+    let format = codec::Format::from_content_type(content_type)?;
+    check_object(rt, codec::decode(format, &read_body(body).await?, rt)?)
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes.
@@ -146,9 +154,12 @@ pub(super) async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
 /// Decodes `bytes` as an object of kind `rt`: a JSON object whose
 /// `apiVersion`/`kind` (if given, as kubectl always does) name the resource.
 pub fn decode_object(rt: &ResourceType, bytes: &[u8]) -> Result<Value, ApiError> {
-    let mut obj: Value = serde_json::from_slice(bytes).map_err(|err| {
-        ApiError::bad_request(format!("the request body is not valid JSON: {err}"))
-    })?;
+    check_object(rt, codec::decode(codec::Format::Json, bytes, rt)?)
+}
+
+/// Checks that a decoded body is an object of kind `rt` and fills in its
+/// `apiVersion`, `kind` and `metadata`.
+pub fn check_object(rt: &ResourceType, mut obj: Value) -> Result<Value, ApiError> {
     let Some(map) = obj.as_object_mut() else {
         return Err(ApiError::bad_request(
             "the request body is not a JSON object",
@@ -229,11 +240,16 @@ fn validate_name(rt: &ResourceType, name: &str) -> Result<(), ApiError> {
     ))
 }
 
-/// Checks the object's namespace against the path and that it exists.
-async fn check_namespace(api: &Api, target: &Target<'_>, obj: &mut Value) -> Result<(), ApiError> {
+/// Checks the object's namespace against the path and that it exists;
+/// returns the namespace (`None` for a cluster-scoped object).
+async fn check_namespace(
+    api: &Api,
+    target: &Target<'_>,
+    obj: &mut Value,
+) -> Result<Option<Value>, ApiError> {
     if !target.rt.namespaced {
         metadata(obj).remove("namespace");
-        return Ok(());
+        return Ok(None);
     }
     let Some(ns) = target.namespace.as_deref() else {
         return Err(ApiError::bad_request(
@@ -250,13 +266,13 @@ async fn check_namespace(api: &Api, target: &Target<'_>, obj: &mut Value) -> Res
     metadata(obj).insert("namespace".into(), ns.into());
     let ns_key = format!("/registry/namespaces/{ns}");
     match api.store.get(&ns_key).await {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(kv)) => from_kv(&kv).map(Some),
         Ok(None) => Err(ApiError::not_found("namespaces", ns)),
         Err(err) => Err(ApiError::from_store(err, "namespaces", ns)),
     }
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
@@ -275,6 +291,7 @@ async fn create(
     api: &Api,
     target: &Target<'_>,
     mut obj: Value,
+    options: &WriteOptions,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     let name = match (meta_str(&obj, "name"), meta_str(&obj, "generateName")) {
@@ -289,7 +306,9 @@ async fn create(
         }
     };
     validate_name(rt, &name)?;
-    check_namespace(api, target, &mut obj).await?;
+    if let Some(namespace) = check_namespace(api, target, &mut obj).await? {
+        delete::forbid_terminating(&namespace, rt, &name)?;
+    }
     let meta = metadata(&mut obj);
     meta.insert("name".into(), name.clone().into());
     meta.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
@@ -303,7 +322,18 @@ async fn create(
         meta.remove(field);
     }
     strategy::before_create(api, rt, &mut obj).await?;
+    managed::on_create(&mut obj, &options.manager, rt.api_version, &now());
     let key = rt.key(target.namespace.as_deref(), &name);
+    if options.dry_run {
+        // As upstream's dry-run storage: AlreadyExists is still checked,
+        // and what the strategy allocated is released.
+        strategy::after_write(api, rt, None, &obj, false).await;
+        return match api.store.get(&key).await {
+            Ok(None) => Ok(json_response(201, &obj)),
+            Ok(Some(_)) => Err(ApiError::already_exists(rt.plural, &name)),
+            Err(err) => Err(ApiError::from_store(err, rt.plural, &name)),
+        };
+    }
     let created = api.store.create(&key, to_value_bytes(&obj)).await;
     strategy::after_write(api, rt, None, &obj, created.is_ok()).await;
     let revision = created.map_err(|err| ApiError::from_store(err, rt.plural, &name))?;
@@ -333,6 +363,7 @@ async fn update(
     target: &Target<'_>,
     name: &str,
     mut obj: Value,
+    options: &WriteOptions,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     match meta_str(&obj, "name") {
@@ -373,6 +404,27 @@ async fn update(
             None => meta.remove(field),
         };
     }
+    let delete_now = delete::guard_update(rt, name, &stored, &mut obj)?;
+    managed::on_update(&stored, &mut obj, &options.manager, rt.api_version, &now());
+    if options.dry_run {
+        strategy::after_write(api, rt, Some(&stored), &obj, false).await;
+        if expected != current.mod_revision {
+            return Err(ApiError::conflict(rt.plural, name));
+        }
+        let rv = current.mod_revision.to_string();
+        metadata(&mut obj).insert("resourceVersion".into(), rv.into());
+        return Ok(json_response(200, &obj));
+    }
+    if delete_now {
+        // The last finalizer of an object being deleted is gone.
+        let deleted = api.store.delete(&key, Some(expected)).await;
+        strategy::after_write(api, rt, Some(&stored), &obj, false).await;
+        let kv = deleted.map_err(|err| ApiError::from_store(err, rt.plural, name))?;
+        strategy::after_delete(api, rt, &stored).await;
+        let rv = kv.mod_revision.to_string();
+        metadata(&mut obj).insert("resourceVersion".into(), rv.into());
+        return Ok(json_response(200, &obj));
+    }
     let updated = api.store.update(&key, to_value_bytes(&obj), expected).await;
     strategy::after_write(api, rt, Some(&stored), &obj, updated.is_ok()).await;
     let revision = updated.map_err(|err| ApiError::from_store(err, rt.plural, name))?;
@@ -397,6 +449,7 @@ async fn apply_patch(
     kind: PatchType,
     body: &[u8],
     query: &Query,
+    options: &WriteOptions,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     let key = rt.key(target.namespace.as_deref(), name);
@@ -416,64 +469,11 @@ async fn apply_patch(
         let patched = decode_object(rt, &to_value_bytes(&patched))?;
         let (patched, warnings) = validation::check(&api.openapi, rt, query, patched)?;
         let pinned = meta_str(&patched, "resourceVersion") != meta_str(&current, "resourceVersion");
-        match update(api, target, name, patched).await {
+        match update(api, target, name, patched, options).await {
             Err(err) if err.reason == "Conflict" && !pinned && attempt < PATCH_ATTEMPTS => {
                 debug!(%key, attempt, "patch raced a write; applying it again");
             }
             result => return result.map(|r| warnings.attach(r)),
-        }
-    }
-}
-
-async fn delete(api: &Api, target: &Target<'_>, name: &str) -> Result<Response<Body>, ApiError> {
-    let rt = target.rt;
-    let key = rt.key(target.namespace.as_deref(), name);
-    let kv = api
-        .store
-        .delete(&key, None)
-        .await
-        .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
-    let deleted = from_kv(&kv)?;
-    strategy::after_delete(api, rt, &deleted).await;
-    if rt.kind == "Namespace" {
-        delete_namespace_contents(api, name).await;
-    }
-    Ok(json_response(200, &deleted))
-}
-
-/// Deletes every namespaced object in `namespace` (the namespace
-/// controller's job upstream; done inline until there is one).
-async fn delete_namespace_contents(api: &Api, namespace: &str) {
-    let snapshot = api.snapshot();
-    for rt in snapshot.registry.all().iter().filter(|rt| rt.namespaced) {
-        let prefix = rt.key_prefix(Some(namespace));
-        let mut after: Option<String> = None;
-        loop {
-            let page = match api
-                .store
-                .list(&prefix, after.as_deref(), Some(500), None)
-                .await
-            {
-                Ok(page) => page,
-                Err(err) => {
-                    tracing::warn!(?err, %namespace, "listing a deleted namespace's objects failed");
-                    break;
-                }
-            };
-            for kv in &page.items {
-                match api.store.delete(&kv.key, None).await {
-                    Ok(deleted) => {
-                        if let Ok(obj) = from_kv(&deleted) {
-                            strategy::after_delete(api, rt, &obj).await;
-                        }
-                    }
-                    Err(err) => debug!(?err, key = %kv.key, "deleting a namespace's object"),
-                }
-            }
-            after = page.items.last().map(|kv| kv.key.clone());
-            if !page.more || after.is_none() {
-                break;
-            }
         }
     }
 }
@@ -500,24 +500,6 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), ApiE
     Ok((rv, start.to_owned()))
 }
 
-pub(super) struct Filter {
-    labels: Selector,
-    fields: Selector,
-}
-
-impl Filter {
-    pub(super) fn from_query(query: &Query) -> Result<Filter, ApiError> {
-        Ok(Filter {
-            labels: Selector::labels(query.get("labelSelector"))?,
-            fields: Selector::fields(query.get("fieldSelector"))?,
-        })
-    }
-
-    pub(super) fn matches(&self, obj: &Value) -> bool {
-        self.labels.matches_labels(obj) && self.fields.matches_fields(obj)
-    }
-}
-
 async fn list(
     api: &Api,
     target: &Target<'_>,
@@ -525,7 +507,8 @@ async fn list(
     output: Output,
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
-    let filter = Filter::from_query(query)?;
+    let filter = Filter::from_query(query, rt)?;
+    let read = ReadAt::from_query(query)?;
     let limit = query
         .number("limit")?
         .filter(|l| *l > 0)
@@ -536,8 +519,27 @@ async fn list(
             let (rv, start) = decode_continue(token, &prefix)?;
             (Some(rv), Some(start))
         }
-        None => (None, None),
+        None => match read {
+            ReadAt::Latest => (None, None),
+            ReadAt::Exact(rv) => (Some(rv), None),
+            ReadAt::NotOlderThan(rv) => {
+                let current = api
+                    .store
+                    .current_revision()
+                    .await
+                    .map_err(|err| ApiError::from_store(err, rt.plural, ""))?;
+                if rv > current {
+                    let err = StoreError::FutureRevision {
+                        requested: rv,
+                        current,
+                    };
+                    return Err(ApiError::from_store(err, rt.plural, ""));
+                }
+                (None, None)
+            }
+        },
     };
+    let continued = after.is_some();
     let mut items = Vec::new();
     let mut next = None;
     loop {
@@ -547,9 +549,12 @@ async fn list(
             .list(&prefix, after.as_deref(), want, revision)
             .await
             .map_err(|err| match err {
-                StoreError::Compacted { .. } => ApiError::expired(
+                StoreError::Compacted { .. } if continued => ApiError::expired(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
                 ),
+                StoreError::Compacted { .. } => {
+                    ApiError::expired("The resourceVersion for the provided list is too old.")
+                }
                 err => ApiError::from_store(err, rt.plural, ""),
             })?;
         revision = Some(page.revision);

@@ -16,26 +16,36 @@
 //! - `strategy`: per-kind defaults, validation and allocation on writes.
 //! - `subresources`: `scale`, pod `binding` and `eviction` (`status` goes
 //!   through the generic handlers).
-//! - `query`: query parameters and selectors. `status`: `Status` errors.
+//! - `query`: query parameters, resourceVersion rules; `selector`: label
+//!   and field selectors. `status`: `Status` errors.
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
 //! - `patch`: JSON, merge and strategic merge patches.
+//! - `codec`: request bodies in JSON, YAML and Kubernetes protobuf.
+//! - `options`: dryRun, fieldManager and DeleteOptions; `delete`: deletes,
+//!   finalizers, deletecollection and namespace termination; `managed`:
+//!   `metadata.managedFields`.
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
-//! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`
-//! and `validation`. Also: no OpenAPI v2, no protobuf or YAML bodies, and no
-//! authorization: every authenticated user may do everything; the
-//! `kubernetes` Service has no Endpoints yet.
+//! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`,
+//! `validation`, `codec`, `delete` and `managed`. Also: no OpenAPI v2, no
+//! protobuf responses, and no authorization: every authenticated user may
+//! do everything; the `kubernetes` Service has no Endpoints yet.
 
 pub mod auth;
+pub mod codec;
 pub mod crd;
+pub mod delete;
 pub mod discovery;
 pub mod handlers;
+pub mod managed;
 pub mod openapi;
+pub mod options;
 pub mod patch;
 pub mod pki;
 pub mod query;
 pub mod resources;
+pub mod selector;
 pub mod server;
 pub mod status;
 pub mod strategy;
@@ -509,6 +519,7 @@ pub async fn run(
     };
     api.bootstrap(port).await?;
     api.serve_crds().await?;
+    delete::resume_terminating_namespaces(&api).await;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {

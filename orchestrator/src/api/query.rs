@@ -1,14 +1,11 @@
-//! Query parameters of list and watch requests: percent-decoding, Go-style
-//! booleans (`watch=true`, `watch=1`, the Python client's `watch=True`),
-//! label selectors (equality, inequality, existence) and the field
-//! selectors every object has (`metadata.name`, `metadata.namespace`).
-//!
-//! Set-based label operators (`in`, `notin`) and per-kind field selectors
-//! (`spec.nodeName`, `status.phase`...) are rejected with 400 until they come.
-
-use serde_json::Value;
+//! Query parameters: percent-decoding, Go-style booleans (`watch=true`,
+//! `watch=1`, the Python client's `watch=True`), and the resource version
+//! a list or watch reads from ([`ReadAt`], [`WatchFrom`]) with upstream's
+//! `ListOptions` validation. Selectors live in
+//! [`selector`](super::selector).
 
 use super::status::ApiError;
+use crate::store::Revision;
 
 /// Decoded `?a=b&c=d` pairs, in order.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -35,6 +32,15 @@ impl Query {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key` (`dryRun=All&dryRun=All`), in order.
+    pub fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// A boolean parameter, parsed as Go's `strconv.ParseBool`.
@@ -88,92 +94,150 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// One requirement of a selector.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Requirement {
-    Equals(String, String),
-    NotEquals(String, String),
-    Exists(String),
-    NotExists(String),
+/// 422 for invalid list options, as upstream's `ValidateListOptions`:
+/// one error as is, several as `[a, b]`.
+fn invalid_list_options(errors: &[String]) -> Result<(), ApiError> {
+    match errors {
+        [] => Ok(()),
+        [one] => Err(ApiError::invalid(
+            "ListOptions.meta.k8s.io",
+            "",
+            one.clone(),
+        )),
+        many => Err(ApiError::invalid(
+            "ListOptions.meta.k8s.io",
+            "",
+            format!("[{}]", many.join(", ")),
+        )),
+    }
 }
 
-/// A parsed label or field selector; empty matches everything.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Selector(Vec<Requirement>);
+fn parse_revision(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse::<Revision>()
+        .ok()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
+}
 
-impl Selector {
-    /// Parses a label selector (`a=b,c!=d,e,!f`).
-    pub fn labels(s: Option<&str>) -> Result<Selector, ApiError> {
-        Selector::parse(s, true)
-    }
+const MATCH_FIELD: &str = "resourceVersionMatch";
 
-    /// Parses a field selector over the fields every object has.
-    pub fn fields(s: Option<&str>) -> Result<Selector, ApiError> {
-        let selector = Selector::parse(s, false)?;
-        for r in &selector.0 {
-            let (Requirement::Equals(k, _) | Requirement::NotEquals(k, _)) = r else {
-                return Err(ApiError::bad_request("field selectors need = or !="));
-            };
-            if k != "metadata.name" && k != "metadata.namespace" {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {k}"
-                )));
+/// Where a list reads, from `resourceVersion` and `resourceVersionMatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAt {
+    /// The current state (no resourceVersion, or `0`: any state will do).
+    Latest,
+    /// A state at least as new as this revision (the current one).
+    NotOlderThan(Revision),
+    /// The state at exactly this revision.
+    Exact(Revision),
+}
+
+impl ReadAt {
+    /// Reads and validates a list's options.
+    pub fn from_query(query: &Query) -> Result<ReadAt, ApiError> {
+        let rv = query.get("resourceVersion").filter(|v| !v.is_empty());
+        let matching = query.get(MATCH_FIELD).filter(|v| !v.is_empty());
+        let continued = query.get("continue").is_some_and(|c| !c.is_empty());
+        let mut errors = Vec::new();
+        if query.get("sendInitialEvents").is_some() {
+            errors.push(
+                "sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list".into(),
+            );
+        }
+        if let Some(m) = matching {
+            if rv.is_none() {
+                errors.push(format!(
+                    "{MATCH_FIELD}: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+                ));
+            }
+            if continued {
+                errors.push(format!(
+                    "{MATCH_FIELD}: Forbidden: resourceVersionMatch is forbidden when continue is provided"
+                ));
+            }
+            if m != "Exact" && m != "NotOlderThan" {
+                errors.push(format!(
+                    "{MATCH_FIELD}: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
+                ));
+            }
+            if m == "Exact" && rv == Some("0") {
+                errors.push(format!(
+                    "{MATCH_FIELD}: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""
+                ));
             }
         }
-        Ok(selector)
-    }
-
-    fn parse(s: Option<&str>, existence: bool) -> Result<Selector, ApiError> {
-        let mut reqs = Vec::new();
-        for term in s
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
-            let req = if let Some((k, v)) = term.split_once("!=") {
-                Requirement::NotEquals(k.trim().to_owned(), v.trim().to_owned())
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                Requirement::Equals(k.trim().to_owned(), v.trim().to_owned())
-            } else if term.contains(' ') || term.contains('(') {
-                return Err(ApiError::bad_request(format!(
-                    "unsupported selector term {term:?}: set-based operators are not served yet"
-                )));
-            } else if !existence {
-                return Err(ApiError::bad_request(format!(
-                    "invalid field selector term {term:?}"
-                )));
-            } else if let Some(k) = term.strip_prefix('!') {
-                Requirement::NotExists(k.trim().to_owned())
-            } else {
-                Requirement::Exists(term.to_owned())
-            };
-            reqs.push(req);
+        invalid_list_options(&errors)?;
+        if continued && rv.is_some_and(|rv| rv != "0") {
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
         }
-        Ok(Selector(reqs))
-    }
-
-    /// Whether the label selector matches `object`'s labels.
-    pub fn matches_labels(&self, object: &Value) -> bool {
-        let labels = &object["metadata"]["labels"];
-        self.matches(|k| labels.get(k).and_then(Value::as_str))
-    }
-
-    /// Whether the field selector matches `object`.
-    pub fn matches_fields(&self, object: &Value) -> bool {
-        self.matches(|k| match k {
-            "metadata.name" => object["metadata"]["name"].as_str(),
-            "metadata.namespace" => Some(object["metadata"]["namespace"].as_str().unwrap_or("")),
-            _ => None,
+        Ok(match (rv, matching) {
+            (None | Some("0"), _) => ReadAt::Latest,
+            (Some(rv), Some("Exact")) => ReadAt::Exact(parse_revision(rv)?),
+            (Some(rv), _) => ReadAt::NotOlderThan(parse_revision(rv)?),
         })
     }
+}
 
-    fn matches<'a>(&self, value: impl Fn(&str) -> Option<&'a str>) -> bool {
-        self.0.iter().all(|r| match r {
-            Requirement::Equals(k, v) => value(k) == Some(v.as_str()),
-            Requirement::NotEquals(k, v) => value(k) != Some(v.as_str()),
-            Requirement::Exists(k) => value(k).is_some(),
-            Requirement::NotExists(k) => value(k).is_none(),
+/// Where a watch starts and what it sends besides changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchFrom {
+    /// `resourceVersion` to follow changes after (`None`: unset or `0`).
+    pub resource_version: Option<Revision>,
+    /// Send the current state first, as ADDED events.
+    pub initial_events: bool,
+    /// `sendInitialEvents=true`: end the initial events with a BOOKMARK
+    /// annotated `k8s.io/initial-events-end`.
+    pub initial_events_end: bool,
+    /// `allowWatchBookmarks=true`: periodic and closing BOOKMARKs.
+    pub bookmarks: bool,
+}
+
+impl WatchFrom {
+    /// Reads and validates a watch's options. Without `sendInitialEvents`,
+    /// a watch from no resourceVersion (or `0`) starts with the current
+    /// state, as upstream's legacy semantics.
+    pub fn from_query(query: &Query) -> Result<WatchFrom, ApiError> {
+        let rv = query.get("resourceVersion").filter(|v| !v.is_empty());
+        let matching = query.get(MATCH_FIELD).filter(|v| !v.is_empty());
+        let initial = match query.get("sendInitialEvents") {
+            Some(_) => Some(query.flag("sendInitialEvents")?),
+            None => None,
+        };
+        let mut errors = Vec::new();
+        if initial.is_some() && matching != Some("NotOlderThan") {
+            errors.push(format!(
+                "{MATCH_FIELD}: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+            ));
+        }
+        if let Some(m) = matching {
+            if initial.is_none() {
+                errors.push(format!(
+                    "{MATCH_FIELD}: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+                ));
+            }
+            if m != "NotOlderThan" {
+                errors.push(format!(
+                    "{MATCH_FIELD}: Unsupported value: {m:?}: supported values: \"NotOlderThan\""
+                ));
+            }
+            if query.get("continue").is_some_and(|c| !c.is_empty()) {
+                errors.push(format!(
+                    "{MATCH_FIELD}: Forbidden: resourceVersionMatch is forbidden when continue is provided"
+                ));
+            }
+        }
+        invalid_list_options(&errors)?;
+        let resource_version = match rv {
+            None | Some("0") => None,
+            Some(rv) => Some(parse_revision(rv)?),
+        };
+        Ok(WatchFrom {
+            resource_version,
+            initial_events: initial.unwrap_or(resource_version.is_none()),
+            initial_events_end: initial == Some(true),
+            bookmarks: query.flag("allowWatchBookmarks")?,
         })
     }
 }
@@ -181,7 +245,87 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn q(s: &str) -> Query {
+        Query::parse(Some(s))
+    }
+
+    #[test]
+    fn list_resource_versions() {
+        assert_eq!(ReadAt::from_query(&q("")), Ok(ReadAt::Latest));
+        assert_eq!(
+            ReadAt::from_query(&q("resourceVersion=0")),
+            Ok(ReadAt::Latest)
+        );
+        assert_eq!(
+            ReadAt::from_query(&q("resourceVersion=5")),
+            Ok(ReadAt::NotOlderThan(5))
+        );
+        assert_eq!(
+            ReadAt::from_query(&q("resourceVersion=5&resourceVersionMatch=Exact")),
+            Ok(ReadAt::Exact(5))
+        );
+        for (bad, code) in [
+            ("resourceVersionMatch=Exact", 422),
+            ("resourceVersion=0&resourceVersionMatch=Exact", 422),
+            ("resourceVersion=1&resourceVersionMatch=Newest", 422),
+            (
+                "resourceVersion=1&resourceVersionMatch=Exact&continue=x",
+                422,
+            ),
+            ("sendInitialEvents=true", 422),
+            ("resourceVersion=abc", 400),
+            ("resourceVersion=3&continue=x", 400),
+        ] {
+            assert_eq!(
+                ReadAt::from_query(&q(bad)).expect_err(bad).code,
+                code,
+                "{bad}"
+            );
+        }
+        let err = ReadAt::from_query(&q("resourceVersionMatch=Exact")).expect_err("rv");
+        assert!(
+            err.message
+                .contains("forbidden unless resourceVersion is provided"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn watch_starts() {
+        let from = WatchFrom::from_query(&q("allowWatchBookmarks=true")).expect("ok");
+        assert_eq!(
+            (from.resource_version, from.initial_events, from.bookmarks),
+            (None, true, true)
+        );
+        let from = WatchFrom::from_query(&q("resourceVersion=7")).expect("ok");
+        assert_eq!(
+            (from.resource_version, from.initial_events),
+            (Some(7), false)
+        );
+        let from = WatchFrom::from_query(&q(
+            "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=7",
+        ))
+        .expect("ok");
+        assert!(from.initial_events && from.initial_events_end);
+        let from = WatchFrom::from_query(&q(
+            "sendInitialEvents=false&resourceVersionMatch=NotOlderThan",
+        ))
+        .expect("ok");
+        assert!(!from.initial_events);
+        for bad in [
+            "sendInitialEvents=true",
+            "resourceVersionMatch=NotOlderThan",
+            "sendInitialEvents=true&resourceVersionMatch=Exact",
+        ] {
+            assert_eq!(
+                WatchFrom::from_query(&q(bad)).expect_err(bad).code,
+                422,
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn query_decoding_and_booleans() {
@@ -193,25 +337,5 @@ mod tests {
         assert_eq!(q.number("limit").expect("n"), Some(5));
         assert!(Query::parse(Some("watch=maybe")).flag("watch").is_err());
         assert_eq!(Query::parse(Some("a=%zz%4")).get("a"), Some("%zz%4"));
-    }
-
-    #[test]
-    fn label_selectors() {
-        let obj = json!({"metadata": {"name": "x", "labels": {"app": "web", "tier": "fe"}}});
-        let sel = |s| Selector::labels(Some(s)).expect("selector");
-        assert!(sel("app=web").matches_labels(&obj));
-        assert!(sel("app==web,tier!=db").matches_labels(&obj));
-        assert!(sel("app,!missing").matches_labels(&obj));
-        assert!(!sel("app=db").matches_labels(&obj));
-        assert!(!sel("missing").matches_labels(&obj));
-        assert!(Selector::labels(Some("app in (web)")).is_err());
-    }
-
-    #[test]
-    fn field_selectors() {
-        let obj = json!({"metadata": {"name": "x", "namespace": "t"}});
-        let sel = Selector::fields(Some("metadata.name=x,metadata.namespace!=u")).expect("sel");
-        assert!(sel.matches_fields(&obj));
-        assert!(Selector::fields(Some("spec.nodeName=a")).is_err());
     }
 }

@@ -6,6 +6,14 @@
 //! an update that moves an object into the selection is ADDED, out of it
 //! DELETED. A compacted start revision is a 410 `Expired` Status; an error
 //! once the stream runs is sent as an ERROR event, as upstream does.
+//!
+//! Where it starts is [`WatchFrom`]'s: from a resourceVersion, or with the
+//! current state as ADDED events first (then, with `sendInitialEvents`,
+//! a BOOKMARK annotated `k8s.io/initial-events-end`). With
+//! `allowWatchBookmarks=true` a BOOKMARK (only kind, apiVersion and
+//! `metadata.resourceVersion`: the last revision this watch has passed)
+//! goes out every [`BOOKMARK_INTERVAL`] and just before `timeoutSeconds`
+//! closes the stream, so clients resume without a relist.
 
 use std::time::Duration;
 
@@ -14,9 +22,10 @@ use hyper::Response;
 use hyper::body::Frame;
 use serde_json::{Value, json};
 
-use super::handlers::{Filter, Target, from_kv, to_value_bytes};
-use super::query::Query;
+use super::handlers::{Target, from_kv, to_value_bytes};
+use super::query::{Query, WatchFrom};
 use super::resources::ResourceType;
+use super::selector::Filter;
 use super::status::ApiError;
 use super::table::Output;
 use super::{Api, Body};
@@ -24,6 +33,25 @@ use crate::store::{Event, Revision, StoreError};
 
 /// Default and largest watch duration without `timeoutSeconds`.
 const WATCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// How often a watch with `allowWatchBookmarks` sends a BOOKMARK, as
+/// upstream's watch cache (about once a minute).
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A BOOKMARK event at `revision`, with `annotations` if any.
+fn bookmark(
+    api_version: &str,
+    kind: &str,
+    revision: Revision,
+    annotations: Option<Value>,
+) -> Bytes {
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(annotations) = annotations {
+        metadata["annotations"] = annotations;
+    }
+    let obj = json!({"kind": kind, "apiVersion": api_version, "metadata": metadata});
+    event_line("BOOKMARK", &obj)
+}
 
 /// One newline-terminated watch event.
 fn event_line(kind: &str, obj: &Value) -> Bytes {
@@ -81,24 +109,26 @@ pub(super) async fn watch(
     let rt = target.rt;
     // The spawned stream outlives the request's borrow of the registry.
     let rt_owned = rt.clone();
-    let filter = Filter::from_query(query)?;
+    let filter = Filter::from_query(query, rt)?;
+    let start = WatchFrom::from_query(query)?;
     let timeout = query
         .number("timeoutSeconds")?
         .map(Duration::from_secs)
         .map_or(WATCH_TIMEOUT, |t| t.min(WATCH_TIMEOUT));
     let prefix = target.prefix();
-    let requested = query
-        .get("resourceVersion")
-        .filter(|rv| !rv.is_empty() && *rv != "0");
+    let (api_version, kind) = (rt.api_version, rt.kind);
 
-    // Without a resourceVersion, a watch starts with the current state as
-    // ADDED events, then follows from the revision that state was read at.
+    // With initial events, the current state goes first as ADDED events,
+    // then changes follow from the revision that state was read at.
     let mut initial = Vec::new();
-    let from = match requested {
-        Some(rv) => rv
-            .parse::<Revision>()
-            .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        None => {
+    let from = match start.resource_version {
+        Some(rv) if !start.initial_events => rv,
+        None if !start.initial_events => api
+            .store
+            .current_revision()
+            .await
+            .map_err(|err| ApiError::from_store(err, rt.plural, ""))?,
+        _ => {
             let mut after: Option<String> = None;
             let mut revision = None;
             loop {
@@ -119,7 +149,12 @@ pub(super) async fn watch(
                     break;
                 }
             }
-            revision.unwrap_or(0)
+            let revision = revision.unwrap_or(0);
+            if start.initial_events_end {
+                let end = json!({"k8s.io/initial-events-end": "true"});
+                initial.push(bookmark(api_version, kind, revision, Some(end)));
+            }
+            revision
         }
     };
     let mut stream = api
@@ -145,12 +180,31 @@ pub(super) async fn watch(
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+            BOOKMARK_INTERVAL,
+        );
+        let mut last = from;
         loop {
             let event = tokio::select! {
                 event = stream.recv() => event,
-                () = &mut deadline => return,
+                () = &mut deadline => {
+                    if start.bookmarks {
+                        let _ = tx.send(bookmark(api_version, kind, last, None)).await;
+                    }
+                    return;
+                }
+                _ = ticks.tick(), if start.bookmarks => {
+                    if tx.send(bookmark(api_version, kind, last, None)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 () = tx.closed() => return,
             };
+            if let Some(Ok(event)) = &event {
+                last = last.max(event.revision());
+            }
             let line = match event {
                 Some(Ok(event)) => match watch_event(&event, &filter, output, &rt_owned) {
                     Ok(Some(line)) => line,

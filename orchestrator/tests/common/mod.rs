@@ -3,7 +3,8 @@
 //! loopback port with a temporary data dir (killed on drop), and its methods
 //! run kubectl with the admin kubeconfig the server writes. Also small
 //! helpers for manifests and output: [`json`], [`path_str`], [`NAMESPACE_T`]
-//! and [`create_namespace_t`].
+//! and [`create_namespace_t`]; [`Server::curl`] sends raw requests (curl
+//! with the admin certificate) where kubectl cannot say what a test needs.
 //!
 //! kubectl is required: without it these tests fail, they do not skip.
 
@@ -160,6 +161,43 @@ impl Server {
         path
     }
 
+    /// One HTTPS request with curl and the admin client certificate:
+    /// `(status code, body)`. `body` is sent as is with `content_type`.
+    pub fn curl(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+        use std::io::Write;
+        let pki = self.dir.path().join("pki");
+        let mut child = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-X", method, "--cacert"])
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join("admin.crt"))
+            .arg("--key")
+            .arg(pki.join("admin.key"))
+            .args(["-H", &format!("Content-Type: {content_type}")])
+            .args(["--data-binary", "@-", "-w", "\n%{http_code}"])
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("curl must be on the PATH");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body)
+            .expect("curl stdin");
+        let out = child.wait_with_output().expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {method} {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (code.trim().parse().expect("http code"), body.to_owned())
+    }
+
     /// Kills the server (SIGKILL, as `kill -9`) and hands back its data
     /// dir, for [`Server::start_in`].
     pub fn stop(mut self) -> tempfile::TempDir {
@@ -207,11 +245,9 @@ pub fn path_str(p: &Path) -> &str {
 
 pub const NAMESPACE_T: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: t\n";
 
-/// Creates namespace `t`. `kubectl create namespace t` sends protobuf,
-/// which is not served yet, so the namespace comes from a manifest.
+/// Creates namespace `t` (kubectl sends it as protobuf).
 pub fn create_namespace_t(server: &Server) {
-    let ns = server.write("ns.yaml", NAMESPACE_T);
-    let out = server.kubectl(&["apply", "-f", path_str(&ns)]);
+    let out = server.kubectl(&["create", "namespace", "t"]);
     assert!(out.contains("namespace/t created"), "{out}");
 }
 
