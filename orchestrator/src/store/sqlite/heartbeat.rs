@@ -137,6 +137,13 @@ pub(crate) fn is_renewal(key: &str, old: &[u8], new: &[u8]) -> bool {
     let parse = |bytes: &[u8]| -> Option<Value> {
         let mut v: Value = serde_json::from_slice(bytes).ok()?;
         v.get_mut("spec")?.as_object_mut()?.remove("renewTime")?;
+        // The API server stamps the writer's managedFields entry with the
+        // time of each update: part of the same renewal.
+        if let Some(Value::Array(entries)) = v.pointer_mut("/metadata/managedFields") {
+            for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+                entry.remove("time");
+            }
+        }
         Some(v)
     };
     match (parse(old), parse(new)) {
@@ -173,6 +180,22 @@ mod tests {
         let other_ns = "/registry/coordination.k8s.io/leases/default/n1";
         assert!(!is_renewal(other_ns, &a, &b));
         assert!(!is_renewal(KEY, b"not json", &b));
+    }
+
+    #[test]
+    fn managed_fields_time_is_part_of_a_renewal() {
+        let with = |renew: &str, time: &str, manager: &str| {
+            let mut v: Value = serde_json::from_slice(&lease("n1", renew)).unwrap();
+            v["metadata"]["managedFields"] = serde_json::json!([
+                {"manager": manager, "operation": "Update", "time": time}
+            ]);
+            serde_json::to_vec(&v).unwrap()
+        };
+        let a = with("2025-01-01T00:00:00Z", "2025-01-01T00:00:00Z", "kubelet");
+        let b = with("2025-01-01T00:00:10Z", "2025-01-01T00:00:10Z", "kubelet");
+        assert!(is_renewal(KEY, &a, &b));
+        let c = with("2025-01-01T00:00:10Z", "2025-01-01T00:00:10Z", "other");
+        assert!(!is_renewal(KEY, &a, &c));
     }
 
     #[test]
