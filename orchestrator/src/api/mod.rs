@@ -512,7 +512,7 @@ pub async fn run(
     };
     let compactor = (!config.compaction.interval.is_zero())
         .then(|| store.spawn_compactor(config.compaction.interval, config.compaction.retain));
-    let api = Arc::new(Api::new(store, auth));
+    let api = Arc::new(Api::new(store.clone(), auth));
     let port = match config.listen.port() {
         0 => 6443,
         port => port,
@@ -551,6 +551,8 @@ pub async fn run(
     if let Some(compactor) = compactor {
         compactor.abort();
     }
+    // SQLite keeps node heartbeats in memory for a while: write them now.
+    store.close().await?;
     Ok(())
 }
 

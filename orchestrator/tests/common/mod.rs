@@ -208,6 +208,26 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stops the server with SIGTERM, as an init system does, waits for it
+    /// to exit (successfully) and hands back its data dir.
+    pub fn terminate(mut self) -> tempfile::TempDir {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait for cairn server");
+        assert!(
+            exit.success(),
+            "cairn server exited with {exit}:\n{}",
+            self.log()
+        );
+        let dir = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
