@@ -35,6 +35,7 @@ use super::patch::{self, PatchType};
 use super::query::{Query, ReadAt};
 use super::resources::{ResourceType, Subresource};
 use super::selector::Filter;
+use super::shape::{self, Shape};
 use super::status::ApiError;
 use super::strategy::{self, Write};
 use super::table::Output;
@@ -453,6 +454,8 @@ async fn apply_patch(
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     let key = rt.key(target.namespace.as_deref(), name);
+    let root = shape::root_of(&api.openapi, rt);
+    let shape = Shape::new(api.openapi.schemas(), &root);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -461,7 +464,7 @@ async fn apply_patch(
             Ok(None) => return Err(ApiError::not_found(rt.plural, name)),
             Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
         };
-        let patched = patch::apply(kind, &current, body)?;
+        let patched = patch::apply(kind, &current, body, shape)?;
         if patched == current {
             return Ok(json_response(200, &current));
         }
