@@ -172,6 +172,15 @@ impl<'a> Shape<'a> {
         }
     }
 
+    /// A map with free keys (labels, data): `additionalProperties` and no
+    /// `properties`.
+    pub fn free_keys(&self) -> bool {
+        self.resolved().is_some_and(|s| {
+            s.get("properties").is_none()
+                && s.get("additionalProperties").is_some_and(Value::is_object)
+        })
+    }
+
     /// `x-kubernetes-map-type: atomic` or a struct whose patch strategy is
     /// `replace`: applied and patched whole.
     pub fn atomic_map(&self) -> bool {
