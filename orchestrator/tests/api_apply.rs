@@ -127,3 +127,357 @@ fn client_side_apply_merges_lists_by_key() {
     assert_eq!(containers.len(), 2);
     assert_eq!(containers[0]["name"], "app");
 }
+
+/// The managers of `obj`'s managedFields, as `manager/operation`, sorted.
+fn managers(obj: &serde_json::Value) -> Vec<String> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["manager"].as_str().unwrap_or(""),
+                e["operation"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn server_side_apply_owns_fields_and_reports_conflicts() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    let labelled = DEPLOYMENT.replace(
+        "labels: {app: web}\nspec:",
+        "labels: {app: web, tier: front}\nspec:",
+    );
+    let path = server.write("deploy.yaml", &labelled);
+    let p = path_str(&path);
+    let out = server.kubectl(&["apply", "--server-side", "-f", p]);
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
+    let out = server.kubectl(&["apply", "--server-side", "-f", p]);
+    assert!(out.contains("serverside-applied"), "{out}");
+    let obj = json(&server.kubectl(&[
+        "-n",
+        "t",
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]));
+    assert_eq!(managers(&obj), ["kubectl/Apply"]);
+    let fields = &obj["metadata"]["managedFields"][0]["fieldsV1"];
+    assert!(
+        fields["f:spec"]["f:template"]["f:spec"]["f:containers"]
+            .get("k:{\"name\":\"app\"}")
+            .is_some(),
+        "{fields}"
+    );
+
+    // A field omitted from the next apply is removed.
+    let path = server.write("deploy.yaml", DEPLOYMENT);
+    let p = path_str(&path);
+    server.kubectl(&["apply", "--server-side", "-f", p]);
+    let obj = json(&server.kubectl(&["-n", "t", "get", "deploy", "web", "-o", "json"]));
+    assert!(
+        obj["metadata"]["labels"].get("tier").is_none(),
+        "{}",
+        obj["metadata"]
+    );
+    assert_eq!(obj["metadata"]["labels"]["app"], "web");
+
+    // Dry run changes nothing.
+    let scaled = DEPLOYMENT.replace("replicas: 2", "replicas: 5");
+    let scaled_path = server.write("scaled.yaml", &scaled);
+    let sp = path_str(&scaled_path);
+    let out = server.kubectl(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        sp,
+        "-o",
+        "json",
+    ]);
+    assert_eq!(json(&out)["spec"]["replicas"], 5);
+    let obj = json(&server.kubectl(&["-n", "t", "get", "deploy", "web", "-o", "json"]));
+    assert_eq!(obj["spec"]["replicas"], 2);
+
+    // Another manager changing an owned field conflicts...
+    let err = server.kubectl_fails(&["apply", "--server-side", "--field-manager=b", "-f", sp]);
+    assert!(err.contains("conflict with \"kubectl\""), "{err}");
+    assert!(err.contains(".spec.replicas"), "{err}");
+    // ...the same values are shared...
+    server.kubectl(&["apply", "--server-side", "--field-manager=b", "-f", p]);
+    let obj = json(&server.kubectl(&[
+        "-n",
+        "t",
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]));
+    assert_eq!(managers(&obj), ["b/Apply", "kubectl/Apply"]);
+    // ...and --force-conflicts takes the field.
+    server.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=b",
+        "--force-conflicts",
+        "-f",
+        sp,
+    ]);
+    let obj = json(&server.kubectl(&[
+        "-n",
+        "t",
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]));
+    assert_eq!(obj["spec"]["replicas"], 5);
+    let entries = obj["metadata"]["managedFields"]
+        .as_array()
+        .expect("entries");
+    let kubectl = entries
+        .iter()
+        .find(|e| e["manager"] == "kubectl")
+        .expect("kubectl entry");
+    assert!(
+        kubectl["fieldsV1"]["f:spec"].get("f:replicas").is_none(),
+        "{kubectl}"
+    );
+    let b = entries
+        .iter()
+        .find(|e| e["manager"] == "b")
+        .expect("b entry");
+    assert!(b["fieldsV1"]["f:spec"].get("f:replicas").is_some(), "{b}");
+    // Now kubectl's own apply of its old value conflicts with b.
+    let err = server.kubectl_fails(&["apply", "--server-side", "-f", p]);
+    assert!(err.contains("conflict with \"b\""), "{err}");
+}
+
+#[test]
+fn server_side_apply_after_client_side_apply_and_errors() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    let path = server.write("deploy.yaml", DEPLOYMENT);
+    server.kubectl(&["apply", "-f", path_str(&path)]);
+    let scaled = server.write(
+        "scaled.yaml",
+        &DEPLOYMENT.replace("replicas: 2", "replicas: 4"),
+    );
+    let err = server.kubectl_fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=ssa",
+        "-f",
+        path_str(&scaled),
+    ]);
+    assert!(
+        err.contains("conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"),
+        "{err}"
+    );
+
+    // Raw requests: fieldManager is required, CBOR is not served, force is
+    // only for apply, a missing object is created.
+    let body = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: raw}\ndata: {a: b}\n";
+    let url = "/api/v1/namespaces/t/configmaps/raw";
+    let (code, out) = server.curl("PATCH", url, "application/apply-patch+yaml", body);
+    assert_eq!(code, 422, "{out}");
+    assert!(out.contains("fieldManager"), "{out}");
+    let (code, _) = server.curl(
+        "PATCH",
+        &format!("{url}?fieldManager=m"),
+        "application/apply-patch+cbor",
+        body,
+    );
+    assert_eq!(code, 415);
+    let (code, out) = server.curl(
+        "PATCH",
+        &format!("{url}?fieldManager=m"),
+        "application/apply-patch+yaml",
+        body,
+    );
+    assert_eq!(code, 201, "{out}");
+    assert_eq!(json(&out)["data"]["a"], "b");
+    let (code, _) = server.curl(
+        "PATCH",
+        &format!("{url}?force=true"),
+        "application/merge-patch+json",
+        b"{}",
+    );
+    assert_eq!(code, 422);
+    let (code, _) = server.curl(
+        "PATCH",
+        &format!("{url}?fieldManager=m"),
+        "application/apply-patch+yaml",
+        b"kind: [",
+    );
+    assert_eq!(code, 400);
+}
+
+#[test]
+fn diff_reports_changes() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    let path = server.write("deploy.yaml", DEPLOYMENT);
+    let p = path_str(&path);
+    server.kubectl(&["apply", "-f", p]);
+    let same = server.try_kubectl(&["diff", "-f", p]);
+    assert_eq!(
+        same.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&same.stderr)
+    );
+    let changed = server.write(
+        "changed.yaml",
+        &DEPLOYMENT.replace("nginx:1.25", "nginx:1.27"),
+    );
+    let out = server.try_kubectl(&["diff", "-f", path_str(&changed)]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("+        image: nginx:1.27"));
+    // Server-side: diff through an apply dry run.
+    let out = server.try_kubectl(&[
+        "diff",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        path_str(&changed),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nginx:1.27"));
+    let obj = json(&server.kubectl(&["-n", "t", "get", "deploy", "web", "-o", "json"]));
+    assert_eq!(container(&obj, "app")["image"], "nginx:1.25");
+}
+
+#[test]
+fn server_side_apply_of_a_custom_resource() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    let crd = server.write(
+        "crd.yaml",
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+              tags: {type: array, items: {type: string}}
+              parts:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [name]
+                items:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string}
+                    count: {type: integer}
+"#,
+    );
+    server.kubectl(&["apply", "-f", path_str(&crd)]);
+    server.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+    ]);
+    let widget = |size: u32, parts: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: w, namespace: t}}\nspec:\n  size: {size}\n  tags: [a, b]\n  parts: {parts}\n"
+        )
+    };
+    let path = server.write(
+        "w.yaml",
+        &widget(1, "[{name: px, count: 1}, {name: py, count: 2}]"),
+    );
+    // The CRD's document may take a moment to be served.
+    let mut out = server.try_kubectl(&["apply", "--server-side", "-f", path_str(&path)]);
+    for _ in 0..20 {
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        out = server.try_kubectl(&["apply", "--server-side", "-f", path_str(&path)]);
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Manager b owns part pz; kubectl drops py: py goes, pz stays.
+    let b = server.write("b.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: t}\nspec:\n  parts: [{name: pz, count: 9}]\n");
+    server.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=b",
+        "-f",
+        path_str(&b),
+    ]);
+    let path = server.write("w.yaml", &widget(1, "[{name: px, count: 1}]"));
+    server.kubectl(&["apply", "--server-side", "-f", path_str(&path)]);
+    let obj = json(&server.kubectl(&[
+        "-n",
+        "t",
+        "get",
+        "widget",
+        "w",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]));
+    let names: Vec<&str> = obj["spec"]["parts"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["px", "pz"], "{obj}");
+    assert_eq!(obj["spec"]["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(managers(&obj), ["b/Apply", "kubectl/Apply"]);
+    let err = server.kubectl_fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=b",
+        "-f",
+        path_str(&server.write("c.yaml", &widget(3, "[]"))),
+    ]);
+    assert!(err.contains(".spec.size"), "{err}");
+}

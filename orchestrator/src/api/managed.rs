@@ -27,8 +27,16 @@ pub fn entries(obj: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// Replaces the entries of `obj` (none: the field goes).
-pub fn set_entries(obj: &mut Value, entries: Vec<Value>) {
+/// Replaces the entries of `obj` (none: the field goes), in upstream's
+/// order: `Apply` before `Update`, then by time, manager and apiVersion.
+pub fn set_entries(obj: &mut Value, mut entries: Vec<Value>) {
+    entries.sort_by(|p, q| {
+        let key = |e: &Value| {
+            ["operation", "time", "manager", "apiVersion"]
+                .map(|k| e[k].as_str().unwrap_or("").to_owned())
+        };
+        key(p).cmp(&key(q))
+    });
     if let Some(meta) = obj["metadata"].as_object_mut() {
         if entries.is_empty() {
             meta.remove("managedFields");
