@@ -9,10 +9,16 @@
 //!   embedded SQLite (default) or a shared PostgreSQL server. Its revisions
 //!   are the API's `resourceVersion`s; watches resume from them.
 //! - [`api`]: the Kubernetes API server (HTTPS, discovery, generic CRUD and watch).
+//! - [`images`]: air-gapped image archives (the CAIRN partition's
+//!   `images/`) imported into containerd.
+//! - [`manifests`]: the manifests directory (the CAIRN partition's
+//!   `manifests/`), applied through the API at start and on change.
 //! - [`probe`]: `cairn healthz`, a client of the server's health endpoints.
 //!
 //! Still to come (their own issues): `scheduler`, `controllers`, `agent` (CRI, networking, volumes), `proxy`, `dns`.
 
 pub mod api;
+pub mod images;
+pub mod manifests;
 pub mod probe;
 pub mod store;
