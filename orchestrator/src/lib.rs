@@ -10,9 +10,14 @@
 //!   are the API's `resourceVersion`s; watches resume from them.
 //! - [`api`]: the Kubernetes API server (HTTPS, discovery, generic CRUD and watch).
 //! - [`probe`]: `cairn healthz`, a client of the server's health endpoints.
+//! - [`controllers`]: the controller manager (leader election, reflectors,
+//!   work queues; ReplicaSet, Deployment, garbage collection) and
+//!   [`scheduler`], run inside `cairn server` through the API in-process.
 //!
-//! Still to come (their own issues): `scheduler`, `controllers`, `agent` (CRI, networking, volumes), `proxy`, `dns`.
+//! Still to come (their own issues): `agent` (CRI, networking, volumes), `proxy`, `dns`.
 
 pub mod api;
+pub mod controllers;
 pub mod probe;
+pub mod scheduler;
 pub mod store;

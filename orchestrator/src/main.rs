@@ -84,6 +84,9 @@ struct Server {
     /// Revisions kept by compaction below the current one.
     #[arg(long, hide = true, default_value_t = 1000)]
     datastore_compact_retain: u32,
+    /// Run without the controller manager and scheduler (a quiet API server).
+    #[arg(long)]
+    disable_controllers: bool,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -156,6 +159,7 @@ fn server(args: Server) -> anyhow::Result<()> {
         interval: args.datastore_compact_interval,
         retain: i64::from(args.datastore_compact_retain),
     };
+    config.controllers = !args.disable_controllers;
     runtime
         .block_on(cairn::api::run(config, shutdown_signal()))
         .with_context(|| format!("cairn server (data dir {})", data_dir.display()))

@@ -129,6 +129,8 @@ pub struct Config {
     pub token: Option<String>,
     /// How often history is compacted, and how many revisions are kept.
     pub compaction: Compaction,
+    /// Run the controller manager and scheduler (`--disable-controllers`: no).
+    pub controllers: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -142,6 +144,7 @@ impl std::fmt::Debug for Config {
             .field("write_kubeconfig", &self.write_kubeconfig)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("compaction", &self.compaction)
+            .field("controllers", &self.controllers)
             .finish()
     }
 }
@@ -159,6 +162,7 @@ impl Config {
             write_kubeconfig: None,
             token: None,
             compaction: Compaction::default(),
+            controllers: true,
         }
     }
 }
@@ -547,7 +551,13 @@ pub async fn run(
         names = ?pki.server_names,
         "serving the Kubernetes API"
     );
+    let controllers = config
+        .controllers
+        .then(|| tokio::spawn(crate::controllers::run(api.clone())));
     server::serve(listener, tls, api, shutdown).await;
+    if let Some(controllers) = controllers {
+        controllers.abort();
+    }
     if let Some(compactor) = compactor {
         compactor.abort();
     }
