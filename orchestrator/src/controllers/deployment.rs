@@ -643,18 +643,41 @@ fn int_or_percent(value: &Value, total: i64, round_up: bool) -> i64 {
     }
 }
 
-/// True if `rs`'s template is `template` once `pod-template-hash` is removed.
+/// True if `rs`'s template is `template` once `pod-template-hash` is
+/// removed, comparing as Go's typed objects would ([`normalized`]).
 fn same_template(rs: &Value, template: &Value) -> bool {
     let mut theirs = rs["spec"]["template"].clone();
     if let Some(labels) = theirs["metadata"]["labels"].as_object_mut() {
         labels.remove(HASH_LABEL);
-        if labels.is_empty() && template["metadata"]["labels"].is_null() {
-            theirs["metadata"]
-                .as_object_mut()
-                .map(|m| m.remove("labels"));
-        }
     }
-    theirs == *template
+    normalized(&theirs) == normalized(template)
+}
+
+/// `value` without the fields a typed Go object cannot tell from absent:
+/// null, false, 0, "" and empty objects and arrays (kubectl's protobuf
+/// creates spell them out, its JSON patches leave them out).
+fn normalized(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), normalized(v)))
+                .filter(|(_, v)| !is_zero(v))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(normalized).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
 }
 
 /// The `pod-template-hash` of a template: FNV-1a of its JSON and the
@@ -668,7 +691,7 @@ pub fn template_hash(template: &Value, collision_count: Option<i64>) -> String {
             hash = hash.wrapping_mul(0x0100_0193);
         }
     };
-    feed(&serde_json::to_vec(template).unwrap_or_default());
+    feed(&serde_json::to_vec(&normalized(template)).unwrap_or_default());
     if let Some(count) = collision_count {
         feed(&count.to_le_bytes());
     }
@@ -715,5 +738,11 @@ mod tests {
         assert!(same_template(&rs, &template));
         let other = json!({"metadata": {"labels": {"app": "y"}}, "spec": {}});
         assert!(!same_template(&rs, &other));
+        // As kubectl's protobuf create and JSON patch spell the same template.
+        let spelled = json!({"metadata": {"creationTimestamp": null, "labels": {"app": "x"}},
+            "spec": {"hostIPC": false, "containers": [{"stdin": false, "resources": {}}]}});
+        let terse = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{}]}});
+        assert_eq!(normalized(&spelled), normalized(&terse));
+        assert_eq!(template_hash(&spelled, None), template_hash(&terse, None));
     }
 }
