@@ -362,11 +362,9 @@ impl Deployments {
         index: Option<usize>,
     ) -> Result<Step, String> {
         let mut progressed = false;
-        for j in 0..sets.len() {
-            if Some(j) != index && spec_replicas(&sets[j]) > 0 {
-                let mut rs = sets[j].clone();
-                progressed |= self.scale(d, &mut rs, 0).await?;
-                sets[j] = rs;
+        for (j, rs) in sets.iter_mut().enumerate() {
+            if Some(j) != index && spec_replicas(rs) > 0 {
+                progressed |= self.scale(d, rs, 0).await?;
             }
         }
         let old_running = sets

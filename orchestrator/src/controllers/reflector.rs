@@ -231,12 +231,8 @@ impl Reflector {
                 }
             };
             self.version.send_replace(rv.max(1));
-            loop {
-                match self.watch(&client).await {
-                    WatchEnd::Closed => continue,
-                    WatchEnd::Relist => break,
-                }
-            }
+            // Watch again from the last version until a list is needed.
+            while let WatchEnd::Closed = self.watch(&client).await {}
         }
     }
 
