@@ -1,7 +1,8 @@
 //! The controller manager and scheduler inside a real `cairn server`,
 //! driven by the real kubectl: Deployments roll out through ReplicaSets
 //! onto registered nodes, scale, update, undo; unschedulable pods say why;
-//! the garbage collector cascades deletes.
+//! the garbage collector cascades deletes; of two servers on one
+//! PostgreSQL only the Lease holder acts, and the other takes over.
 //!
 //! There is no node agent yet: nodes are registered through the API as a
 //! client could (capacity, allocatable, Ready=True), and the tests mark
@@ -525,5 +526,85 @@ fn bench_bind_1000_pods_on_100_nodes() {
     println!(
         "scheduler: bound 1000 pods on 100 nodes in {secs:.2} s ({:.0} pods/s, including labelling the nodes)",
         1000.0 / secs
+    );
+}
+
+fn database(pg: &common::postgres::PgServer, name: &str) -> String {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(pg.database(name));
+    pg.url(name)
+}
+
+/// A data dir holding the CA of `server`, for a second server.
+fn dir_sharing_ca(server: &Server) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pki")).expect("mkdir");
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(
+            server.dir.path().join("pki").join(file),
+            dir.path().join("pki").join(file),
+        )
+        .expect("copy the CA");
+    }
+    dir
+}
+
+/// Two servers on one PostgreSQL: only the Lease holder acts (a ReplicaSet
+/// gets its pods once, not twice), and when it dies the other takes over.
+#[test]
+fn two_servers_on_postgresql_act_once_and_fail_over() {
+    let pg = common::postgres::PgServer::start();
+    let url = database(&pg, "controllers");
+    let a = Server::start_with(&["--datastore-endpoint", &url]);
+    let b = Server::start_in_with(dir_sharing_ca(&a), &["--datastore-endpoint", &url]);
+    create_namespace_t(&a);
+    register_nodes(&a, &[node("n1", "8", "16Gi", "")]);
+    let leader_log = "acquired the controller lease";
+    let first = wait_for(30, "a leader", &a, || {
+        match (a.log().contains(leader_log), b.log().contains(leader_log)) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            (true, true) => panic!("both servers lead"),
+            (false, false) => None,
+        }
+    });
+    let (leader, other) = if first == 0 { (a, b) } else { (b, a) };
+    let rs = r#"{"apiVersion":"apps/v1","kind":"ReplicaSet","metadata":{"name":"once","namespace":"t"},
+"spec":{"replicas":3,"selector":{"matchLabels":{"app":"once"}},
+"template":{"metadata":{"labels":{"app":"once"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}}}"#;
+    let file = other.write("once.json", rs);
+    other.kubectl(&["create", "-f", common::path_str(&file)]);
+    let count = |server: &Server| {
+        let args = ["get", "pods", "-n", "t", "-l", "app=once", "-o", "json"];
+        json(&server.kubectl(&args))["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    wait_for(20, "3 pods", &other, || (count(&other) == 3).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&other), 3, "only the leader acts");
+    assert!(!other.log().contains(leader_log));
+
+    // The leader dies; the other takes the Lease and acts.
+    drop(leader.stop());
+    other.kubectl(&["scale", "rs", "once", "--replicas=5", "-n", "t"]);
+    wait_for(40, "the other server leads and scales", &other, || {
+        (count(&other) == 5).then_some(())
+    });
+    assert!(other.log().contains(leader_log));
+    let lease = get_json(
+        &other,
+        &[
+            "get",
+            "lease",
+            "cairn-controller-manager",
+            "-n",
+            "kube-system",
+        ],
+    );
+    assert!(
+        lease["spec"]["leaseTransitions"].as_i64() >= Some(1),
+        "{lease}"
     );
 }
