@@ -608,3 +608,117 @@ fn two_servers_on_postgresql_act_once_and_fail_over() {
         "{lease}"
     );
 }
+
+/// Sets a pod's status as the agent would: Running with an IP, Ready or not.
+fn run_pod(server: &Server, name: &str, ip: &str, ready: bool) {
+    let ready = if ready { "True" } else { "False" };
+    let patch = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"PodScheduled","status":"True"}},{{"type":"Ready","status":"{ready}"}}]}}}}"#
+    );
+    server.kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "-n",
+        "t",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
+#[test]
+fn services_get_endpoints_and_slices_from_ready_pods() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
+    server.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+        "-n",
+        "t",
+    ]);
+    let names: Vec<String> = wait_for(30, "2 bound pods", &server, || {
+        let p = active(&pods(&server, &[]));
+        (p.len() == 2 && p.iter().all(|p| p["spec"]["nodeName"].is_string())).then(|| {
+            p.iter()
+                .map(|p| p["metadata"]["name"].as_str().expect("name").to_owned())
+                .collect()
+        })
+    });
+    run_pod(&server, &names[0], "10.42.0.10", true);
+    run_pod(&server, &names[1], "10.42.0.11", false);
+    server.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+        "-n",
+        "t",
+    ]);
+    let endpoints = wait_for(20, "endpoints", &server, || {
+        let out = server.try_kubectl(&["get", "endpoints", "web", "-n", "t", "-o", "json"]);
+        let e = json(&String::from_utf8_lossy(&out.stdout));
+        (out.status.success() && e["subsets"].is_array()).then_some(e)
+    });
+    let subset = &endpoints["subsets"][0];
+    assert_eq!(subset["addresses"][0]["ip"], "10.42.0.10", "{endpoints}");
+    assert_eq!(
+        subset["addresses"][0]["targetRef"]["name"],
+        names[0].as_str()
+    );
+    assert_eq!(subset["notReadyAddresses"][0]["ip"], "10.42.0.11");
+    assert_eq!(subset["ports"][0]["port"], 8080);
+    let slices = get_json(
+        &server,
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            "t",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ],
+    );
+    let slice = &slices["items"][0];
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["ports"][0]["port"], 8080);
+    let eps = slice["endpoints"].as_array().expect("endpoints");
+    assert_eq!(eps.len(), 2, "{slice}");
+    assert_eq!(eps[0]["conditions"]["ready"], true);
+    assert_eq!(eps[1]["conditions"]["ready"], false);
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+
+    // Readiness and membership changes follow.
+    run_pod(&server, &names[1], "10.42.0.11", true);
+    wait_for(20, "both ready", &server, || {
+        let e = get_json(&server, &["get", "endpoints", "web", "-n", "t"]);
+        (e["subsets"][0]["addresses"].as_array().map(Vec::len) == Some(2)).then_some(())
+    });
+    server.kubectl(&["delete", "pod", &names[0], "-n", "t"]);
+    wait_for(20, "deleted pod dropped", &server, || {
+        let e = get_json(&server, &["get", "endpoints", "web", "-n", "t"]);
+        let ips: Vec<&str> = e["subsets"][0]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["ip"].as_str())
+            .collect();
+        (ips == ["10.42.0.11"]).then_some(())
+    });
+    // Deleting the Service removes both.
+    server.kubectl(&["delete", "service", "web", "-n", "t"]);
+    wait_for(20, "endpoints removed", &server, || {
+        let gone = !server
+            .try_kubectl(&["get", "endpoints", "web", "-n", "t"])
+            .status
+            .success();
+        let slices = get_json(&server, &["get", "endpointslices", "-n", "t"]);
+        (gone && slices["items"].as_array().is_some_and(Vec::is_empty)).then_some(())
+    });
+}

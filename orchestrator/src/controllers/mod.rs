@@ -25,18 +25,20 @@
 //!   `kube-system/cairn-controller-manager`; only the leader runs the
 //!   reflectors and loops, so servers sharing a PostgreSQL act once. A
 //!   leader that cannot renew steps down and stops its loops.
-//! - Controllers: [`replicaset`], [`deployment`], [`gc`] (and the scheduler).
+//! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`]
+//!   (and the scheduler).
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
 //! # Current limitations
-//! DaemonSets, StatefulSets, Jobs, CronJobs, EndpointSlices, namespace
+//! DaemonSets, StatefulSets, Jobs, CronJobs, namespace
 //! lifecycle beyond the API's own, node lifecycle, ServiceAccount tokens
 //! and PodDisruptionBudgets have no controller yet; garbage collection
 //! covers what the reflected kinds own (see [`gc`]).
 
 pub mod client;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod leader;
 pub mod objects;
@@ -52,7 +54,7 @@ use tracing::info;
 use crate::api::Api;
 use crate::scheduler::Scheduler;
 use client::Client;
-use reflector::{DEPLOYMENTS, NAMESPACES, NODES, PODS, REPLICASETS, Reflector};
+use reflector::{DEPLOYMENTS, NAMESPACES, NODES, PODS, REPLICASETS, Reflector, SERVICES};
 
 /// Workers per controller.
 const WORKERS: usize = 4;
@@ -97,6 +99,7 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     let sets = Reflector::new(REPLICASETS);
     let deployments = Reflector::new(DEPLOYMENTS);
     let namespaces = Reflector::new(NAMESPACES);
+    let services = Reflector::new(SERVICES);
     let mut loops = JoinSet::new();
     let rs = replicaset::ReplicaSets::new(client.clone(), sets.clone(), pods.clone());
     loops.spawn(rs.run(WORKERS));
@@ -110,7 +113,9 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
         namespaces.clone(),
     );
     loops.spawn(collector.run());
-    for reflector in [pods, nodes, sets, deployments, namespaces] {
+    let endpoints = endpoints::Endpoints::new(client.clone(), services.clone(), pods.clone());
+    loops.spawn(endpoints.run(WORKERS));
+    for reflector in [pods, nodes, sets, deployments, namespaces, services] {
         loops.spawn(reflector.run(client.clone()));
     }
     info!("controllers started");

@@ -50,6 +50,12 @@ pub const NAMESPACES: Kind = Kind {
     plural: "namespaces",
     namespaced: false,
 };
+/// Services.
+pub const SERVICES: Kind = Kind {
+    api: "/api/v1",
+    plural: "services",
+    namespaced: true,
+};
 /// ReplicaSets.
 pub const REPLICASETS: Kind = Kind {
     api: "/apis/apps/v1",
