@@ -551,7 +551,8 @@ fn dir_sharing_ca(server: &Server) -> tempfile::TempDir {
 }
 
 /// Two servers on one PostgreSQL: only the Lease holder acts (a ReplicaSet
-/// gets its pods once, not twice), and when it dies the other takes over.
+/// gets its pods once, not twice); a leader that stops releases the Lease,
+/// and one that is killed loses it when it expires.
 #[test]
 fn two_servers_on_postgresql_act_once_and_fail_over() {
     let pg = common::postgres::PgServer::start();
@@ -586,15 +587,31 @@ fn two_servers_on_postgresql_act_once_and_fail_over() {
     assert_eq!(count(&other), 3, "only the leader acts");
     assert!(!other.log().contains(leader_log));
 
-    // The leader dies; the other takes the Lease and acts.
-    drop(leader.stop());
-    other.kubectl(&["scale", "rs", "once", "--replicas=5", "-n", "t"]);
-    wait_for(40, "the other server leads and scales", &other, || {
-        (count(&other) == 5).then_some(())
+    // The leader stops (SIGTERM) and gives the Lease up: the other takes
+    // over at its next attempt, not after the lease duration.
+    let mut leader = leader;
+    leader.terminate();
+    let stopped = Instant::now();
+    other.kubectl(&["scale", "rs", "once", "--replicas=4", "-n", "t"]);
+    wait_for(20, "the other server leads and scales", &other, || {
+        (count(&other) == 4).then_some(())
     });
     assert!(other.log().contains(leader_log));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "takeover after a released Lease took {:?}",
+        stopped.elapsed()
+    );
+    // A third server; the leader dies without a word (kill -9): the third
+    // takes over once the Lease expires.
+    let third = Server::start_in_with(dir_sharing_ca(&other), &["--datastore-endpoint", &url]);
+    drop(other.stop());
+    third.kubectl(&["scale", "rs", "once", "--replicas=5", "-n", "t"]);
+    wait_for(40, "the third server leads and scales", &third, || {
+        (count(&third) == 5).then_some(())
+    });
     let lease = get_json(
-        &other,
+        &third,
         &[
             "get",
             "lease",
@@ -604,7 +621,7 @@ fn two_servers_on_postgresql_act_once_and_fail_over() {
         ],
     );
     assert!(
-        lease["spec"]["leaseTransitions"].as_i64() >= Some(1),
+        lease["spec"]["leaseTransitions"].as_i64() >= Some(2),
         "{lease}"
     );
 }

@@ -551,12 +551,23 @@ pub async fn run(
         names = ?pki.server_names,
         "serving the Kubernetes API"
     );
-    let controllers = config
-        .controllers
-        .then(|| tokio::spawn(crate::controllers::run(api.clone())));
+    let controllers = config.controllers.then(|| {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        (
+            stop,
+            tokio::spawn(crate::controllers::run(api.clone(), stopped)),
+        )
+    });
     server::serve(listener, tls, api, shutdown).await;
-    if let Some(controllers) = controllers {
-        controllers.abort();
+    if let Some((stop, task)) = controllers {
+        let _ = stop.send(());
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
     if let Some(compactor) = compactor {
         compactor.abort();

@@ -59,9 +59,11 @@ use reflector::{DEPLOYMENTS, NAMESPACES, NODES, PODS, REPLICASETS, Reflector, SE
 /// Workers per controller.
 const WORKERS: usize = 4;
 
-/// Starts the controller manager: elects a leader and, while this server
-/// leads, runs the loops. Runs until the task is aborted.
-pub async fn run(api: Arc<Api>) {
+/// Runs the controller manager until `shutdown` fires: elects a leader
+/// and, while this server leads, runs the loops. On shutdown a leader
+/// stops its loops and gives the Lease up, so another server takes over
+/// at once rather than after the lease duration.
+pub async fn run(api: Arc<Api>, shutdown: tokio::sync::oneshot::Receiver<()>) {
     let client = Client::new(
         api.clone(),
         "system:kube-controller-manager",
@@ -72,17 +74,26 @@ pub async fn run(api: Arc<Api>) {
         .unwrap_or_else(|_| "cairn".to_owned());
     let identity = format!("{host}_{}", uuid::Uuid::new_v4());
     let mut elector = leader::Elector::new(client, identity);
+    tokio::pin!(shutdown);
     loop {
-        elector.acquire().await;
-        let mut loops = start(api.clone());
         tokio::select! {
-            () = elector.hold() => {}
-            // A loop ended: it should not; start over.
-            _ = loops.join_next() => {}
+            () = elector.acquire() => {}
+            _ = &mut shutdown => return,
         }
+        let mut loops = start(api.clone());
+        let stop = tokio::select! {
+            () = elector.hold() => false,
+            // A loop ended: it should not; start over.
+            _ = loops.join_next() => false,
+            _ = &mut shutdown => true,
+        };
         info!(identity = elector.identity(), "stopping the controllers");
         loops.abort_all();
         while loops.join_next().await.is_some() {}
+        if stop {
+            elector.release().await;
+            return;
+        }
     }
 }
 
