@@ -5,8 +5,9 @@
    name, written into the image with `cairn-image config write`. The node
    comes up with that name and address (console), the generated kubeconfig
    works through the forwarded port (`kubectl get ns`), the API certificate
-   carries the host name (`--tls-server-name`), and `write_kubeconfig = true`
-   puts a kubeconfig for the device's address back on the CAIRN partition.
+   carries the host name (`--tls-server-name`), `write_kubeconfig = true`
+   puts a kubeconfig for the device's address back on the CAIRN partition, and
+   a manifest dropped into the partition's `manifests/` is applied.
 2. The file broken by a typo, as a laptop user would (mcopy): the console
    names the file, line, column and key, the node boots on the last known
    good configuration (same host name) and kubectl still works.
@@ -18,6 +19,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -67,6 +69,16 @@ def test_config_init_static_network_and_last_known_good(arch, image, workdir):
     config.write_text(text)
     harness.tool("config", "validate", config)
     harness.tool("config", "write", image, config)
+    # A manifest in manifests/, written the way a laptop user would (mtools).
+    manifest = workdir / "edge.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-partition\ndata:\n  k: v\n"
+    )
+    offset = harness.partitions(image)["config"]["offset"]
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    # The builder may already have made the directory: then mmd fails, harmlessly.
+    harness.run(["mmd", "-i", f"{image}@@{offset}", "::manifests"], env=env, check=False)
+    harness.mcopy_to_partition(image, "config", manifest, "manifests/edge.yaml")
 
     # Boot 1: the config as written.
     log = workdir / "console-1.log"
@@ -84,6 +96,14 @@ def test_config_init_static_network_and_last_known_good(arch, image, workdir):
         named = kubectl(kubeconfig, "--tls-server-name", "edge-7", "get", "--raw", "/version")
         assert named.returncode == 0 and "gitVersion" in named.stdout, named
         vm.wait_for(r"kubeconfig\.yaml written to the CAIRN partition", 60)
+        # The manifest from the partition is applied once the API is up.
+        deadline = time.time() + 60
+        while True:
+            got = kubectl(kubeconfig, "get", "configmap", "from-partition", "-o", "jsonpath={.data.k}")
+            if got.returncode == 0 and got.stdout == "v":
+                break
+            assert time.time() < deadline, f"manifests/edge.yaml not applied: {got} ({log})"
+            time.sleep(1)
         harness.power_off(vm)
     finally:
         vm.kill()

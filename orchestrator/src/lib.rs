@@ -9,15 +9,21 @@
 //!   embedded SQLite (default) or a shared PostgreSQL server. Its revisions
 //!   are the API's `resourceVersion`s; watches resume from them.
 //! - [`api`]: the Kubernetes API server (HTTPS, discovery, generic CRUD and watch).
+//! - [`images`]: air-gapped image archives (the CAIRN partition's
+//!   `images/`) imported into containerd.
+//! - [`manifests`]: the manifests directory (the CAIRN partition's
+//!   `manifests/`), applied through the API at start and on change.
 //! - [`probe`]: `cairn healthz`, a client of the server's health endpoints.
 //! - [`controllers`]: the controller manager (leader election, reflectors,
-//!   work queues; ReplicaSet, Deployment, garbage collection) and
+//!   work queues; ReplicaSet, Deployment, garbage collection, Endpoints) and
 //!   [`scheduler`], run inside `cairn server` through the API in-process.
 //!
 //! Still to come (their own issues): `agent` (CRI, networking, volumes), `proxy`, `dns`.
 
 pub mod api;
 pub mod controllers;
+pub mod images;
+pub mod manifests;
 pub mod probe;
 pub mod scheduler;
 pub mod store;

@@ -41,6 +41,21 @@ enum Command {
         #[arg(long, default_value = "/readyz", value_parser = ["/readyz", "/livez", "/healthz"])]
         path: String,
     },
+    /// Import image archives (OCI layout or docker-save *.tar) into containerd.
+    ImportImages {
+        /// containerd's socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        container_runtime_endpoint: PathBuf,
+        /// containerd namespace (CRI's is k8s.io).
+        #[arg(long, default_value = "k8s.io")]
+        namespace: String,
+        /// Snapshotter to unpack into (CRI's is overlayfs).
+        #[arg(long, default_value = "overlayfs")]
+        snapshotter: String,
+        /// Archives, or directories whose *.tar files are imported.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -87,6 +102,23 @@ struct Server {
     /// Run without the controller manager and scheduler (a quiet API server).
     #[arg(long)]
     disable_controllers: bool,
+    /// Apply every *.yaml, *.yml and *.json file in this directory at start
+    /// and whenever it changes (removing a file deletes nothing).
+    #[arg(long, value_name = "DIR")]
+    manifests_dir: Option<PathBuf>,
+    /// How often the manifests directory is read for changes.
+    #[arg(long, hide = true, default_value = "5s", value_parser = parse_duration)]
+    manifests_interval: Duration,
+    /// Import every *.tar image archive in this directory into containerd at start.
+    #[arg(long, value_name = "DIR")]
+    images_dir: Option<PathBuf>,
+    /// containerd's socket, for --images-dir.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/containerd/containerd.sock"
+    )]
+    container_runtime_endpoint: PathBuf,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -115,6 +147,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Server(args) => server(args),
+        Command::ImportImages {
+            container_runtime_endpoint,
+            namespace,
+            snapshotter,
+            paths,
+        } => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            let options = cairn::images::Options {
+                socket: container_runtime_endpoint,
+                namespace,
+                snapshotter,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(import_images(paths, options))
+        }
         Command::Healthz {
             data_dir,
             port,
@@ -160,9 +212,66 @@ fn server(args: Server) -> anyhow::Result<()> {
         retain: i64::from(args.datastore_compact_retain),
     };
     config.controllers = !args.disable_controllers;
+    if let Some(dir) = args.images_dir {
+        let options = cairn::images::Options {
+            socket: args.container_runtime_endpoint,
+            ..Default::default()
+        };
+        runtime.spawn(cairn::images::import_at_start(
+            dir,
+            options,
+            Duration::from_secs(120),
+        ));
+    }
+    if let Some(dir) = args.manifests_dir {
+        let addr = loopback(config.listen);
+        let poll = args.manifests_interval.max(Duration::from_millis(100));
+        runtime.spawn(cairn::manifests::run(dir, data_dir.clone(), addr, poll));
+    }
     runtime
         .block_on(cairn::api::run(config, shutdown_signal()))
         .with_context(|| format!("cairn server (data dir {})", data_dir.display()))
+}
+
+/// `cairn import-images`: every archive named or in a named directory;
+/// fails when any did not import.
+async fn import_images(paths: Vec<PathBuf>, options: cairn::images::Options) -> anyhow::Result<()> {
+    let mut failed = 0;
+    let mut containerd = None;
+    for path in paths {
+        if path.is_dir() {
+            let results = cairn::images::import_dir(&path, &options).await?;
+            failed += results.iter().filter(|(_, r)| r.is_err()).count();
+            continue;
+        }
+        let client = match &mut containerd {
+            Some(client) => client,
+            None => containerd.insert(
+                cairn::images::containerd::Containerd::connect(&options.socket, &options.namespace)
+                    .await?,
+            ),
+        };
+        match cairn::images::import_file(client, &path, &options).await {
+            Ok(names) => println!("{}: {}", path.display(), names.join(", ")),
+            Err(error) => {
+                eprintln!("{}: {error}", path.display());
+                failed += 1;
+            }
+        }
+    }
+    anyhow::ensure!(failed == 0, "{failed} archive(s) not imported");
+    Ok(())
+}
+
+/// Where this machine reaches a server listening on `listen`: loopback
+/// when it listens on every address.
+fn loopback(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
 }
 
 /// Completes on SIGINT or SIGTERM.

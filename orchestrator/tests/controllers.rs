@@ -589,8 +589,7 @@ fn two_servers_on_postgresql_act_once_and_fail_over() {
 
     // The leader stops (SIGTERM) and gives the Lease up: the other takes
     // over at its next attempt, not after the lease duration.
-    let mut leader = leader;
-    leader.terminate();
+    drop(leader.terminate());
     let stopped = Instant::now();
     other.kubectl(&["scale", "rs", "once", "--replicas=4", "-n", "t"]);
     wait_for(20, "the other server leads and scales", &other, || {

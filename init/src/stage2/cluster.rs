@@ -13,6 +13,11 @@
 //! `cairn-admin`/`system:masters` authenticates the same, so the kubeconfig
 //! from `cairn-image config init` stays valid.
 //!
+//! The config partition's `manifests/` and `images/` (read-only under
+//! [`super::config::CONFIG_MOUNT`]) are handed to the server, which applies
+//! the one through its API and imports the other into containerd, started
+//! before it.
+//!
 //! Readiness runs `cairn healthz` (a real HTTPS request to `/readyz` with
 //! the admin certificate the server created in its data dir) rather than
 //! speaking TLS from PID 1: init stays small and the check goes through the
@@ -32,6 +37,10 @@ use std::time::Duration;
 pub const PROGRAM: &str = "/usr/bin/cairn";
 /// The server's state on the data partition: datastore, PKI, kubeconfig.
 pub const DATA_DIR: &str = "/var/lib/cairn/server";
+/// The config partition's manifests, applied by the server at start and on change.
+pub const MANIFESTS_DIR: &str = "/run/cairn/config/manifests";
+/// The config partition's image archives, imported into containerd at start.
+pub const IMAGES_DIR: &str = "/run/cairn/config/images";
 /// The API's HTTPS port.
 pub const PORT: u16 = 6443;
 /// The kubeconfig written back to the config partition.
@@ -70,9 +79,18 @@ pub fn spec(config: &Config, env: Vec<(String, String)>) -> Option<ServiceSpec> 
     if config.cluster.role != Role::Server {
         return None;
     }
-    let mut args: Vec<String> = ["server", "--data-dir", DATA_DIR, "--disable-agent"]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = [
+        "server",
+        "--data-dir",
+        DATA_DIR,
+        "--disable-agent",
+        "--manifests-dir",
+        MANIFESTS_DIR,
+        "--images-dir",
+        IMAGES_DIR,
+    ]
+    .map(String::from)
+    .to_vec();
     for san in tls_sans(config) {
         args.push("--tls-san".into());
         args.push(san);
@@ -225,6 +243,10 @@ mod tests {
                 "--data-dir",
                 "/var/lib/cairn/server",
                 "--disable-agent",
+                "--manifests-dir",
+                "/run/cairn/config/manifests",
+                "--images-dir",
+                "/run/cairn/config/images",
                 "--tls-san",
                 "cairn"
             ]

@@ -19,8 +19,8 @@
 //! [`delete`](super::delete); creates, updates and patches honour
 //! `dryRun` and keep [`managed`](super::managed) fields.
 //!
-//! # Current limitations
-//! - No server-side apply (`application/apply-patch+yaml`).
+//! Server-side apply (`application/apply-patch+yaml`) is served by
+//! [`apply`](super::apply), which stores through `create` and `update`.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -35,6 +35,7 @@ use super::patch::{self, PatchType};
 use super::query::{Query, ReadAt};
 use super::resources::{ResourceType, Subresource};
 use super::selector::Filter;
+use super::shape::{self, Shape};
 use super::status::ApiError;
 use super::strategy::{self, Write};
 use super::table::Output;
@@ -113,6 +114,16 @@ pub async fn handle(
             let kind = PatchType::from_content_type(content_type)?;
             let options = WriteOptions::from_request(query, headers, "PatchOptions")?;
             let body = read_body(body).await?;
+            if kind == PatchType::Apply {
+                return super::apply::serve(api, &target, name, &body, query, &options).await;
+            }
+            if query.get("force").is_some() {
+                return Err(ApiError::invalid(
+                    "PatchOptions.meta.k8s.io",
+                    "",
+                    "force: Forbidden: may not be specified for non-apply patch",
+                ));
+            }
             apply_patch(api, &target, name, kind, &body, query, &options).await
         }
         (&Method::DELETE, Some(name)) => {
@@ -287,7 +298,7 @@ fn name_suffix() -> String {
         .collect()
 }
 
-async fn create(
+pub(super) async fn create(
     api: &Api,
     target: &Target<'_>,
     mut obj: Value,
@@ -322,7 +333,11 @@ async fn create(
         meta.remove(field);
     }
     strategy::before_create(api, rt, &mut obj).await?;
-    managed::on_create(&mut obj, &options.manager, rt.api_version, &now());
+    if !options.apply {
+        let root = shape::root_of(&api.openapi, rt);
+        let shape = Shape::new(api.openapi.schemas(), &root);
+        managed::on_create(&mut obj, shape, &options.manager, rt.api_version, &now());
+    }
     let key = rt.key(target.namespace.as_deref(), &name);
     if options.dry_run {
         // As upstream's dry-run storage: AlreadyExists is still checked,
@@ -358,7 +373,7 @@ async fn get(
     }
 }
 
-async fn update(
+pub(super) async fn update(
     api: &Api,
     target: &Target<'_>,
     name: &str,
@@ -405,7 +420,18 @@ async fn update(
         };
     }
     let delete_now = delete::guard_update(rt, name, &stored, &mut obj)?;
-    managed::on_update(&stored, &mut obj, &options.manager, rt.api_version, &now());
+    if !options.apply {
+        let root = shape::root_of(&api.openapi, rt);
+        let shape = Shape::new(api.openapi.schemas(), &root);
+        managed::on_update(
+            &stored,
+            &mut obj,
+            shape,
+            &options.manager,
+            rt.api_version,
+            &now(),
+        );
+    }
     if options.dry_run {
         strategy::after_write(api, rt, Some(&stored), &obj, false).await;
         if expected != current.mod_revision {
@@ -453,6 +479,8 @@ async fn apply_patch(
 ) -> Result<Response<Body>, ApiError> {
     let rt = target.rt;
     let key = rt.key(target.namespace.as_deref(), name);
+    let root = shape::root_of(&api.openapi, rt);
+    let shape = Shape::new(api.openapi.schemas(), &root);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -461,7 +489,7 @@ async fn apply_patch(
             Ok(None) => return Err(ApiError::not_found(rt.plural, name)),
             Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
         };
-        let patched = patch::apply(kind, &current, body)?;
+        let patched = patch::apply(kind, &current, body, shape)?;
         if patched == current {
             return Ok(json_response(200, &current));
         }

@@ -19,7 +19,10 @@
 //! - `query`: query parameters, resourceVersion rules; `selector`: label
 //!   and field selectors. `status`: `Status` errors.
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
-//! - `patch`: JSON, merge and strategic merge patches.
+//! - `patch`: JSON, merge and strategic merge patches; `apply`:
+//!   server-side apply. Both merge lists by the merge-key table in `lists`
+//!   (also written into the OpenAPI schemas), read through `shape`;
+//!   `fieldset`: `FieldsV1` paths for `managed` and `apply`.
 //! - `codec`: request bodies in JSON, YAML and Kubernetes protobuf.
 //! - `options`: dryRun, fieldManager and DeleteOptions; `delete`: deletes,
 //!   finalizers, deletecollection and namespace termination; `managed`:
@@ -32,12 +35,15 @@
 //! protobuf responses, and no authorization: every authenticated user may
 //! do everything; the `kubernetes` Service has no Endpoints yet.
 
+pub mod apply;
 pub mod auth;
 pub mod codec;
 pub mod crd;
 pub mod delete;
 pub mod discovery;
+pub mod fieldset;
 pub mod handlers;
+pub mod lists;
 pub mod managed;
 pub mod openapi;
 pub mod options;
@@ -47,6 +53,7 @@ pub mod query;
 pub mod resources;
 pub mod selector;
 pub mod server;
+pub mod shape;
 pub mod status;
 pub mod strategy;
 pub mod subresources;
@@ -516,7 +523,7 @@ pub async fn run(
     };
     let compactor = (!config.compaction.interval.is_zero())
         .then(|| store.spawn_compactor(config.compaction.interval, config.compaction.retain));
-    let api = Arc::new(Api::new(store, auth));
+    let api = Arc::new(Api::new(store.clone(), auth));
     let port = match config.listen.port() {
         0 => 6443,
         port => port,
@@ -572,6 +579,8 @@ pub async fn run(
     if let Some(compactor) = compactor {
         compactor.abort();
     }
+    // SQLite keeps node heartbeats in memory for a while: write them now.
+    store.close().await?;
     Ok(())
 }
 

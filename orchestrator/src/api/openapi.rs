@@ -246,6 +246,7 @@ fn document(
         .map(|rt| name_of_ref(&(rt.schema.0)(&mut generator)))
         .collect();
     let mut schemas = generator.take_definitions(true);
+    super::lists::annotate(&mut schemas);
     let mut kinds = Vec::new();
     let mut paths = Map::new();
     for (rt, name) in types.iter().zip(&names) {

@@ -18,6 +18,8 @@ pub struct WriteOptions {
     pub dry_run: bool,
     /// Who writes, for `metadata.managedFields`.
     pub manager: String,
+    /// Server-side apply: the object carries its managed fields already.
+    pub apply: bool,
 }
 
 /// 422 for invalid options, as upstream's `<Kind>.meta.k8s.io "" is invalid`.
@@ -70,7 +72,11 @@ impl WriteOptions {
                 .take(128)
                 .collect(),
         };
-        Ok(WriteOptions { dry_run, manager })
+        Ok(WriteOptions {
+            dry_run,
+            manager,
+            apply: false,
+        })
     }
 }
 

@@ -64,8 +64,10 @@ pub async fn handle(
                 .unwrap_or("");
             let kind = PatchType::from_content_type(content_type)?;
             let body = read_body(body).await?;
+            // Scale has no lists: strategic merge is merge patch here.
+            let shape = crate::api::shape::Shape::unknown(api.openapi.schemas());
             set_scale(api, target, name, |current| {
-                patch::apply(kind, current, &body)
+                patch::apply(kind, current, &body, shape)
             })
             .await
         }

@@ -14,9 +14,13 @@
 //! Two back ends share one SQL text and one decision logic (`sql`):
 //! - `sqlite`: embedded, the default. One connection in WAL mode with
 //!   `synchronous=FULL` (an acknowledged write is on disk: it survives a
-//!   crash of the process and a power cut), driven on tokio's blocking pool.
-//!   Writes are serialized by that connection, so an event is published to
-//!   watchers right after its commit.
+//!   crash of the process and a power cut). A writer thread commits the
+//!   writes queued at once as one transaction (one fsync) and publishes
+//!   their events in revision order. Node heartbeats (Lease renewals in
+//!   `kube-node-lease`) are the one exception to "durable when
+//!   acknowledged": they are kept in memory and written coalesced every few
+//!   minutes and at [`Store::close`]; see the `sqlite` module for the
+//!   contract.
 //! - `postgres`: a real server shared by several `cairn server`s. Writes take
 //!   a table lock so revisions commit in id order; a feed task reads the log
 //!   (woken by `LISTEN`/`NOTIFY`, polling every 100 ms as a fallback) so that
@@ -26,14 +30,14 @@
 //! follow the back end's feed, without gaps or duplicates.
 //!
 //! The store is kind to SD cards: an update whose value equals the stored one
-//! writes nothing and returns the current revision. [`Store::spawn_compactor`]
-//! compacts old history periodically, as kine does.
+//! writes nothing, publishes no event and returns the current revision (as
+//! upstream does for no-op updates). [`Store::spawn_compactor`] compacts old
+//! history periodically, as kine does; SQLite then gives freed pages back.
 //!
 //! [`Endpoint`] is the `--datastore-endpoint` a server is started with.
 //!
 //! # Current limitations
-//! - No leases/TTL and no coalescing of node heartbeats yet; the API server
-//!   decides what to write.
+//! - No leases/TTL; the API server decides what to write.
 //! - A lost PostgreSQL connection is re-established on next use; until then
 //!   operations fail with [`BackendError::Unavailable`]. Watches that were
 //!   open resume; a watch started during the outage fails.
@@ -453,6 +457,16 @@ impl Store {
     /// from the log, then follows new writes in revision order.
     pub async fn watch(&self, prefix: &str, after_revision: Revision) -> Result<Watch> {
         watch::start(self.clone(), prefix.to_owned(), after_revision).await
+    }
+
+    /// Writes what is kept only in memory (SQLite's node heartbeats) and
+    /// makes later writes durable at once; call at shutdown. PostgreSQL
+    /// keeps nothing in memory.
+    pub async fn close(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(b) => b.close().await,
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 
     /// The latest revision written.

@@ -198,26 +198,31 @@ impl Server {
         (code.trim().parse().expect("http code"), body.to_owned())
     }
 
-    /// Asks the server to stop (SIGTERM), as a service manager would, and
-    /// waits up to 10 s for it to exit.
-    pub fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Kills the server (SIGKILL, as `kill -9`) and hands back its data
     /// dir, for [`Server::start_in`].
     pub fn stop(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Server {
+    /// Stops the server with SIGTERM, as an init system does, waits for it
+    /// to exit (successfully) and hands back its data dir.
+    pub fn terminate(mut self) -> tempfile::TempDir {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait for cairn server");
+        assert!(
+            exit.success(),
+            "cairn server exited with {exit}:\n{}",
+            self.log()
+        );
         let dir = tempfile::tempdir().expect("placeholder");
         std::mem::replace(&mut self.dir, dir)
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cairn::store::{Event, Revision, Store, StoreError, Watch};
 
-const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Every scenario, in an order that keeps them independent.
 pub async fn run_all(a: &Store, b: &Store) {

@@ -81,6 +81,7 @@ fn document(group: &str, version: &str, types: &[&ResourceType]) -> Value {
     let delete_options = name_of_ref(&generator.subschema_for::<DeleteOptions>());
     let patch = name_of_ref(&generator.subschema_for::<Patch>());
     let mut schemas: Map<String, Value> = generator.take_definitions(true);
+    crate::api::lists::annotate(&mut schemas);
     let mut paths = Map::new();
     for rt in types {
         let name = schema_name(rt);

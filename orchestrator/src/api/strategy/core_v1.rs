@@ -69,11 +69,11 @@ pub fn defaults(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
         }
         "RoleBinding" | "ClusterRoleBinding" => {
             for subject in each_mut(obj, "subjects") {
-                let group = match subject["kind"].as_str() {
-                    Some("User" | "Group") => "rbac.authorization.k8s.io",
-                    _ => "",
-                };
-                default_str(subject, "apiGroup", group);
+                // A ServiceAccount's group is "", which upstream's
+                // `omitempty` leaves out (kubectl apply would see a change).
+                if matches!(subject["kind"].as_str(), Some("User" | "Group")) {
+                    default_str(subject, "apiGroup", "rbac.authorization.k8s.io");
+                }
             }
         }
         _ => {}
@@ -287,7 +287,7 @@ mod tests {
             json!({"subjects": [{"kind": "User", "name": "u"}, {"kind": "ServiceAccount", "name": "s"}]}),
         );
         assert_eq!(rb["subjects"][0]["apiGroup"], "rbac.authorization.k8s.io");
-        assert_eq!(rb["subjects"][1]["apiGroup"], "");
+        assert!(rb["subjects"][1].get("apiGroup").is_none());
         let lr = run(
             "",
             "limitranges",
