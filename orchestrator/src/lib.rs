@@ -14,11 +14,16 @@
 //! - [`manifests`]: the manifests directory (the CAIRN partition's
 //!   `manifests/`), applied through the API at start and on change.
 //! - [`probe`]: `cairn healthz`, a client of the server's health endpoints.
+//! - [`controllers`]: the controller manager (leader election, reflectors,
+//!   work queues; ReplicaSet, Deployment, garbage collection, Endpoints) and
+//!   [`scheduler`], run inside `cairn server` through the API in-process.
 //!
-//! Still to come (their own issues): `scheduler`, `controllers`, `agent` (CRI, networking, volumes), `proxy`, `dns`.
+//! Still to come (their own issues): `agent` (CRI, networking, volumes), `proxy`, `dns`.
 
 pub mod api;
+pub mod controllers;
 pub mod images;
 pub mod manifests;
 pub mod probe;
+pub mod scheduler;
 pub mod store;

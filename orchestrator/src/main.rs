@@ -99,6 +99,9 @@ struct Server {
     /// Revisions kept by compaction below the current one.
     #[arg(long, hide = true, default_value_t = 1000)]
     datastore_compact_retain: u32,
+    /// Run without the controller manager and scheduler (a quiet API server).
+    #[arg(long)]
+    disable_controllers: bool,
     /// Apply every *.yaml, *.yml and *.json file in this directory at start
     /// and whenever it changes (removing a file deletes nothing).
     #[arg(long, value_name = "DIR")]
@@ -208,6 +211,7 @@ fn server(args: Server) -> anyhow::Result<()> {
         interval: args.datastore_compact_interval,
         retain: i64::from(args.datastore_compact_retain),
     };
+    config.controllers = !args.disable_controllers;
     if let Some(dir) = args.images_dir {
         let options = cairn::images::Options {
             socket: args.container_runtime_endpoint,

@@ -148,7 +148,9 @@ fn managers(obj: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn server_side_apply_owns_fields_and_reports_conflicts() {
-    let server = Server::start();
+    // Without controllers: the Deployment controller's own Update (the
+    // revision annotation, status) would be a second manager.
+    let server = Server::start_with(&["--disable-controllers"]);
     create_namespace_t(&server);
     let labelled = DEPLOYMENT.replace(
         "labels: {app: web}\nspec:",

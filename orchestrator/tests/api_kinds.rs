@@ -522,7 +522,8 @@ fn tables_get_all_and_api_resources() {
 
 #[test]
 fn scale_status_and_generation() {
-    let server = Server::start();
+    // Without controllers: the test writes the Deployment's status itself.
+    let server = Server::start_with(&["--disable-controllers"]);
     apply_manifest(&server);
     let out = server.kubectl(&["-n", "shop", "scale", "deployment", "web", "--replicas=3"]);
     assert!(out.contains("deployment.apps/web scaled"), "{out}");

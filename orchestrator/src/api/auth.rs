@@ -57,6 +57,12 @@ impl User {
         }
     }
 
+    /// An in-process identity (the controllers' `system:kube-controller-manager`
+    /// and `system:kube-scheduler`), as their client certificates would name them.
+    pub fn internal(name: &str) -> User {
+        User::new(name, "", Vec::new())
+    }
+
     /// The user a verified client certificate (DER) names, if any.
     pub fn from_certificate(der: &[u8]) -> Option<User> {
         let cert = match x509::Certificate::parse(der) {

@@ -136,6 +136,8 @@ pub struct Config {
     pub token: Option<String>,
     /// How often history is compacted, and how many revisions are kept.
     pub compaction: Compaction,
+    /// Run the controller manager and scheduler (`--disable-controllers`: no).
+    pub controllers: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -149,6 +151,7 @@ impl std::fmt::Debug for Config {
             .field("write_kubeconfig", &self.write_kubeconfig)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("compaction", &self.compaction)
+            .field("controllers", &self.controllers)
             .finish()
     }
 }
@@ -166,6 +169,7 @@ impl Config {
             write_kubeconfig: None,
             token: None,
             compaction: Compaction::default(),
+            controllers: true,
         }
     }
 }
@@ -554,7 +558,24 @@ pub async fn run(
         names = ?pki.server_names,
         "serving the Kubernetes API"
     );
+    let controllers = config.controllers.then(|| {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        (
+            stop,
+            tokio::spawn(crate::controllers::run(api.clone(), stopped)),
+        )
+    });
     server::serve(listener, tls, api, shutdown).await;
+    if let Some((stop, task)) = controllers {
+        let _ = stop.send(());
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
     if let Some(compactor) = compactor {
         compactor.abort();
     }

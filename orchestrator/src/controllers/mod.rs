@@ -1,0 +1,134 @@
+//! The controller manager: the control loops that turn Deployments and
+//! ReplicaSets into pods, the [`crate::scheduler`] that places them, and
+//! garbage collection by owner references.
+//!
+//! # How controllers read and write
+//! In-process, through the API: a [`client::Client`] speaks HTTP/2 to this
+//! server's own [`Api::handle`](crate::api::Api::handle) over a Unix socket
+//! pair, without TLS. A controller's writes therefore get exactly what a
+//! kubectl write gets — validation, defaulting, generation and
+//! `managedFields` (manager `kube-controller-manager` or
+//! `default-scheduler`), finalizer and delete semantics, watch events —
+//! and the controllers depend on nothing inside the API server but its
+//! front door. A typed client over HTTPS loopback would add a TLS
+//! handshake, certificates and a port for no gain inside one process;
+//! reading the store directly would bypass the API's rules.
+//!
+//! # The runtime
+//! - [`reflector`]: one per watched kind (pods, nodes, replicasets,
+//!   deployments): list, watch from the list's resourceVersion with
+//!   bookmarks, list again on 410, in-memory cache, change handlers.
+//! - [`queue`]: per-controller work queues of object keys, de-duplicated,
+//!   never handed to two workers at once, retried with per-key exponential
+//!   back-off.
+//! - [`leader`]: leader election through the Lease
+//!   `kube-system/cairn-controller-manager`; only the leader runs the
+//!   reflectors and loops, so servers sharing a PostgreSQL act once. A
+//!   leader that cannot renew steps down and stops its loops.
+//! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`]
+//!   (and the scheduler).
+//!
+//! `cairn server` starts the manager unless `--disable-controllers`.
+//!
+//! # Current limitations
+//! DaemonSets, StatefulSets, Jobs, CronJobs, namespace
+//! lifecycle beyond the API's own, node lifecycle, ServiceAccount tokens
+//! and PodDisruptionBudgets have no controller yet; garbage collection
+//! covers what the reflected kinds own (see [`gc`]).
+
+pub mod client;
+pub mod deployment;
+pub mod endpoints;
+pub mod gc;
+pub mod leader;
+pub mod objects;
+pub mod queue;
+pub mod reflector;
+pub mod replicaset;
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tracing::info;
+
+use crate::api::Api;
+use crate::scheduler::Scheduler;
+use client::Client;
+use reflector::{DEPLOYMENTS, NAMESPACES, NODES, PODS, REPLICASETS, Reflector, SERVICES};
+
+/// Workers per controller.
+const WORKERS: usize = 4;
+
+/// Runs the controller manager until `shutdown` fires: elects a leader
+/// and, while this server leads, runs the loops. On shutdown a leader
+/// stops its loops and gives the Lease up, so another server takes over
+/// at once rather than after the lease duration.
+pub async fn run(api: Arc<Api>, shutdown: tokio::sync::oneshot::Receiver<()>) {
+    let client = Client::new(
+        api.clone(),
+        "system:kube-controller-manager",
+        "kube-controller-manager",
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "cairn".to_owned());
+    let identity = format!("{host}_{}", uuid::Uuid::new_v4());
+    let mut elector = leader::Elector::new(client, identity);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = elector.acquire() => {}
+            _ = &mut shutdown => return,
+        }
+        let mut loops = start(api.clone());
+        let stop = tokio::select! {
+            () = elector.hold() => false,
+            // A loop ended: it should not; start over.
+            _ = loops.join_next() => false,
+            _ = &mut shutdown => true,
+        };
+        info!(identity = elector.identity(), "stopping the controllers");
+        loops.abort_all();
+        while loops.join_next().await.is_some() {}
+        if stop {
+            elector.release().await;
+            return;
+        }
+    }
+}
+
+/// The reflectors and loops of one leadership term.
+fn start(api: Arc<Api>) -> JoinSet<()> {
+    let client = Client::new(
+        api.clone(),
+        "system:kube-controller-manager",
+        "kube-controller-manager",
+    );
+    let scheduler_client = Client::new(api, "system:kube-scheduler", "default-scheduler");
+    let pods = Reflector::new(PODS);
+    let nodes = Reflector::new(NODES);
+    let sets = Reflector::new(REPLICASETS);
+    let deployments = Reflector::new(DEPLOYMENTS);
+    let namespaces = Reflector::new(NAMESPACES);
+    let services = Reflector::new(SERVICES);
+    let mut loops = JoinSet::new();
+    let rs = replicaset::ReplicaSets::new(client.clone(), sets.clone(), pods.clone());
+    loops.spawn(rs.run(WORKERS));
+    let ds = deployment::Deployments::new(client.clone(), deployments.clone(), sets.clone());
+    loops.spawn(ds.run(WORKERS));
+    let scheduler = Scheduler::new(scheduler_client, pods.clone(), nodes.clone());
+    loops.spawn(scheduler.run(WORKERS));
+    let collector = gc::Collector::new(
+        client.clone(),
+        vec![deployments.clone(), sets.clone(), pods.clone()],
+        namespaces.clone(),
+    );
+    loops.spawn(collector.run());
+    let endpoints = endpoints::Endpoints::new(client.clone(), services.clone(), pods.clone());
+    loops.spawn(endpoints.run(WORKERS));
+    for reflector in [pods, nodes, sets, deployments, namespaces, services] {
+        loops.spawn(reflector.run(client.clone()));
+    }
+    info!("controllers started");
+    loops
+}

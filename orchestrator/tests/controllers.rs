@@ -1,0 +1,740 @@
+//! The controller manager and scheduler inside a real `cairn server`,
+//! driven by the real kubectl: Deployments roll out through ReplicaSets
+//! onto registered nodes, scale, update, undo; unschedulable pods say why;
+//! the garbage collector cascades deletes; of two servers on one
+//! PostgreSQL only the Lease holder acts, and the other takes over.
+//!
+//! There is no node agent yet: nodes are registered through the API as a
+//! client could (capacity, allocatable, Ready=True), and the tests mark
+//! pods Ready through the status subresource, as the agent will.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Server, create_namespace_t, json};
+use serde_json::Value;
+
+/// A Node manifest with `cpu`/`memory` allocatable and Ready=True.
+fn node(name: &str, cpu: &str, memory: &str, labels: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"kubernetes.io/hostname":"{name}"{labels}}}}},
+"spec":{{}},
+"status":{{"capacity":{{"cpu":"{cpu}","memory":"{memory}","pods":"110"}},
+"allocatable":{{"cpu":"{cpu}","memory":"{memory}","pods":"110"}},
+"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"ready"}}]}}}}"#
+    )
+}
+
+/// Registers nodes (one `kubectl create` of a multi-document file).
+fn register_nodes(server: &Server, nodes: &[String]) {
+    // A leading `---` makes kubectl read YAML documents (JSON is YAML).
+    let list = format!("---\n{}", nodes.join("\n---\n"));
+    let file = server.write(&format!("nodes-{}.yaml", nodes.len()), &list);
+    server.kubectl(&["create", "-f", common::path_str(&file)]);
+}
+
+fn get_json(server: &Server, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    json(&server.kubectl(&all))
+}
+
+fn pods(server: &Server, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["get", "pods", "-n", "t"];
+    args.extend_from_slice(extra);
+    get_json(server, &args)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn active(pods: &[Value]) -> Vec<Value> {
+    pods.iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect()
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `secs`.
+fn wait_for<T>(secs: u64, what: &str, server: &Server, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            server
+                .log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Marks every bound pod of namespace `t` that is not Ready as Running and
+/// Ready, as the node agent would.
+fn mark_bound_pods_ready(server: &Server) -> usize {
+    let mut marked = 0;
+    for pod in pods(server, &[]) {
+        let bound = pod["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty());
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if !bound || ready || !pod["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        let name = pod["metadata"]["name"].as_str().expect("name");
+        let patch = r#"{"status":{"phase":"Running","conditions":[{"type":"PodScheduled","status":"True"},{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]}}"#;
+        let out = server.try_kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            "t",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ]);
+        if out.status.success() {
+            marked += 1;
+        }
+    }
+    marked
+}
+
+/// Runs `kubectl rollout status` while a thread plays the agent.
+fn rollout_status(server: &Arc<Server>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let agent = {
+        let (server, stop) = (server.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                mark_bound_pods_ready(&server);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let out = server.try_kubectl(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "t",
+        "--timeout=90s",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    agent.join().expect("agent thread");
+    assert!(
+        out.status.success(),
+        "rollout status failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        get_json(server, &["get", "deployment", "web", "-n", "t"])["status"]
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("successfully rolled out"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn images(pods: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn deployment_rolls_out_scales_updates_and_undoes() {
+    let server = Arc::new(Server::start());
+    create_namespace_t(&server);
+    register_nodes(
+        &server,
+        &[
+            node("n1", "4", "8Gi", ""),
+            node("n2", "4", "8Gi", ""),
+            node("n3", "4", "8Gi", ""),
+        ],
+    );
+    server.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.0",
+        "--replicas=3",
+        "-n",
+        "t",
+    ]);
+
+    // A ReplicaSet with the pod-template-hash, owning 3 pods spread on the nodes.
+    let bound = wait_for(30, "3 bound pods", &server, || {
+        let p = active(&pods(&server, &[]));
+        (p.len() == 3 && p.iter().all(|p| p["spec"]["nodeName"].is_string())).then_some(p)
+    });
+    let rs = get_json(&server, &["get", "rs", "-n", "t"]);
+    let rs = &rs["items"][0];
+    let hash = rs["metadata"]["labels"]["pod-template-hash"]
+        .as_str()
+        .expect("pod-template-hash");
+    let rs_name = rs["metadata"]["name"].as_str().expect("name");
+    assert_eq!(rs_name, format!("web-{hash}"));
+    assert_eq!(rs["metadata"]["ownerReferences"][0]["kind"], "Deployment");
+    assert_eq!(rs["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "1"
+    );
+    let mut nodes: Vec<&str> = bound
+        .iter()
+        .map(|p| {
+            let name = p["metadata"]["name"].as_str().expect("name");
+            assert!(name.starts_with(&format!("{rs_name}-")), "{name}");
+            assert_eq!(name.len(), rs_name.len() + 6, "{name}");
+            assert_eq!(p["metadata"]["ownerReferences"][0]["name"], rs_name);
+            assert_eq!(p["metadata"]["labels"]["pod-template-hash"], hash);
+            p["spec"]["nodeName"].as_str().expect("node")
+        })
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2", "n3"], "pods spread over the nodes");
+    rollout_status(&server);
+    let d = get_json(&server, &["get", "deployment", "web", "-n", "t"]);
+    assert_eq!(d["status"]["availableReplicas"], 3, "{}", d["status"]);
+    assert_eq!(
+        d["status"]["observedGeneration"],
+        d["metadata"]["generation"]
+    );
+    let available = d["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Available")
+        .expect("Available");
+    assert_eq!(available["status"], "True");
+    let rs = get_json(&server, &["get", "rs", rs_name, "-n", "t"]);
+    assert_eq!(rs["status"]["readyReplicas"], 3, "{}", rs["status"]);
+    assert_eq!(rs["status"]["fullyLabeledReplicas"], 3);
+
+    // Scale up and down.
+    server.kubectl(&["scale", "deployment/web", "--replicas=5", "-n", "t"]);
+    wait_for(30, "5 pods", &server, || {
+        (active(&pods(&server, &[])).len() == 5).then_some(())
+    });
+    server.kubectl(&["scale", "deployment/web", "--replicas=2", "-n", "t"]);
+    wait_for(30, "2 pods", &server, || {
+        (active(&pods(&server, &[])).len() == 2).then_some(())
+    });
+    rollout_status(&server);
+
+    // A rolling update to a new image, then back.
+    server.kubectl(&[
+        "set",
+        "image",
+        "deployment/web",
+        "nginx=nginx:2.0",
+        "-n",
+        "t",
+    ]);
+    rollout_status(&server);
+    let now = active(&pods(&server, &[]));
+    assert_eq!(now.len(), 2);
+    assert_eq!(images(&now), ["nginx:2.0"]);
+    let d = get_json(&server, &["get", "deployment", "web", "-n", "t"]);
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "2"
+    );
+    let history = server.kubectl(&["rollout", "history", "deployment/web", "-n", "t"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    server.kubectl(&["rollout", "undo", "deployment/web", "-n", "t"]);
+    rollout_status(&server);
+    let now = active(&pods(&server, &[]));
+    assert_eq!(images(&now), ["nginx:1.0"]);
+    let d = get_json(&server, &["get", "deployment", "web", "-n", "t"]);
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    // The undo reused the first ReplicaSet.
+    let sets = get_json(&server, &["get", "rs", "-n", "t"]);
+    assert_eq!(sets["items"].as_array().map(Vec::len), Some(2), "{sets}");
+
+    // `rollout restart` makes a new ReplicaSet too.
+    server.kubectl(&["rollout", "restart", "deployment/web", "-n", "t"]);
+    rollout_status(&server);
+    let sets = get_json(&server, &["get", "rs", "-n", "t"]);
+    assert_eq!(sets["items"].as_array().map(Vec::len), Some(3), "{sets}");
+
+    // Deleting the Deployment collects its ReplicaSets and their pods.
+    server.kubectl(&["delete", "deployment", "web", "-n", "t"]);
+    wait_for(30, "ReplicaSets and pods collected", &server, || {
+        let sets = get_json(&server, &["get", "rs", "-n", "t"]);
+        let gone =
+            sets["items"].as_array().is_some_and(Vec::is_empty) && pods(&server, &[]).is_empty();
+        gone.then_some(())
+    });
+}
+
+#[test]
+fn unschedulable_pods_say_why_and_are_retried() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    register_nodes(&server, &[node("small", "1", "2Gi", "")]);
+    let pod = |name: &str, cpu: &str, selector: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"t"}},
+"spec":{{{selector}"containers":[{{"name":"c","image":"busybox","resources":{{"requests":{{"cpu":"{cpu}"}}}}}}]}}}}"#
+        )
+    };
+    let file = server.write("big.json", &pod("big", "8", ""));
+    server.kubectl(&["create", "-f", common::path_str(&file)]);
+    let file = server.write(
+        "picky.json",
+        &pod("picky", "100m", r#""nodeSelector":{"disk":"ssd"},"#),
+    );
+    server.kubectl(&["create", "-f", common::path_str(&file)]);
+    let condition = |name: &str| {
+        let pod = get_json(&server, &["get", "pod", name, "-n", "t"]);
+        pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "PodScheduled")
+            .cloned()
+    };
+    let big = wait_for(20, "big unschedulable", &server, || condition("big"));
+    assert_eq!(big["status"], "False");
+    assert_eq!(big["reason"], "Unschedulable");
+    assert_eq!(
+        big["message"],
+        "0/1 nodes are available: 1 Insufficient cpu."
+    );
+    let picky = wait_for(20, "picky unschedulable", &server, || condition("picky"));
+    assert_eq!(
+        picky["message"],
+        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    );
+    let events = server.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        "t",
+        "--field-selector",
+        "involvedObject.name=big",
+    ]);
+    assert!(events.contains("FailedScheduling"), "{events}");
+
+    // A tainted node is no help; a matching one takes the picky pod.
+    let mut tainted = json(&node("tainted", "16", "32Gi", r#","disk":"ssd""#));
+    tainted["spec"]["taints"] =
+        json(r#"[{"key":"dedicated","value":"gpu","effect":"NoSchedule"}]"#);
+    register_nodes(&server, &[tainted.to_string()]);
+    let picky = wait_for(20, "picky reconsidered", &server, || {
+        condition("picky").filter(|c| c["message"].as_str().is_some_and(|m| m.starts_with("0/2")))
+    });
+    assert_eq!(
+        picky["message"],
+        "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: gpu}."
+    );
+    register_nodes(&server, &[node("fast", "16", "32Gi", r#","disk":"ssd""#)]);
+    wait_for(20, "picky bound to fast", &server, || {
+        let pod = get_json(&server, &["get", "pod", "picky", "-n", "t"]);
+        (pod["spec"]["nodeName"] == "fast").then_some(())
+    });
+    let big = get_json(&server, &["get", "pod", "big", "-n", "t"]);
+    assert_eq!(
+        big["spec"]["nodeName"], "fast",
+        "the big pod fits the new node"
+    );
+}
+
+#[test]
+fn garbage_collection_and_leadership() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
+    // The leader holds the Lease; every namespace gets its default ServiceAccount.
+    let lease = wait_for(20, "controller lease", &server, || {
+        let out = server.try_kubectl(&[
+            "get",
+            "lease",
+            "cairn-controller-manager",
+            "-n",
+            "kube-system",
+            "-o",
+            "json",
+        ]);
+        out.status
+            .success()
+            .then(|| json(&String::from_utf8_lossy(&out.stdout)))
+    });
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{lease}"
+    );
+    wait_for(20, "default ServiceAccount", &server, || {
+        server
+            .try_kubectl(&["get", "serviceaccount", "default", "-n", "t"])
+            .status
+            .success()
+            .then_some(())
+    });
+
+    let rs = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"apps/v1","kind":"ReplicaSet","metadata":{{"name":"{name}","namespace":"t"}},
+"spec":{{"replicas":2,"selector":{{"matchLabels":{{"app":"{name}"}}}},
+"template":{{"metadata":{{"labels":{{"app":"{name}"}}}},"spec":{{"containers":[{{"name":"c","image":"busybox"}}]}}}}}}}}"#
+        )
+    };
+    let with_label = |app: &str| pods(&server, &["-l", &format!("app={app}")]);
+    for name in ["bg", "orphan", "fg"] {
+        let file = server.write(&format!("{name}.json"), &rs(name));
+        server.kubectl(&["create", "-f", common::path_str(&file)]);
+        wait_for(20, "2 pods", &server, || {
+            (with_label(name).len() == 2).then_some(())
+        });
+    }
+    // Background: the pods go after the ReplicaSet.
+    server.kubectl(&["delete", "rs", "bg", "-n", "t"]);
+    wait_for(20, "bg pods collected", &server, || {
+        with_label("bg").is_empty().then_some(())
+    });
+    // Orphan: the pods stay, without an owner.
+    server.kubectl(&["delete", "rs", "orphan", "-n", "t", "--cascade=orphan"]);
+    wait_for(20, "orphan ReplicaSet gone", &server, || {
+        (!server
+            .try_kubectl(&["get", "rs", "orphan", "-n", "t"])
+            .status
+            .success())
+        .then_some(())
+    });
+    let left = with_label("orphan");
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|p| {
+        p["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    }));
+    // Foreground: kubectl waits until the pods, then the ReplicaSet, are gone.
+    server.kubectl(&[
+        "delete",
+        "rs",
+        "fg",
+        "-n",
+        "t",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    wait_for(20, "fg gone", &server, || {
+        (with_label("fg").is_empty()
+            && !server
+                .try_kubectl(&["get", "rs", "fg", "-n", "t"])
+                .status
+                .success())
+        .then_some(())
+    });
+    // Adoption: a new ReplicaSet with the orphans' selector takes them over.
+    let file = server.write("adopt.json", &rs("orphan"));
+    server.kubectl(&["create", "-f", common::path_str(&file)]);
+    wait_for(20, "orphans adopted", &server, || {
+        let p = with_label("orphan");
+        (p.len() == 2
+            && p.iter()
+                .all(|p| p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"))
+        .then_some(())
+    });
+}
+
+#[test]
+fn disable_controllers_keeps_the_server_quiet() {
+    let server = Server::start_with(&["--disable-controllers"]);
+    create_namespace_t(&server);
+    server.kubectl(&["create", "deployment", "web", "--image=nginx", "-n", "t"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let sets = get_json(&server, &["get", "rs", "-n", "t"]);
+    assert_eq!(sets["items"].as_array().map(Vec::len), Some(0));
+    assert!(
+        !server
+            .try_kubectl(&[
+                "get",
+                "lease",
+                "-n",
+                "kube-system",
+                "cairn-controller-manager"
+            ])
+            .status
+            .success()
+    );
+}
+
+/// Scheduler throughput: 1,000 pending pods bound onto 100 nodes. The pods
+/// wait on a node label that the test then adds to every node at once, so
+/// the figure is scheduling and binding alone. Run with `--ignored`.
+#[test]
+#[ignore]
+fn bench_bind_1000_pods_on_100_nodes() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    let nodes: Vec<String> = (0..100)
+        .map(|i| node(&format!("n{i:03}"), "64", "256Gi", ""))
+        .collect();
+    register_nodes(&server, &nodes);
+    let pods_json: Vec<String> = (0..1000)
+        .map(|i| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"p{i:04}","namespace":"t"}},
+"spec":{{"nodeSelector":{{"bench":"go"}},"containers":[{{"name":"c","image":"busybox","resources":{{"requests":{{"cpu":"100m","memory":"64Mi"}}}}}}]}}}}"#
+            )
+        })
+        .collect();
+    let file = server.write("pods.yaml", &format!("---\n{}", pods_json.join("\n---\n")));
+    server.kubectl(&["create", "-f", common::path_str(&file)]);
+    let start = Instant::now();
+    server.kubectl(&["label", "nodes", "--all", "bench=go"]);
+    wait_for(300, "1000 bound pods", &server, || {
+        let unbound = pods(&server, &["--field-selector", "spec.nodeName="]);
+        unbound.is_empty().then_some(())
+    });
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "scheduler: bound 1000 pods on 100 nodes in {secs:.2} s ({:.0} pods/s, including labelling the nodes)",
+        1000.0 / secs
+    );
+}
+
+fn database(pg: &common::postgres::PgServer, name: &str) -> String {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(pg.database(name));
+    pg.url(name)
+}
+
+/// A data dir holding the CA of `server`, for a second server.
+fn dir_sharing_ca(server: &Server) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pki")).expect("mkdir");
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(
+            server.dir.path().join("pki").join(file),
+            dir.path().join("pki").join(file),
+        )
+        .expect("copy the CA");
+    }
+    dir
+}
+
+/// Two servers on one PostgreSQL: only the Lease holder acts (a ReplicaSet
+/// gets its pods once, not twice); a leader that stops releases the Lease,
+/// and one that is killed loses it when it expires.
+#[test]
+fn two_servers_on_postgresql_act_once_and_fail_over() {
+    let pg = common::postgres::PgServer::start();
+    let url = database(&pg, "controllers");
+    let a = Server::start_with(&["--datastore-endpoint", &url]);
+    let b = Server::start_in_with(dir_sharing_ca(&a), &["--datastore-endpoint", &url]);
+    create_namespace_t(&a);
+    register_nodes(&a, &[node("n1", "8", "16Gi", "")]);
+    let leader_log = "acquired the controller lease";
+    let first = wait_for(30, "a leader", &a, || {
+        match (a.log().contains(leader_log), b.log().contains(leader_log)) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            (true, true) => panic!("both servers lead"),
+            (false, false) => None,
+        }
+    });
+    let (leader, other) = if first == 0 { (a, b) } else { (b, a) };
+    let rs = r#"{"apiVersion":"apps/v1","kind":"ReplicaSet","metadata":{"name":"once","namespace":"t"},
+"spec":{"replicas":3,"selector":{"matchLabels":{"app":"once"}},
+"template":{"metadata":{"labels":{"app":"once"}},"spec":{"containers":[{"name":"c","image":"busybox"}]}}}}"#;
+    let file = other.write("once.json", rs);
+    other.kubectl(&["create", "-f", common::path_str(&file)]);
+    let count = |server: &Server| {
+        let args = ["get", "pods", "-n", "t", "-l", "app=once", "-o", "json"];
+        json(&server.kubectl(&args))["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    wait_for(20, "3 pods", &other, || (count(&other) == 3).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&other), 3, "only the leader acts");
+    assert!(!other.log().contains(leader_log));
+
+    // The leader stops (SIGTERM) and gives the Lease up: the other takes
+    // over at its next attempt, not after the lease duration.
+    drop(leader.terminate());
+    let stopped = Instant::now();
+    other.kubectl(&["scale", "rs", "once", "--replicas=4", "-n", "t"]);
+    wait_for(20, "the other server leads and scales", &other, || {
+        (count(&other) == 4).then_some(())
+    });
+    assert!(other.log().contains(leader_log));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "takeover after a released Lease took {:?}",
+        stopped.elapsed()
+    );
+    // A third server; the leader dies without a word (kill -9): the third
+    // takes over once the Lease expires.
+    let third = Server::start_in_with(dir_sharing_ca(&other), &["--datastore-endpoint", &url]);
+    drop(other.stop());
+    third.kubectl(&["scale", "rs", "once", "--replicas=5", "-n", "t"]);
+    wait_for(40, "the third server leads and scales", &third, || {
+        (count(&third) == 5).then_some(())
+    });
+    let lease = get_json(
+        &third,
+        &[
+            "get",
+            "lease",
+            "cairn-controller-manager",
+            "-n",
+            "kube-system",
+        ],
+    );
+    assert!(
+        lease["spec"]["leaseTransitions"].as_i64() >= Some(2),
+        "{lease}"
+    );
+}
+
+/// Sets a pod's status as the agent would: Running with an IP, Ready or not.
+fn run_pod(server: &Server, name: &str, ip: &str, ready: bool) {
+    let ready = if ready { "True" } else { "False" };
+    let patch = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"PodScheduled","status":"True"}},{{"type":"Ready","status":"{ready}"}}]}}}}"#
+    );
+    server.kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "-n",
+        "t",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
+#[test]
+fn services_get_endpoints_and_slices_from_ready_pods() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
+    server.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+        "-n",
+        "t",
+    ]);
+    let names: Vec<String> = wait_for(30, "2 bound pods", &server, || {
+        let p = active(&pods(&server, &[]));
+        (p.len() == 2 && p.iter().all(|p| p["spec"]["nodeName"].is_string())).then(|| {
+            p.iter()
+                .map(|p| p["metadata"]["name"].as_str().expect("name").to_owned())
+                .collect()
+        })
+    });
+    run_pod(&server, &names[0], "10.42.0.10", true);
+    run_pod(&server, &names[1], "10.42.0.11", false);
+    server.kubectl(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+        "-n",
+        "t",
+    ]);
+    let endpoints = wait_for(20, "endpoints", &server, || {
+        let out = server.try_kubectl(&["get", "endpoints", "web", "-n", "t", "-o", "json"]);
+        let e = json(&String::from_utf8_lossy(&out.stdout));
+        (out.status.success() && e["subsets"].is_array()).then_some(e)
+    });
+    let subset = &endpoints["subsets"][0];
+    assert_eq!(subset["addresses"][0]["ip"], "10.42.0.10", "{endpoints}");
+    assert_eq!(
+        subset["addresses"][0]["targetRef"]["name"],
+        names[0].as_str()
+    );
+    assert_eq!(subset["notReadyAddresses"][0]["ip"], "10.42.0.11");
+    assert_eq!(subset["ports"][0]["port"], 8080);
+    let slices = get_json(
+        &server,
+        &[
+            "get",
+            "endpointslices",
+            "-n",
+            "t",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ],
+    );
+    let slice = &slices["items"][0];
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["ports"][0]["port"], 8080);
+    let eps = slice["endpoints"].as_array().expect("endpoints");
+    assert_eq!(eps.len(), 2, "{slice}");
+    assert_eq!(eps[0]["conditions"]["ready"], true);
+    assert_eq!(eps[1]["conditions"]["ready"], false);
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+
+    // Readiness and membership changes follow.
+    run_pod(&server, &names[1], "10.42.0.11", true);
+    wait_for(20, "both ready", &server, || {
+        let e = get_json(&server, &["get", "endpoints", "web", "-n", "t"]);
+        (e["subsets"][0]["addresses"].as_array().map(Vec::len) == Some(2)).then_some(())
+    });
+    server.kubectl(&["delete", "pod", &names[0], "-n", "t"]);
+    wait_for(20, "deleted pod dropped", &server, || {
+        let e = get_json(&server, &["get", "endpoints", "web", "-n", "t"]);
+        let ips: Vec<&str> = e["subsets"][0]["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["ip"].as_str())
+            .collect();
+        (ips == ["10.42.0.11"]).then_some(())
+    });
+    // Deleting the Service removes both.
+    server.kubectl(&["delete", "service", "web", "-n", "t"]);
+    wait_for(20, "endpoints removed", &server, || {
+        let gone = !server
+            .try_kubectl(&["get", "endpoints", "web", "-n", "t"])
+            .status
+            .success();
+        let slices = get_json(&server, &["get", "endpointslices", "-n", "t"]);
+        (gone && slices["items"].as_array().is_some_and(Vec::is_empty)).then_some(())
+    });
+}
