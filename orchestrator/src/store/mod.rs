@@ -16,8 +16,8 @@
 //!   `synchronous=FULL` (an acknowledged write is on disk: it survives a
 //!   crash of the process and a power cut). A writer thread commits the
 //!   writes queued at once as one transaction (one fsync) and publishes
-//!   their events in revision order. Node heartbeats (Lease renewals in
-//!   `kube-node-lease`) are the one exception to "durable when
+//!   their events in revision order. Lease renewals (node heartbeats,
+//!   leader election) are the one exception to "durable when
 //!   acknowledged": they are kept in memory and written coalesced every few
 //!   minutes and at [`Store::close`]; see the `sqlite` module for the
 //!   contract.

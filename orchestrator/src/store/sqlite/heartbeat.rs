@@ -1,6 +1,7 @@
 //! Node heartbeats kept in memory: the lease overlay of the SQLite store.
 //!
-//! A kubelet renews its node's Lease in `kube-node-lease` every 10 s. Each
+//! A kubelet renews its node's Lease in `kube-node-lease` every 10 s, and
+//! the controller manager its leader Lease every 2 s (see [`PREFIX`]). Each
 //! renewal written as its own SQLite transaction costs an fsync and a few
 //! pages of WAL — about 150 MB a day per node on an SD card for a value
 //! nobody reads after the next renewal. So a renewal (an update of such a
@@ -30,8 +31,12 @@ use serde_json::Value;
 use crate::store::sql::{LogRow, Range};
 use crate::store::{Event, KeyValue, Revision};
 
-/// Keys of node heartbeat Leases (the API server's key layout).
-pub(crate) const PREFIX: &str = "/registry/coordination.k8s.io/leases/kube-node-lease/";
+/// Keys of the Leases whose renewals stay in memory (the API server's key
+/// layout): every Lease — node heartbeats in `kube-node-lease` and
+/// leader-election Leases such as `kube-system/cairn-controller-manager`,
+/// which the controller manager renews every 2 s. On SQLite there is only
+/// one server, so its leadership needs no durable renewals either.
+pub(crate) const PREFIX: &str = "/registry/coordination.k8s.io/leases/";
 
 /// Longest time a renewal stays in memory only.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(600);

@@ -17,8 +17,8 @@
 //!   `synchronous = FULL`, as etcd does. It survives `kill -9` of the server
 //!   and a power cut (`NORMAL` would sync only at checkpoints: safe against
 //!   a crashed process, not against a power cut, common on edge devices).
-//! - Except node heartbeats (`heartbeat`): updates of a Lease in
-//!   `kube-node-lease` that change only `spec.renewTime` are acknowledged
+//! - Except Lease renewals (`heartbeat`): updates of a Lease (node
+//!   heartbeats, leader election) that change only `spec.renewTime` are acknowledged
 //!   from memory and written (the latest per Lease) every
 //!   [`heartbeat::FLUSH_INTERVAL`] at the latest, at each compaction, before
 //!   any other write of that key, and at shutdown ([`Sqlite::close`]). A
