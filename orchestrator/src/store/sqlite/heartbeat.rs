@@ -182,8 +182,10 @@ mod tests {
             &a,
             &lease("n2", "2025-01-01T00:00:10.000000Z")
         ));
-        let other_ns = "/registry/coordination.k8s.io/leases/default/n1";
-        assert!(!is_renewal(other_ns, &a, &b));
+        // Leader-election Leases in any namespace renew the same way.
+        let other_ns = "/registry/coordination.k8s.io/leases/kube-system/n1";
+        assert!(is_renewal(other_ns, &a, &b));
+        assert!(!is_renewal("/registry/configmaps/default/n1", &a, &b));
         assert!(!is_renewal(KEY, b"not json", &b));
     }
 
@@ -210,9 +212,10 @@ mod tests {
         )));
         assert!(overlaps(&Range::prefix(PREFIX)));
         assert!(overlaps(&Range::prefix(&format!("{PREFIX}n1"))));
-        assert!(!overlaps(&Range::prefix(
-            "/registry/coordination.k8s.io/leases/default/"
+        assert!(overlaps(&Range::prefix(
+            "/registry/coordination.k8s.io/leases/kube-system/"
         )));
+        assert!(overlaps(&Range::prefix("/registry/coordination.k8s.io/")));
         assert!(!overlaps(&Range::prefix("/registry/configmaps/")));
     }
 }
