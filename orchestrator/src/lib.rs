@@ -17,9 +17,11 @@
 //! - [`controllers`]: the controller manager (leader election, reflectors,
 //!   work queues; ReplicaSet, Deployment, garbage collection, Endpoints) and
 //!   [`scheduler`], run inside `cairn server` through the API in-process.
+//! - [`agent`]: the node agent (Cairn's kubelet): Node, Lease, pods on containerd through CRI.
 //!
-//! Still to come (their own issues): `agent` (CRI, networking, volumes), `proxy`, `dns`.
+//! Still to come (their own issues): `proxy`, `dns`.
 
+pub mod agent;
 pub mod api;
 pub mod controllers;
 pub mod images;
