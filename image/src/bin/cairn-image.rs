@@ -45,6 +45,9 @@ enum Command {
         /// cairn binary; default target/<rust target>/release/cairn.
         #[arg(long)]
         cairn: Option<PathBuf>,
+        /// cairn-pause binary (the pod sandbox); default target/<rust target>/release/cairn-pause.
+        #[arg(long)]
+        pause: Option<PathBuf>,
     },
     /// Download and verify the pinned Debian packages.
     Components {
@@ -136,6 +139,7 @@ fn run(cli: Cli) -> Result<()> {
             cache,
             init,
             cairn,
+            pause,
         } => {
             let opts = BuildOptions {
                 arch,
@@ -145,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
                 cache,
                 init: init.unwrap_or_else(|| default_binary(arch, "cairn-init")),
                 cairn: cairn.unwrap_or_else(|| default_binary(arch, "cairn")),
+                pause: pause.unwrap_or_else(|| default_binary(arch, "cairn-pause")),
                 sizes: Sizes::default(),
             };
             let report = build::build(&opts).context("building the image")?;
