@@ -19,8 +19,32 @@ pub struct File {
     pub path: String,
     /// Permission bits.
     pub mode: u32,
-    /// Contents.
+    /// Contents, or the target when [`File::link`] is set.
     pub data: Vec<u8>,
+    /// A symbolic link to this target instead of a regular file.
+    pub link: Option<String>,
+}
+
+impl File {
+    /// A regular file.
+    pub fn regular(path: impl Into<String>, mode: u32, data: Vec<u8>) -> File {
+        File {
+            path: path.into(),
+            mode,
+            data,
+            link: None,
+        }
+    }
+
+    /// A symbolic link at `path` pointing to `target`.
+    pub fn symlink(path: impl Into<String>, target: impl Into<String>) -> File {
+        File {
+            path: path.into(),
+            mode: 0o777,
+            data: Vec::new(),
+            link: Some(target.into()),
+        }
+    }
 }
 
 /// A one-layer image.
@@ -97,7 +121,14 @@ fn layer_tar(files: &[File]) -> io::Result<Vec<u8>> {
                 tar.append_data(&mut header, format!("{dir}/"), io::empty())?;
             }
         }
-        append(&mut tar, &file.path, file.mode, &file.data)?;
+        match &file.link {
+            Some(target) => {
+                let mut header = header(file.mode, 0);
+                header.set_entry_type(tar::EntryType::Symlink);
+                tar.append_link(&mut header, &file.path, target)?;
+            }
+            None => append(&mut tar, &file.path, file.mode, &file.data)?,
+        }
     }
     tar.into_inner()
 }
@@ -144,11 +175,10 @@ mod tests {
             name: "localhost/cairn/pause:1".into(),
             arch: Arch::X86_64,
             entrypoint: vec!["/pause".into()],
-            files: vec![File {
-                path: "usr/bin/pause".into(),
-                mode: 0o755,
-                data: b"\x7fELF".to_vec(),
-            }],
+            files: vec![
+                File::regular("usr/bin/pause", 0o755, b"\x7fELF".to_vec()),
+                File::symlink("usr/bin/sleep", "pause"),
+            ],
         }
     }
 

@@ -115,11 +115,7 @@ fn pause_image(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
         name: layout::PAUSE_IMAGE.into(),
         arch: spec.components.arch,
         entrypoint: vec!["/pause".into()],
-        files: vec![crate::oci::File {
-            path: "pause".into(),
-            mode: 0o755,
-            data,
-        }],
+        files: vec![crate::oci::File::regular("pause", 0o755, data)],
     };
     let dir = root.join(layout::ROOT_IMAGES_DIR);
     fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
