@@ -251,3 +251,77 @@ fn acknowledged_writes_survive_kill_9() {
     let server = Server::start_in(dir);
     assert_eq!(stored(&server), written);
 }
+
+/// `kubectl create token`: a signed service account token that
+/// authenticates, too short a duration refused, a token bound to a pod, and
+/// tokens that stop working when their service account or pod is deleted
+/// or when they are tampered with.
+#[test]
+fn service_account_tokens_from_kubectl_create_token() {
+    let server = Server::start();
+    let kubeconfig = tokenless_kubeconfig(&server);
+    server.kubectl(&["create", "serviceaccount", "builder"]);
+    let token = server.kubectl(&["create", "token", "builder"]);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let works = |token: &str| {
+        let out = kubectl_with(
+            &kubeconfig,
+            &[&format!("--token={token}"), "get", "ns", "-o", "name"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), err)
+    };
+    let (ok, err) = works(token);
+    assert!(ok, "a fresh token authenticates: {err}");
+    // A changed payload breaks the signature.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[1].insert(4, 'x');
+    let (ok, err) = works(&parts.join("."));
+    assert!(!ok && err.contains("Unauthorized"), "tampered token: {err}");
+
+    let err = server.kubectl_fails(&["create", "token", "builder", "--duration=5m"]);
+    assert!(
+        err.contains("may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    let err = server.kubectl_fails(&["create", "token", "nobody"]);
+    assert!(
+        err.contains("serviceaccounts \"nobody\" not found"),
+        "{err}"
+    );
+
+    // Bound to a pod: dies with the pod.
+    server.kubectl(&["run", "holder", "--image=busybox", "--restart=Never"]);
+    let bound = server.kubectl(&[
+        "create",
+        "token",
+        "builder",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=holder",
+    ]);
+    assert!(works(bound.trim()).0, "a pod-bound token authenticates");
+    server.kubectl(&[
+        "delete",
+        "pod",
+        "holder",
+        "--wait=false",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let (ok, err) = works(bound.trim());
+    assert!(
+        !ok && err.contains("Unauthorized"),
+        "token of a deleted pod: {err}"
+    );
+
+    // Dies with its service account, even one re-created under the same name.
+    server.kubectl(&["delete", "serviceaccount", "builder"]);
+    server.kubectl(&["create", "serviceaccount", "builder"]);
+    let (ok, err) = works(token);
+    assert!(
+        !ok && err.contains("Unauthorized"),
+        "token of a deleted account: {err}"
+    );
+    assert!(works(server.kubectl(&["create", "token", "builder"]).trim()).0);
+}

@@ -59,15 +59,19 @@ pub enum Subresource {
     Binding,
     /// Pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod.
     Eviction,
+    /// ServiceAccount `token`: POST an `authentication.k8s.io/v1`
+    /// `TokenRequest`, get a signed token back.
+    Token,
 }
 
 impl Subresource {
     /// Every subresource, for parsing.
-    const ALL: [Subresource; 4] = [
+    const ALL: [Subresource; 5] = [
         Subresource::Status,
         Subresource::Scale,
         Subresource::Binding,
         Subresource::Eviction,
+        Subresource::Token,
     ];
 
     /// The path segment.
@@ -77,6 +81,7 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
+            Subresource::Token => "token",
         }
     }
 
@@ -89,7 +94,7 @@ impl Subresource {
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
-            Subresource::Binding | Subresource::Eviction => &["create"],
+            Subresource::Binding | Subresource::Eviction | Subresource::Token => &["create"],
         }
     }
 
@@ -100,6 +105,7 @@ impl Subresource {
             Subresource::Scale => ("autoscaling", "v1", "Scale"),
             Subresource::Binding => ("", "v1", "Binding"),
             Subresource::Eviction => ("policy", "v1", "Eviction"),
+            Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         }
     }
 }
@@ -254,7 +260,7 @@ pub struct Registry {
 impl Registry {
     /// The built-in resources of this release.
     pub fn builtin() -> Registry {
-        use Subresource::{Binding, Eviction, Scale, Status};
+        use Subresource::{Binding, Eviction, Scale, Status, Token};
         type R = ResourceType;
         Registry {
             types: vec![
@@ -271,7 +277,9 @@ impl Registry {
                 R::of::<Endpoints>().short(&["ep"]),
                 R::of::<ConfigMap>().short(&["cm"]),
                 R::of::<Secret>(),
-                R::of::<ServiceAccount>().short(&["sa"]),
+                R::of::<ServiceAccount>()
+                    .short(&["sa"])
+                    .subresources(&[Token]),
                 R::of::<Node>().short(&["no"]).subresources(&[Status]),
                 R::of::<Event>().short(&["ev"]),
                 R::of::<PersistentVolume>()
