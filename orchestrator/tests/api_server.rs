@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{Server, acknowledged_writes, path_str, stored};
+use common::{Server, acknowledged_writes, json, path_str, stored};
 
 /// Runs `cairn server` with `args`, expecting it to exit at once.
 fn server_exits(args: &[&str]) -> (i32, String) {
@@ -274,6 +274,64 @@ fn service_account_tokens_from_kubectl_create_token() {
     };
     let (ok, err) = works(token);
     assert!(ok, "a fresh token authenticates: {err}");
+    // Who the token is: `kubectl auth whoami` (SelfSubjectReview) and a TokenReview.
+    let whoami = kubectl_with(
+        &kubeconfig,
+        &[
+            &format!("--token={token}"),
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+        ],
+    );
+    let whoami = String::from_utf8_lossy(&whoami.stdout).into_owned();
+    assert!(
+        whoami.starts_with("system:serviceaccount:default:builder "),
+        "{whoami}"
+    );
+    assert!(
+        whoami.contains("system:serviceaccounts:default"),
+        "{whoami}"
+    );
+    let review = server.write(
+        "review.json",
+        &format!(
+            r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{token}"}}}}"#
+        ),
+    );
+    // (--raw: `kubectl create -f` of a review kind still wants --validate=false here.)
+    let tokenreviews = "/apis/authentication.k8s.io/v1/tokenreviews";
+    let reviewed =
+        json(&server.kubectl(&["create", "--raw", tokenreviews, "-f", path_str(&review)]));
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+    assert_eq!(
+        reviewed["status"]["user"]["username"],
+        "system:serviceaccount:default:builder"
+    );
+    let bogus = server.write(
+        "bogus.json",
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"nope"}}"#,
+    );
+    let reviewed =
+        json(&server.kubectl(&["create", "--raw", tokenreviews, "-f", path_str(&bogus)]));
+    assert_eq!(reviewed["status"]["authenticated"], false, "{reviewed}");
+    // Access reviews answer what the server enforces today: everything.
+    assert_eq!(
+        server.kubectl(&["auth", "can-i", "create", "pods"]).trim(),
+        "yes"
+    );
+    let listed = server.kubectl(&["auth", "can-i", "--list"]);
+    assert!(listed.contains("*.*"), "{listed}");
+    assert_eq!(
+        server.kubectl(&[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}"
+        ]),
+        "cairn-admin"
+    );
     // A changed payload breaks the signature.
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
     parts[1].insert(4, 'x');

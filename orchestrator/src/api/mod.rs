@@ -51,6 +51,7 @@ pub mod patch;
 pub mod pki;
 pub mod query;
 pub mod resources;
+pub mod reviews;
 pub mod selector;
 pub mod server;
 pub mod shape;
@@ -485,6 +486,11 @@ impl Api {
         };
         let target =
             target(registry, group, version, rest).ok_or_else(|| ApiError::no_route(&path))?;
+        if target.rt.is_review() {
+            let user = parts.extensions.get::<User>();
+            return reviews::create(self, &parts.method, target.rt, user, &parts.headers, body)
+                .await;
+        }
         if parts.method == Method::PATCH && target.rt.custom.is_some() {
             crd::refuse_strategic_patch(&parts.headers)?;
         }

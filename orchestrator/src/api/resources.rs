@@ -7,6 +7,10 @@
 //! `pkg/registry/<group>/<kind>/storage/storage.go`, not in the types).
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenReview};
+use k8s_openapi::api::authorization::v1::{
+    LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -44,6 +48,10 @@ impl Scope for ClusterResourceScope {
 pub const CRUD_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
+
+/// The verbs of a review kind (`TokenReview`, `SelfSubjectAccessReview`...):
+/// created, answered at once, never stored.
+pub const REVIEW_VERBS: &[&str] = &["create"];
 
 /// The `all` category: what `kubectl get all` lists.
 const ALL: &[&str] = &["all"];
@@ -190,6 +198,35 @@ impl ResourceType {
         }
     }
 
+    /// Describes the review kind `K` ([`REVIEW_VERBS`]; no list kind).
+    pub fn review<K>() -> Self
+    where
+        K: k8s_openapi::Resource + JsonSchema,
+        K::Scope: Scope,
+    {
+        ResourceType {
+            group: K::GROUP,
+            version: K::VERSION,
+            api_version: K::API_VERSION,
+            kind: K::KIND,
+            list_kind: "",
+            plural: K::URL_PATH_SEGMENT,
+            singular: K::KIND.to_ascii_lowercase(),
+            namespaced: <K::Scope as Scope>::NAMESPACED,
+            short_names: &[],
+            verbs: REVIEW_VERBS,
+            categories: &[],
+            subresources: &[],
+            schema: SchemaFn(|generator| generator.subschema_for::<K>()),
+            custom: None,
+        }
+    }
+
+    /// Whether this is a review kind, answered by `api::reviews`.
+    pub fn is_review(&self) -> bool {
+        self.verbs == REVIEW_VERBS
+    }
+
     /// With kubectl short names.
     pub fn short(mut self, names: &'static [&'static str]) -> Self {
         self.short_names = names;
@@ -324,6 +361,13 @@ impl Registry {
                 R::of::<RoleBinding>(),
                 R::of::<ClusterRole>(),
                 R::of::<ClusterRoleBinding>(),
+                // authentication.k8s.io/v1, authorization.k8s.io/v1: reviews
+                R::review::<TokenReview>(),
+                R::review::<SelfSubjectReview>(),
+                R::review::<SubjectAccessReview>(),
+                R::review::<SelfSubjectAccessReview>(),
+                R::review::<LocalSubjectAccessReview>(),
+                R::review::<SelfSubjectRulesReview>(),
                 R::of::<PodDisruptionBudget>()
                     .short(&["pdb"])
                     .subresources(&[Status]),
