@@ -1,7 +1,8 @@
 //! Garbage collection by owner references, and the `default`
 //! ServiceAccount of every namespace.
 //!
-//! Over the reflected kinds (Deployments, ReplicaSets, Pods), as
+//! Over the reflected kinds (Deployments, ReplicaSets, DaemonSets,
+//! StatefulSets, CronJobs, Jobs, Pods), as
 //! upstream's garbage collector:
 //! - Background: a dependent all of whose owners are gone (confirmed with a
 //!   live GET: absent, or another uid) is deleted; owner references to
@@ -13,9 +14,8 @@
 //!   the API then deletes the owner).
 //!
 //! # Current limitations
-//! - Only Deployments and ReplicaSets are known as owners and only the
-//!   three reflected kinds as dependents; owners of other kinds (Jobs,
-//!   DaemonSets, custom kinds) are assumed to exist.
+//! - Only the reflected workload kinds are known as owners and as
+//!   dependents; owners of other kinds (custom kinds) are assumed to exist.
 
 use std::sync::Arc;
 
@@ -24,7 +24,9 @@ use serde_json::{Value, json};
 use super::client::Client;
 use super::objects::{is_deleting, name, uid};
 use super::queue::Queue;
-use super::reflector::{DEPLOYMENTS, Kind, REPLICASETS, Reflector, key_of};
+use super::reflector::{
+    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, Kind, REPLICASETS, Reflector, STATEFULSETS, key_of,
+};
 
 const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
@@ -44,6 +46,10 @@ fn owner_kind(reference: &Value) -> Option<Kind> {
     match (reference["apiVersion"].as_str(), reference["kind"].as_str()) {
         (Some("apps/v1"), Some("Deployment")) => Some(DEPLOYMENTS),
         (Some("apps/v1"), Some("ReplicaSet")) => Some(REPLICASETS),
+        (Some("apps/v1"), Some("DaemonSet")) => Some(DAEMONSETS),
+        (Some("apps/v1"), Some("StatefulSet")) => Some(STATEFULSETS),
+        (Some("batch/v1"), Some("Job")) => Some(JOBS),
+        (Some("batch/v1"), Some("CronJob")) => Some(CRONJOBS),
         _ => None,
     }
 }

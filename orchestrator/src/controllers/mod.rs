@@ -40,6 +40,7 @@ pub mod client;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod objects;
 pub mod queue;
@@ -54,7 +55,10 @@ use tracing::info;
 use crate::api::Api;
 use crate::scheduler::Scheduler;
 use client::Client;
-use reflector::{DEPLOYMENTS, NAMESPACES, NODES, PODS, REPLICASETS, Reflector, SERVICES};
+use reflector::{
+    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PODS, REPLICASETS, Reflector,
+    SERVICES, STATEFULSETS,
+};
 
 /// Workers per controller.
 const WORKERS: usize = 4;
@@ -111,22 +115,46 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     let deployments = Reflector::new(DEPLOYMENTS);
     let namespaces = Reflector::new(NAMESPACES);
     let services = Reflector::new(SERVICES);
+    let jobs = Reflector::new(JOBS);
+    let cronjobs = Reflector::new(CRONJOBS);
+    let daemonsets = Reflector::new(DAEMONSETS);
+    let statefulsets = Reflector::new(STATEFULSETS);
     let mut loops = JoinSet::new();
     let rs = replicaset::ReplicaSets::new(client.clone(), sets.clone(), pods.clone());
     loops.spawn(rs.run(WORKERS));
     let ds = deployment::Deployments::new(client.clone(), deployments.clone(), sets.clone());
     loops.spawn(ds.run(WORKERS));
+    loops.spawn(job::Jobs::new(client.clone(), jobs.clone(), pods.clone()).run(WORKERS));
     let scheduler = Scheduler::new(scheduler_client, pods.clone(), nodes.clone());
     loops.spawn(scheduler.run(WORKERS));
     let collector = gc::Collector::new(
         client.clone(),
-        vec![deployments.clone(), sets.clone(), pods.clone()],
+        vec![
+            deployments.clone(),
+            sets.clone(),
+            daemonsets.clone(),
+            statefulsets.clone(),
+            cronjobs.clone(),
+            jobs.clone(),
+            pods.clone(),
+        ],
         namespaces.clone(),
     );
     loops.spawn(collector.run());
     let endpoints = endpoints::Endpoints::new(client.clone(), services.clone(), pods.clone());
     loops.spawn(endpoints.run(WORKERS));
-    for reflector in [pods, nodes, sets, deployments, namespaces, services] {
+    for reflector in [
+        pods,
+        nodes,
+        sets,
+        deployments,
+        namespaces,
+        services,
+        jobs,
+        cronjobs,
+        daemonsets,
+        statefulsets,
+    ] {
         loops.spawn(reflector.run(client.clone()));
     }
     info!("controllers started");

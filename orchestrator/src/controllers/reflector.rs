@@ -69,6 +69,31 @@ pub const DEPLOYMENTS: Kind = Kind {
     namespaced: true,
 };
 
+/// Jobs.
+pub const JOBS: Kind = Kind {
+    api: "/apis/batch/v1",
+    plural: "jobs",
+    namespaced: true,
+};
+/// CronJobs.
+pub const CRONJOBS: Kind = Kind {
+    api: "/apis/batch/v1",
+    plural: "cronjobs",
+    namespaced: true,
+};
+/// DaemonSets.
+pub const DAEMONSETS: Kind = Kind {
+    api: "/apis/apps/v1",
+    plural: "daemonsets",
+    namespaced: true,
+};
+/// StatefulSets.
+pub const STATEFULSETS: Kind = Kind {
+    api: "/apis/apps/v1",
+    plural: "statefulsets",
+    namespaced: true,
+};
+
 impl Kind {
     /// The collection in `namespace` (`None`: every namespace).
     pub fn collection(&self, namespace: Option<&str>) -> String {

@@ -1,0 +1,369 @@
+//! The workload controllers inside a real `cairn server`, driven by the
+//! real kubectl: Jobs run to completion or fail, CronJobs create Jobs and
+//! keep their history, DaemonSets put one pod on each eligible node and
+//! roll, StatefulSets create ordered pods and their claims.
+//!
+//! Nodes are registered through the API as a client could, and the tests
+//! set pod phases and readiness through the status subresource, as the
+//! node agent does.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, create_namespace_t, json};
+use serde_json::Value;
+
+/// A Node manifest, Ready=True, with extra `labels` and `taints` (JSON).
+fn node(name: &str, labels: &str, taints: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"kubernetes.io/hostname":"{name}"{labels}}}}},
+"spec":{{"taints":[{taints}]}},
+"status":{{"capacity":{{"cpu":"4","memory":"8Gi","pods":"110"}},
+"allocatable":{{"cpu":"4","memory":"8Gi","pods":"110"}},
+"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","message":"ready"}}]}}}}"#
+    )
+}
+
+fn register_nodes(server: &Server, nodes: &[String]) {
+    let list = format!("---\n{}", nodes.join("\n---\n"));
+    let file = server.write(&format!("nodes-{}.yaml", nodes.len()), &list);
+    server.kubectl(&["create", "-f", common::path_str(&file)]);
+}
+
+fn apply(server: &Server, name: &str, yaml: &str) {
+    let file = server.write(name, yaml);
+    server.kubectl(&["apply", "-n", "t", "-f", common::path_str(&file)]);
+}
+
+fn get_json(server: &Server, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-n", "t", "-o", "json"]);
+    json(&server.kubectl(&all))
+}
+
+/// Pods of namespace `t` not being deleted, with a label `selector`.
+fn pods(server: &Server, selector: &str) -> Vec<Value> {
+    get_json(server, &["get", "pods", "-l", selector])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect()
+}
+
+fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn pod_name(pod: &Value) -> &str {
+    pod["metadata"]["name"].as_str().expect("name")
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `secs`.
+fn wait_for<T>(secs: u64, what: &str, server: &Server, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            server
+                .log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sets a pod's phase (and Ready for `Running`), as the agent would.
+fn set_phase(server: &Server, pod: &str, phase: &str) {
+    let ready = if phase == "Running" { "True" } else { "False" };
+    let patch = format!(
+        r#"{{"status":{{"phase":"{phase}","conditions":[{{"type":"PodScheduled","status":"True"}},{{"type":"Ready","status":"{ready}"}}]}}}}"#
+    );
+    server.kubectl(&[
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        "t",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
+fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind && c["status"] == "True")
+}
+
+fn job_yaml(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n{extra_spec}  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: busybox\n"
+    )
+}
+
+fn start() -> Server {
+    let server = Server::start();
+    create_namespace_t(&server);
+    register_nodes(&server, &[node("n1", "", ""), node("n2", "", "")]);
+    server
+}
+
+#[test]
+fn job_runs_pods_in_parallel_to_completion() {
+    let server = start();
+    apply(
+        &server,
+        "job.yaml",
+        &job_yaml("calc", "  completions: 3\n  parallelism: 2\n"),
+    );
+    let first = wait_for(30, "2 bound pods", &server, || {
+        let p = pods(&server, "job-name=calc");
+        (p.len() == 2 && p.iter().all(|p| p["spec"]["nodeName"].is_string())).then_some(p)
+    });
+    let job = get_json(&server, &["get", "job", "calc"]);
+    let uid = job["metadata"]["uid"].as_str().expect("uid");
+    for pod in &first {
+        let meta = &pod["metadata"];
+        assert!(pod_name(pod).starts_with("calc-"), "{}", pod_name(pod));
+        assert_eq!(meta["labels"]["batch.kubernetes.io/job-name"], "calc");
+        assert_eq!(meta["labels"]["batch.kubernetes.io/controller-uid"], uid);
+        assert_eq!(meta["ownerReferences"][0]["kind"], "Job");
+        assert_eq!(meta["ownerReferences"][0]["controller"], true);
+        set_phase(&server, pod_name(pod), "Running");
+    }
+    wait_for(20, "2 active, 2 ready", &server, || {
+        let s = &get_json(&server, &["get", "job", "calc"])["status"];
+        (s["active"] == 2 && s["ready"] == 2 && s["startTime"].is_string()).then_some(())
+    });
+    for pod in &first {
+        set_phase(&server, pod_name(pod), "Succeeded");
+    }
+    // One more pod for the third completion, never more than parallelism.
+    let third = wait_for(30, "the third pod", &server, || {
+        let p: Vec<Value> = pods(&server, "job-name=calc")
+            .into_iter()
+            .filter(|p| phase(p) != "Succeeded")
+            .collect();
+        (p.len() == 1).then(|| pod_name(&p[0]).to_owned())
+    });
+    let out = server.try_kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/calc",
+        "-n",
+        "t",
+        "--timeout=1s",
+    ]);
+    assert!(!out.status.success(), "complete too early");
+    set_phase(&server, &third, "Succeeded");
+    server.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/calc",
+        "-n",
+        "t",
+        "--timeout=30s",
+    ]);
+    let job = get_json(&server, &["get", "job", "calc"]);
+    let status = &job["status"];
+    assert_eq!(status["succeeded"], 3, "{status}");
+    assert_eq!(status["active"], 0, "{status}");
+    assert!(status["completionTime"].is_string(), "{status}");
+    assert!(condition(&job, "SuccessCriteriaMet").is_some(), "{status}");
+    assert_eq!(
+        condition(&job, "Complete").expect("Complete")["reason"],
+        "CompletionsReached"
+    );
+    let table = server.kubectl(&["get", "jobs", "-n", "t"]);
+    assert!(
+        table.contains("Complete") && table.contains("3/3"),
+        "{table}"
+    );
+}
+
+#[test]
+fn job_fails_after_backoff_limit_and_is_deleted_after_ttl() {
+    let server = start();
+    apply(
+        &server,
+        "job.yaml",
+        &job_yaml("flaky", "  backoffLimit: 1\n  ttlSecondsAfterFinished: 2\n"),
+    );
+    let first = wait_for(30, "a pod", &server, || {
+        pods(&server, "job-name=flaky")
+            .first()
+            .map(|p| pod_name(p).to_owned())
+    });
+    set_phase(&server, &first, "Failed");
+    // A replacement after the 10 s back-off.
+    let started = Instant::now();
+    let second = wait_for(30, "a second pod", &server, || {
+        pods(&server, "job-name=flaky")
+            .iter()
+            .find(|p| phase(p) != "Failed")
+            .map(|p| pod_name(p).to_owned())
+    });
+    assert!(started.elapsed() >= Duration::from_secs(7), "no back-off");
+    let job = get_json(&server, &["get", "job", "flaky"]);
+    assert_eq!(job["status"]["failed"], 1, "{}", job["status"]);
+    assert!(condition(&job, "Failed").is_none());
+    set_phase(&server, &second, "Failed");
+    server.kubectl(&[
+        "wait",
+        "--for=condition=failed",
+        "job/flaky",
+        "-n",
+        "t",
+        "--timeout=30s",
+    ]);
+    let job = get_json(&server, &["get", "job", "flaky"]);
+    assert_eq!(job["status"]["failed"], 2, "{}", job["status"]);
+    assert_eq!(
+        condition(&job, "Failed").expect("Failed")["reason"],
+        "BackoffLimitExceeded"
+    );
+    assert_eq!(
+        condition(&job, "FailureTarget").expect("target")["reason"],
+        "BackoffLimitExceeded"
+    );
+    // ttlSecondsAfterFinished: the Job goes, and the collector takes its pods.
+    wait_for(30, "the job and its pods deleted", &server, || {
+        let gone = server.try_kubectl(&["get", "job", "flaky", "-n", "t"]);
+        (!gone.status.success() && pods(&server, "job-name=flaky").is_empty()).then_some(())
+    });
+}
+
+#[test]
+fn job_deadline_and_suspend() {
+    let server = start();
+    apply(
+        &server,
+        "slow.yaml",
+        &job_yaml("slow", "  activeDeadlineSeconds: 3\n"),
+    );
+    apply(
+        &server,
+        "held.yaml",
+        &job_yaml(
+            "held",
+            "  suspend: true\n  parallelism: 2\n  completions: 2\n",
+        ),
+    );
+    wait_for(30, "the slow pod", &server, || {
+        (!pods(&server, "job-name=slow").is_empty()).then_some(())
+    });
+    server.kubectl(&[
+        "wait",
+        "--for=condition=failed",
+        "job/slow",
+        "-n",
+        "t",
+        "--timeout=30s",
+    ]);
+    let job = get_json(&server, &["get", "job", "slow"]);
+    assert_eq!(
+        condition(&job, "Failed").expect("Failed")["reason"],
+        "DeadlineExceeded"
+    );
+    assert!(
+        pods(&server, "job-name=slow").is_empty(),
+        "active pods deleted"
+    );
+
+    // Suspended: no pods until resumed.
+    let held = wait_for(20, "Suspended", &server, || {
+        let j = get_json(&server, &["get", "job", "held"]);
+        condition(&j, "Suspended").is_some().then_some(j)
+    });
+    assert!(held["status"]["startTime"].is_null());
+    assert!(pods(&server, "job-name=held").is_empty());
+    server.kubectl(&[
+        "patch",
+        "job",
+        "held",
+        "-n",
+        "t",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    wait_for(30, "2 pods after resuming", &server, || {
+        (pods(&server, "job-name=held").len() == 2).then_some(())
+    });
+    let job = get_json(&server, &["get", "job", "held"]);
+    assert!(condition(&job, "Suspended").is_none(), "{}", job["status"]);
+    assert!(job["status"]["startTime"].is_string());
+    // Suspending again deletes them.
+    server.kubectl(&[
+        "patch",
+        "job",
+        "held",
+        "-n",
+        "t",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+    wait_for(30, "pods deleted on suspend", &server, || {
+        pods(&server, "job-name=held").is_empty().then_some(())
+    });
+}
+
+#[test]
+fn indexed_job_completes_every_index() {
+    let server = start();
+    apply(
+        &server,
+        "idx.yaml",
+        &job_yaml(
+            "idx",
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n",
+        ),
+    );
+    let all = wait_for(30, "3 pods", &server, || {
+        let p = pods(&server, "job-name=idx");
+        (p.len() == 3).then_some(p)
+    });
+    let mut indexes: Vec<String> = all
+        .iter()
+        .map(|p| {
+            p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                .as_str()
+                .expect("index")
+                .to_owned()
+        })
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1", "2"]);
+    for pod in &all {
+        set_phase(&server, pod_name(pod), "Succeeded");
+    }
+    server.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/idx",
+        "-n",
+        "t",
+        "--timeout=30s",
+    ]);
+    let job = get_json(&server, &["get", "job", "idx"]);
+    assert_eq!(
+        job["status"]["completedIndexes"], "0-2",
+        "{}",
+        job["status"]
+    );
+}
