@@ -367,3 +367,131 @@ fn indexed_job_completes_every_index() {
         job["status"]
     );
 }
+
+const CRONJOB: &str = "apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: every
+spec:
+  schedule: '* * * * *'
+  successfulJobsHistoryLimit: 2
+  failedJobsHistoryLimit: 1
+  jobTemplate:
+    metadata:
+      labels:
+        from: every
+    spec:
+      backoffLimit: 0
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: c
+            image: busybox
+";
+
+/// Runs `kubectl create job NAME --from=cronjob/every` and ends its pod in `phase`.
+fn manual_job(server: &Server, job: &str, phase: &str) {
+    server.kubectl(&["create", "job", job, "--from=cronjob/every", "-n", "t"]);
+    let pod = wait_for(30, "the manual job's pod", server, || {
+        pods(server, &format!("job-name={job}"))
+            .first()
+            .map(|p| pod_name(p).to_owned())
+    });
+    set_phase(server, &pod, phase);
+    let cond = if phase == "Succeeded" {
+        "complete"
+    } else {
+        "failed"
+    };
+    server.kubectl(&[
+        "wait",
+        &format!("--for=condition={cond}"),
+        &format!("job/{job}"),
+        "-n",
+        "t",
+        "--timeout=30s",
+    ]);
+}
+
+fn job_names(server: &Server) -> Vec<String> {
+    let mut names: Vec<String> = get_json(server, &["get", "jobs"])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|j| j["metadata"]["deletionTimestamp"].is_null())
+        .map(|j| j["metadata"]["name"].as_str().unwrap_or("").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn cronjob_runs_on_schedule_and_keeps_history() {
+    let server = start();
+    apply(&server, "cj.yaml", CRONJOB);
+    for (job, phase) in [
+        ("ok1", "Succeeded"),
+        ("ok2", "Succeeded"),
+        ("bad1", "Failed"),
+        ("ok3", "Succeeded"),
+        ("bad2", "Failed"),
+    ] {
+        manual_job(&server, job, phase);
+    }
+    wait_for(30, "history limits", &server, || {
+        let names: Vec<String> = job_names(&server)
+            .into_iter()
+            .filter(|n| !n.starts_with("every-"))
+            .collect();
+        (names == ["bad2", "ok2", "ok3"]).then_some(())
+    });
+    let cj = get_json(&server, &["get", "cronjob", "every"]);
+    assert!(
+        cj["status"]["lastSuccessfulTime"].is_string(),
+        "{}",
+        cj["status"]
+    );
+
+    // The scheduled run, at the next minute at the latest.
+    let job = wait_for(75, "a scheduled job", &server, || {
+        get_json(&server, &["get", "jobs", "-l", "from=every"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|j| {
+                j["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("every-"))
+            })
+            .cloned()
+    });
+    let name = job["metadata"]["name"].as_str().expect("name");
+    let annotation =
+        job["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            .as_str()
+            .expect("scheduled timestamp");
+    let scheduled: jiff::Timestamp = annotation.parse().expect("RFC 3339");
+    assert_eq!(name, format!("every-{}", scheduled.as_second() / 60));
+    assert_eq!(scheduled.as_second() % 60, 0);
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    let cj = wait_for(20, "lastScheduleTime and active", &server, || {
+        let cj = get_json(&server, &["get", "cronjob", "every"]);
+        (cj["status"]["active"][0]["name"] == name).then_some(cj)
+    });
+    let last: jiff::Timestamp = cj["status"]["lastScheduleTime"]
+        .as_str()
+        .expect("lastScheduleTime")
+        .parse()
+        .expect("time");
+    assert_eq!(last, scheduled);
+    let table = server.kubectl(&["get", "cronjobs", "-n", "t"]);
+    assert!(table.contains("* * * * *"), "{table}");
+
+    // Deleting the CronJob takes its Jobs.
+    server.kubectl(&["delete", "cronjob", "every", "-n", "t"]);
+    wait_for(30, "jobs collected", &server, || {
+        job_names(&server).is_empty().then_some(())
+    });
+}

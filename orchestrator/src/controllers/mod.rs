@@ -37,6 +37,7 @@
 //! covers what the reflected kinds own (see [`gc`]).
 
 pub mod client;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -125,6 +126,8 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     let ds = deployment::Deployments::new(client.clone(), deployments.clone(), sets.clone());
     loops.spawn(ds.run(WORKERS));
     loops.spawn(job::Jobs::new(client.clone(), jobs.clone(), pods.clone()).run(WORKERS));
+    let cj = cronjob::CronJobs::new(client.clone(), cronjobs.clone(), jobs.clone());
+    loops.spawn(cj.run(WORKERS));
     let scheduler = Scheduler::new(scheduler_client, pods.clone(), nodes.clone());
     loops.spawn(scheduler.run(WORKERS));
     let collector = gc::Collector::new(
