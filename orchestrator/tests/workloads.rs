@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, create_namespace_t, json};
@@ -494,4 +496,173 @@ fn cronjob_runs_on_schedule_and_keeps_history() {
     wait_for(30, "jobs collected", &server, || {
         job_names(&server).is_empty().then_some(())
     });
+}
+
+/// Marks every bound, not yet Ready pod of namespace `t` Running and Ready.
+fn mark_bound_pods_ready(server: &Server) {
+    for pod in pods(server, "app") {
+        let bound = pod["spec"]["nodeName"].is_string();
+        if bound && condition(&pod, "Ready").is_none() {
+            let out = server.try_kubectl(&[
+                "patch",
+                "pod",
+                pod_name(&pod),
+                "-n",
+                "t",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"phase":"Running","conditions":[{"type":"PodScheduled","status":"True"},{"type":"Ready","status":"True"}]}}"#,
+            ]);
+            let _ = out;
+        }
+    }
+}
+
+/// `kubectl rollout status` of `what` while a thread plays the agent.
+fn rollout_status(server: &Arc<Server>, what: &str) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let agent = {
+        let (server, stop) = (server.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                mark_bound_pods_ready(&server);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let out = server.try_kubectl(&["rollout", "status", what, "-n", "t", "--timeout=90s"]);
+    stop.store(true, Ordering::Relaxed);
+    agent.join().expect("agent thread");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("successfully rolled out"),
+        "rollout status {what}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pod node → image, for pods with label `app`.
+fn placement(server: &Server) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = pods(server, "app")
+        .iter()
+        .map(|p| {
+            (
+                p["spec"]["nodeName"].as_str().unwrap_or("-").to_owned(),
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+const DAEMONSET: &str = "apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent
+spec:
+  selector:
+    matchLabels:
+      app: agent
+  template:
+    metadata:
+      labels:
+        app: agent
+    spec:
+      containers:
+      - name: c
+        image: busybox:1
+";
+
+#[test]
+fn daemonset_runs_on_each_eligible_node_and_rolls() {
+    let server = Arc::new(start());
+    register_nodes(
+        &server,
+        &[node(
+            "n3",
+            r#","gpu":"yes""#,
+            r#"{"key":"dedicated","value":"gpu","effect":"NoSchedule"}"#,
+        )],
+    );
+    apply(&server, "ds.yaml", DAEMONSET);
+    let two = |img: &str| {
+        vec![
+            ("n1".to_owned(), img.to_owned()),
+            ("n2".to_owned(), img.to_owned()),
+        ]
+    };
+    wait_for(30, "a pod bound on n1 and n2", &server, || {
+        (placement(&server) == two("busybox:1")).then_some(())
+    });
+    let pod = &pods(&server, "app")[0];
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "DaemonSet");
+    assert!(pod["metadata"]["labels"]["controller-revision-hash"].is_string());
+    let tolerations = pod["spec"]["tolerations"].to_string();
+    assert!(
+        tolerations.contains("node.kubernetes.io/unschedulable"),
+        "{tolerations}"
+    );
+    let term = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"][0];
+    assert_eq!(term["matchFields"][0]["key"], "metadata.name");
+    rollout_status(&server, "ds/agent");
+    let ds = get_json(&server, &["get", "ds", "agent"]);
+    let status = &ds["status"];
+    assert_eq!(status["desiredNumberScheduled"], 2, "{status}");
+    assert_eq!(status["numberReady"], 2, "{status}");
+    assert_eq!(status["numberAvailable"], 2, "{status}");
+    assert_eq!(status["observedGeneration"], ds["metadata"]["generation"]);
+
+    // A rolling update, one node at a time.
+    let old_hash = pod["metadata"]["labels"]["controller-revision-hash"].clone();
+    server.kubectl(&["set", "image", "ds/agent", "c=busybox:2", "-n", "t"]);
+    rollout_status(&server, "ds/agent");
+    assert_eq!(placement(&server), two("busybox:2"));
+    for pod in pods(&server, "app") {
+        assert_ne!(
+            pod["metadata"]["labels"]["controller-revision-hash"],
+            old_hash
+        );
+    }
+    let status = &get_json(&server, &["get", "ds", "agent"])["status"];
+    assert_eq!(status["updatedNumberScheduled"], 2, "{status}");
+
+    // Tolerating the taint puts a pod on n3; a nodeSelector narrows it down.
+    server.kubectl(&[
+        "patch",
+        "ds",
+        "agent",
+        "-n",
+        "t",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"tolerations":[{"key":"dedicated","operator":"Equal","value":"gpu","effect":"NoSchedule"}]}}}}"#,
+    ]);
+    rollout_status(&server, "ds/agent");
+    wait_for(30, "a pod on every node", &server, || {
+        let nodes: Vec<String> = placement(&server).into_iter().map(|(n, _)| n).collect();
+        (nodes == ["n1", "n2", "n3"]).then_some(())
+    });
+    server.kubectl(&[
+        "patch",
+        "ds",
+        "agent",
+        "-n",
+        "t",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"gpu":"yes"}}}}}"#,
+    ]);
+    rollout_status(&server, "ds/agent");
+    wait_for(30, "only n3", &server, || {
+        let nodes: Vec<String> = placement(&server).into_iter().map(|(n, _)| n).collect();
+        (nodes == ["n3"]).then_some(())
+    });
+    let status = &get_json(&server, &["get", "ds", "agent"])["status"];
+    assert_eq!(status["desiredNumberScheduled"], 1, "{status}");
 }

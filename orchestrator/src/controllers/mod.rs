@@ -38,6 +38,7 @@
 
 pub mod client;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -128,6 +129,13 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     loops.spawn(job::Jobs::new(client.clone(), jobs.clone(), pods.clone()).run(WORKERS));
     let cj = cronjob::CronJobs::new(client.clone(), cronjobs.clone(), jobs.clone());
     loops.spawn(cj.run(WORKERS));
+    let dss = daemonset::DaemonSets::new(
+        client.clone(),
+        daemonsets.clone(),
+        pods.clone(),
+        nodes.clone(),
+    );
+    loops.spawn(dss.run(WORKERS));
     let scheduler = Scheduler::new(scheduler_client, pods.clone(), nodes.clone());
     loops.spawn(scheduler.run(WORKERS));
     let collector = gc::Collector::new(
