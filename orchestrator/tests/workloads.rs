@@ -521,6 +521,11 @@ fn mark_bound_pods_ready(server: &Server) {
 
 /// `kubectl rollout status` of `what` while a thread plays the agent.
 fn rollout_status(server: &Arc<Server>, what: &str) {
+    rollout_status_says(server, what, "successfully rolled out");
+}
+
+/// `kubectl rollout status` of `what`, expecting `says` in its output.
+fn rollout_status_says(server: &Arc<Server>, what: &str, says: &str) {
     let stop = Arc::new(AtomicBool::new(false));
     let agent = {
         let (server, stop) = (server.clone(), stop.clone());
@@ -536,7 +541,7 @@ fn rollout_status(server: &Arc<Server>, what: &str) {
     agent.join().expect("agent thread");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && stdout.contains("successfully rolled out"),
+        out.status.success() && stdout.contains(says),
         "rollout status {what}: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -665,4 +670,156 @@ fn daemonset_runs_on_each_eligible_node_and_rolls() {
     });
     let status = &get_json(&server, &["get", "ds", "agent"])["status"];
     assert_eq!(status["desiredNumberScheduled"], 1, "{status}");
+}
+
+const STATEFULSET: &str = "apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+spec:
+  serviceName: db
+  replicas: 3
+  selector:
+    matchLabels:
+      app: db
+  template:
+    metadata:
+      labels:
+        app: db
+    spec:
+      containers:
+      - name: c
+        image: busybox:1
+        volumeMounts:
+        - name: data
+          mountPath: /data
+  volumeClaimTemplates:
+  - metadata:
+      name: data
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources:
+        requests:
+          storage: 1Gi
+";
+
+fn pod_names(server: &Server) -> Vec<String> {
+    let mut names: Vec<String> = pods(server, "app=db")
+        .iter()
+        .map(|p| pod_name(p).to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn statefulset_orders_pods_claims_scale_down_and_partitioned_update() {
+    let server = Arc::new(start());
+    apply(&server, "sts.yaml", STATEFULSET);
+    // One at a time: the next ordinal waits for the previous to be Ready.
+    for (i, expected) in [
+        vec!["db-0"],
+        vec!["db-0", "db-1"],
+        vec!["db-0", "db-1", "db-2"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pod = format!("db-{i}");
+        wait_for(30, &format!("{pod} bound"), &server, || {
+            pods(&server, "app=db")
+                .iter()
+                .any(|p| pod_name(p) == pod && p["spec"]["nodeName"].is_string())
+                .then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(
+            pod_names(&server),
+            expected,
+            "no pod before its predecessor is Ready"
+        );
+        set_phase(&server, &pod, "Running");
+    }
+    let db1 = &pods(&server, "statefulset.kubernetes.io/pod-name=db-1")[0];
+    assert_eq!(db1["spec"]["hostname"], "db-1");
+    assert_eq!(db1["spec"]["subdomain"], "db");
+    assert_eq!(
+        db1["metadata"]["labels"]["apps.kubernetes.io/pod-index"],
+        "1"
+    );
+    assert_eq!(
+        db1["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "data-db-1"
+    );
+    let claims = server.kubectl(&["get", "pvc", "-n", "t", "-o", "name"]);
+    assert_eq!(
+        claims.lines().collect::<Vec<_>>(),
+        [
+            "persistentvolumeclaim/data-db-0",
+            "persistentvolumeclaim/data-db-1",
+            "persistentvolumeclaim/data-db-2"
+        ]
+    );
+    rollout_status_says(&server, "sts/db", "roll out complete");
+    let status = &get_json(&server, &["get", "sts", "db"])["status"];
+    assert_eq!(status["readyReplicas"], 3, "{status}");
+    assert_eq!(
+        status["currentRevision"], status["updateRevision"],
+        "{status}"
+    );
+
+    // Scale down: highest ordinal first; claims stay.
+    server.kubectl(&["scale", "sts/db", "--replicas=1", "-n", "t"]);
+    wait_for(30, "db-0 alone", &server, || {
+        (pod_names(&server) == ["db-0"]).then_some(())
+    });
+    let claims = server.kubectl(&["get", "pvc", "-n", "t", "-o", "name"]);
+    assert_eq!(claims.lines().count(), 3, "{claims}");
+
+    // Back to 3, then a partitioned update: only ordinals >= 1 change.
+    server.kubectl(&["scale", "sts/db", "--replicas=3", "-n", "t"]);
+    rollout_status_says(&server, "sts/db", "roll out complete");
+    server.kubectl(&[
+        "patch",
+        "sts",
+        "db",
+        "-n",
+        "t",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":1}},"template":{"spec":{"containers":[{"name":"c","image":"busybox:2"}]}}}}"#,
+    ]);
+    rollout_status_says(
+        &server,
+        "sts/db",
+        "partitioned roll out complete: 2 new pods",
+    );
+    let images: Vec<(String, String)> = pods(&server, "app=db")
+        .iter()
+        .map(|p| {
+            (
+                pod_name(p).to_owned(),
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        images,
+        [
+            ("db-0".to_owned(), "busybox:1".to_owned()),
+            ("db-1".to_owned(), "busybox:2".to_owned()),
+            ("db-2".to_owned(), "busybox:2".to_owned()),
+        ]
+    );
+    let status = &get_json(&server, &["get", "sts", "db"])["status"];
+    assert_eq!(status["updatedReplicas"], 2, "{status}");
+    assert_ne!(
+        status["currentRevision"], status["updateRevision"],
+        "{status}"
+    );
 }

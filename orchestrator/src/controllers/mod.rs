@@ -48,6 +48,7 @@ pub mod objects;
 pub mod queue;
 pub mod reflector;
 pub mod replicaset;
+pub mod statefulset;
 
 use std::sync::Arc;
 
@@ -136,6 +137,8 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
         nodes.clone(),
     );
     loops.spawn(dss.run(WORKERS));
+    let sts = statefulset::StatefulSets::new(client.clone(), statefulsets.clone(), pods.clone());
+    loops.spawn(sts.run(WORKERS));
     let scheduler = Scheduler::new(scheduler_client, pods.clone(), nodes.clone());
     loops.spawn(scheduler.run(WORKERS));
     let collector = gc::Collector::new(
