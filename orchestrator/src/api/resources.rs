@@ -59,15 +59,27 @@ pub enum Subresource {
     Binding,
     /// Pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod.
     Eviction,
+    /// Pod `log`: a container's log, proxied to the node (`api::proxy`).
+    Log,
+    /// Pod `exec`: a command in a container, streamed through the node.
+    Exec,
+    /// Pod `attach`: a container's own streams, through the node.
+    Attach,
+    /// Pod `portforward`: TCP to the pod's ports, through the node.
+    PortForward,
 }
 
 impl Subresource {
     /// Every subresource, for parsing.
-    const ALL: [Subresource; 4] = [
+    const ALL: [Subresource; 8] = [
         Subresource::Status,
         Subresource::Scale,
         Subresource::Binding,
         Subresource::Eviction,
+        Subresource::Log,
+        Subresource::Exec,
+        Subresource::Attach,
+        Subresource::PortForward,
     ];
 
     /// The path segment.
@@ -77,6 +89,10 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
         }
     }
 
@@ -90,6 +106,10 @@ impl Subresource {
         match self {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Binding | Subresource::Eviction => &["create"],
+            Subresource::Log => &["get"],
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward => {
+                &["create", "get"]
+            }
         }
     }
 
@@ -100,6 +120,10 @@ impl Subresource {
             Subresource::Scale => ("autoscaling", "v1", "Scale"),
             Subresource::Binding => ("", "v1", "Binding"),
             Subresource::Eviction => ("policy", "v1", "Eviction"),
+            Subresource::Log => ("", "v1", "Pod"),
+            Subresource::Exec => ("", "v1", "PodExecOptions"),
+            Subresource::Attach => ("", "v1", "PodAttachOptions"),
+            Subresource::PortForward => ("", "v1", "PodPortForwardOptions"),
         }
     }
 }
@@ -254,7 +278,7 @@ pub struct Registry {
 impl Registry {
     /// The built-in resources of this release.
     pub fn builtin() -> Registry {
-        use Subresource::{Binding, Eviction, Scale, Status};
+        use Subresource::{Attach, Binding, Eviction, Exec, Log, PortForward, Scale, Status};
         type R = ResourceType;
         Registry {
             types: vec![
@@ -263,7 +287,7 @@ impl Registry {
                 R::of::<Pod>()
                     .short(&["po"])
                     .categories(ALL)
-                    .subresources(&[Status, Binding, Eviction]),
+                    .subresources(&[Status, Binding, Eviction, Log, Exec, Attach, PortForward]),
                 R::of::<Service>()
                     .short(&["svc"])
                     .categories(ALL)
@@ -441,6 +465,7 @@ mod tests {
             Subresource::from_name("eviction"),
             Some(Subresource::Eviction)
         );
-        assert_eq!(Subresource::from_name("log"), None);
+        assert_eq!(Subresource::from_name("log"), Some(Subresource::Log));
+        assert_eq!(Subresource::from_name("proxy"), None);
     }
 }
