@@ -1,0 +1,732 @@
+//! `kubectl logs`, `exec`, `attach`-style stdin, `port-forward` and `cp`
+//! end to end: the real kubectl (v1.32) → the real `cairn server` binary →
+//! the agent's HTTPS API (in this process, `cairn::agent::server`) →
+//! containerd 1.6 with its CRI plugin and runc, started here as root.
+//!
+//! Until the pods loop runs them, the test starts the pod itself through
+//! CRI (a host-network sandbox, so no CNI is involved) with the layout
+//! the pods part uses (sandbox metadata = the Pod's namespace, name and
+//! uid; logs in `<ns>_<name>_<uid>/<container>/<attempt>.log`), and writes
+//! the matching Pod and Node objects (status included) through the API.
+//! The image is built here from the host's static busybox.
+//!
+//! Needs root, `containerd`, `runc`, `ctr`, `kubectl`, `curl` and
+//! `/bin/busybox` (a static one); without them the test fails.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn::agent::cri::{Cri, api};
+use cairn::agent::server::AgentServer;
+use common::Server;
+use serde_json::json;
+
+const IMAGE: &str = "localhost/streams/busybox:1";
+const NODE: &str = "streams-node";
+const POD: &str = "streamer";
+const HTTP_PORT: u16 = 18089;
+
+struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::tempdir().expect("containerd dir");
+        let r = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("net.d")).expect("net.d");
+        let config = format!(
+            r#"version = 2
+root = "{r}/root"
+state = "{r}/state"
+[grpc]
+  address = "{r}/containerd.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{r}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{IMAGE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{r}/net.d"
+"#
+        );
+        std::fs::write(dir.path().join("config.toml"), config).expect("config");
+        let log = std::fs::File::create(dir.path().join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd must be on the PATH");
+        let c = Containerd { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("pods")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Containers first: their shims outlive containerd otherwise.
+        let _ = Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["-n", "k8s.io", "tasks", "ls", "-q"])
+            .output()
+            .map(|out| {
+                for id in String::from_utf8_lossy(&out.stdout).lines() {
+                    let _ = Command::new("ctr")
+                        .arg("--address")
+                        .arg(self.socket())
+                        .args(["-n", "k8s.io", "tasks", "kill", "-s", "KILL", id])
+                        .output();
+                }
+            });
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("state"))
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o '{}[^ ]*' /proc/mounts | sort -r | xargs -r umount -l",
+                self.dir.path().display()
+            ))
+            .status();
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A layer with the host's static busybox as `/bin/busybox`, applet links
+/// and the usual directories.
+fn busybox_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let mut tar = tar::Builder::new(Vec::new());
+    for dir in ["bin/", "etc/", "tmp/", "www/", "proc/", "sys/", "dev/"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(if dir == "tmp/" { 0o1777 } else { 0o755 });
+        h.set_size(0);
+        h.set_mtime(0);
+        tar.append_data(&mut h, dir, &[][..]).expect("dir");
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(busybox.len() as u64);
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, "bin/busybox", &busybox[..])
+        .expect("busybox");
+    let index = b"hello from httpd in the pod\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(index.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    tar.append_data(&mut h, "www/index.html", &index[..])
+        .expect("index");
+    for applet in [
+        "sh", "cat", "wc", "tar", "httpd", "sleep", "echo", "ls", "mkdir", "hostname", "rm",
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
+            .expect("link");
+    }
+    tar.into_inner().expect("tar")
+}
+
+fn busybox_archive() -> Vec<u8> {
+    let layer = busybox_layer();
+    let config = serde_json::to_vec(&json!({
+        "architecture": match std::env::consts::ARCH { "aarch64" => "arm64", _ => "amd64" },
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sleep", "1000000"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))
+    .expect("config");
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .expect("manifest");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha256(&manifest), "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": IMAGE},
+        }],
+    }))
+    .expect("index");
+    let blob = |b: &[u8]| format!("blobs/sha256/{}", &sha256(b)[7..]);
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, content) in [
+        (
+            "oci-layout".to_owned(),
+            br#"{"imageLayoutVersion": "1.0.0"}"#.to_vec(),
+        ),
+        ("index.json".to_owned(), index),
+        (blob(&manifest), manifest.clone()),
+        (blob(&config), config.clone()),
+        (blob(&layer), layer.clone()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tar.append_data(&mut h, path, &content[..]).expect("append");
+    }
+    tar.into_inner().expect("tar")
+}
+
+fn import_image(containerd: &Containerd) {
+    let file = containerd.dir.path().join("busybox.tar");
+    std::fs::write(&file, busybox_archive()).expect("archive");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("import-images")
+        .arg("--container-runtime-endpoint")
+        .arg(containerd.socket())
+        .arg(&file)
+        .output()
+        .expect("cairn import-images");
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sandbox_config(uid: &str, log_dir: &Path) -> api::PodSandboxConfig {
+    api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: POD.into(),
+            uid: uid.into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir
+            .join(format!("default_{POD}_{uid}"))
+            .display()
+            .to_string(),
+        linux: Some(api::LinuxPodSandboxConfig {
+            security_context: Some(api::LinuxSandboxSecurityContext {
+                namespace_options: Some(api::NamespaceOption {
+                    // NODE: the host's network, so no CNI is needed.
+                    network: api::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates and starts container `name` (attempt `attempt`) running `script`.
+async fn start_container(
+    cri: &mut Cri,
+    sandbox: &str,
+    config: &api::PodSandboxConfig,
+    name: &str,
+    attempt: u32,
+    script: &str,
+) -> String {
+    let created = cri
+        .runtime
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(api::ContainerConfig {
+                metadata: Some(api::ContainerMetadata {
+                    name: name.into(),
+                    attempt,
+                }),
+                image: Some(api::ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                envs: vec![api::KeyValue {
+                    key: "PATH".into(),
+                    value: "/bin".into(),
+                }],
+                log_path: format!("{name}/{attempt}.log"),
+                ..Default::default()
+            }),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    cri.runtime
+        .start_container(api::StartContainerRequest {
+            container_id: created.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    created
+}
+
+async fn wait_exited(cri: &mut Cri, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = cri
+            .runtime
+            .container_status(api::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("ContainerStatus")
+            .into_inner()
+            .status
+            .expect("status")
+            .state;
+        if state == api::ContainerState::ContainerExited as i32 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `cond` holds on kubectl's output, or fails with it.
+fn eventually(what: &str, mut cond: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match cond() {
+            Ok(()) => return,
+            Err(last) if Instant::now() > deadline => panic!("{what}: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn write_objects(server: &Server, agent_port: u16) -> String {
+    let node = server.write(
+        "node.yaml",
+        &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n"),
+    );
+    server.kubectl(&["apply", "-f", common::path_str(&node)]);
+    let status = json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": NODE}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": agent_port}},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+    }});
+    server.kubectl(&[
+        "patch",
+        "node",
+        NODE,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+    let pod = server.write(
+        "pod.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {POD}\n  namespace: default\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: app\n    image: {IMAGE}\n  - name: ticker\n    image: {IMAGE}\n"
+        ),
+    );
+    server.kubectl(&["apply", "-f", common::path_str(&pod)]);
+    server
+        .kubectl(&["get", "pod", POD, "-o", "jsonpath={.metadata.uid}"])
+        .trim()
+        .to_owned()
+}
+
+fn set_pod_running(server: &Server, ids: &[(&str, &str, u32)]) {
+    let statuses: Vec<_> = ids
+        .iter()
+        .map(|(name, id, restarts)| {
+            json!({"name": name, "ready": true, "restartCount": restarts, "image": IMAGE,
+                "imageID": "", "containerID": format!("containerd://{id}"),
+                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}})
+        })
+        .collect();
+    let status = json!({"status": {"phase": "Running", "hostIP": "127.0.0.1",
+        "containerStatuses": statuses}});
+    server.kubectl(&[
+        "patch",
+        "pod",
+        POD,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn run(cmd: &mut Command, stdin: &[u8]) -> (i32, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_exec_port_forward_and_cp_through_the_agent() {
+    let containerd = Containerd::start();
+    import_image(&containerd);
+    let mut cri = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Cri::connect(&containerd.socket()).await {
+                Ok(cri) => break cri,
+                Err(err) => {
+                    assert!(Instant::now() < deadline, "{err}\n{}", containerd.log());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    };
+    let server = Server::start_with(&["--disable-controllers"]);
+    let ca = std::fs::read_to_string(server.dir.path().join("pki/ca.crt")).expect("ca");
+    let mut config = cairn::agent::Config::new(NODE);
+    config.agent_port = 0;
+    config.node_ip = Some("127.0.0.1".parse().expect("ip"));
+    config.pod_log_dir = containerd.log_dir();
+    let agent = AgentServer::bind(&config, cri.clone(), &ca)
+        .await
+        .expect("agent api");
+    let agent_port = agent.local_addr().expect("addr").port();
+    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_task = tokio::spawn(agent.serve(async {
+        let _ = stopped.await;
+    }));
+
+    let uid = write_objects(&server, agent_port);
+    let sandbox_cfg = sandbox_config(&uid, &containerd.log_dir());
+    let sandbox = cri
+        .runtime
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(sandbox_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", containerd.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    // app: a first attempt that ran and exited, then the current one.
+    let first = start_container(&mut cri, &sandbox, &sandbox_cfg, "app", 0, "echo first-run").await;
+    wait_exited(&mut cri, &first).await;
+    let app = start_container(
+        &mut cri,
+        &sandbox,
+        &sandbox_cfg,
+        "app",
+        1,
+        &format!(
+            "echo one; sleep 0.2; echo two >&2; sleep 0.2; echo three; exec httpd -f -p 127.0.0.1:{HTTP_PORT} -h /www"
+        ),
+    )
+    .await;
+    let ticker = start_container(
+        &mut cri,
+        &sandbox,
+        &sandbox_cfg,
+        "ticker",
+        0,
+        "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.3; done",
+    )
+    .await;
+    set_pod_running(&server, &[("app", &app, 1), ("ticker", &ticker, 0)]);
+
+    // logs: the container named, partial output waited for.
+    eventually("kubectl logs -c app", || {
+        let out = server.try_kubectl(&["logs", POD, "-c", "app"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        (text == "one\ntwo\nthree\n")
+            .then_some(())
+            .ok_or_else(|| format!("{text:?} {}", String::from_utf8_lossy(&out.stderr)))
+    });
+    // kubectl picks the first container itself; the API wants one named.
+    let (out, err) = server.kubectl_with_stderr(&["logs", POD]);
+    assert_eq!(out, "one\ntwo\nthree\n", "{err}");
+    let (code, body) = server.curl(
+        "GET",
+        &format!("/api/v1/namespaces/default/pods/{POD}/log"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains(&format!(
+            "a container name must be specified for pod {POD}, choose one of: [app ticker]"
+        )),
+        "{body}"
+    );
+    let err = server.kubectl_fails(&["logs", POD, "-c", "nope"]);
+    assert!(
+        err.contains(&format!("container nope is not valid for pod {POD}")),
+        "{err}"
+    );
+    assert_eq!(
+        server.kubectl(&["logs", POD, "-c", "app", "--tail=1"]),
+        "three\n"
+    );
+    assert_eq!(
+        server.kubectl(&["logs", POD, "-c", "app", "--previous"]),
+        "first-run\n"
+    );
+    assert_eq!(
+        server.kubectl(&["logs", POD, "-c", "app", "--limit-bytes=6"]),
+        "one\ntw"
+    );
+    let stamped = server.kubectl(&["logs", POD, "-c", "app", "--timestamps"]);
+    let lines: Vec<&str> = stamped.lines().collect();
+    assert_eq!(lines.len(), 3, "{stamped}");
+    for (line, text) in lines.iter().zip(["one", "two", "three"]) {
+        let (time, rest) = line.split_once(' ').expect("timestamp");
+        assert!(time.parse::<jiff::Timestamp>().is_ok(), "{line}");
+        assert_eq!(rest, text);
+    }
+    assert_eq!(
+        server.kubectl(&["logs", POD, "-c", "app", "--since=1h"]),
+        "one\ntwo\nthree\n"
+    );
+    let future = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(3600))
+        .expect("time")
+        .to_string();
+    assert_eq!(
+        server.kubectl(&["logs", POD, "-c", "app", &format!("--since-time={future}")]),
+        ""
+    );
+    // The ticker's first attempt has no previous one.
+    let err = server.kubectl_fails(&["logs", POD, "-c", "ticker", "--previous"]);
+    assert!(
+        err.contains("previous terminated container \"ticker\" in pod \"streamer\" not found"),
+        "{err}"
+    );
+
+    // exec: output, stdin, exit codes.
+    // A host-network pod has the host's name.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(
+        server
+            .kubectl(&["exec", POD, "-c", "app", "--", "cat", "/etc/hostname"])
+            .trim(),
+        host.trim()
+    );
+    let (code, out, err) = run(
+        &mut server.kubectl_cmd(&[
+            "exec",
+            "-i",
+            POD,
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/in; wc -c < /tmp/in; cat /tmp/in",
+        ]),
+        b"hello through stdin\n",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "20\nhello through stdin\n"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &mut server.kubectl_cmd(&[
+            "exec",
+            POD,
+            "-c",
+            "app",
+            "--",
+            "sh",
+            "-c",
+            "echo to-stderr >&2; exit 3",
+        ]),
+        b"",
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("to-stderr"), "{err}");
+    let err = server.kubectl_fails(&["exec", POD, "-c", "nope", "--", "true"]);
+    assert!(
+        err.contains(&format!("container nope is not valid for pod {POD}")),
+        "{err}"
+    );
+
+    // cp: into the pod and back out (busybox tar).
+    let local = server.dir.path().join("payload.txt");
+    let payload: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&local, &payload).expect("payload");
+    server.kubectl(&[
+        "cp",
+        common::path_str(&local),
+        &format!("default/{POD}:/tmp/payload.txt"),
+        "-c",
+        "app",
+    ]);
+    assert_eq!(
+        server.kubectl(&["exec", POD, "-c", "app", "--", "cat", "/tmp/payload.txt"]),
+        payload
+    );
+    let back = server.dir.path().join("back.txt");
+    server.kubectl(&[
+        "cp",
+        &format!("default/{POD}:/tmp/payload.txt"),
+        common::path_str(&back),
+        "-c",
+        "app",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&back).expect("copied back"),
+        payload
+    );
+
+    // port-forward: busybox httpd in the pod, fetched from the host.
+    let local_port = free_port();
+    let mut forward = server
+        .kubectl_cmd(&[
+            "port-forward",
+            &format!("pod/{POD}"),
+            &format!("{local_port}:{HTTP_PORT}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("port-forward");
+    // Keep kubectl's stdout open: it prints a line per address.
+    let mut forward_out = BufReader::new(forward.stdout.take().expect("stdout"));
+    let mut ready = String::new();
+    forward_out.read_line(&mut ready).expect("read");
+    assert!(ready.contains("Forwarding from"), "{ready}");
+    for _ in 0..2 {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{local_port}/index.html"))
+            .output()
+            .expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello from httpd in the pod\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = forward.kill();
+    let mut err = String::new();
+    let _ = forward
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut err));
+    let _ = forward.wait();
+
+    // follow: new lines arrive; the stream ends when the container stops.
+    let mut follow = server
+        .kubectl_cmd(&["logs", "-f", POD, "-c", "ticker", "--tail=1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let tick = |line: Option<std::io::Result<String>>| -> u64 {
+        let line = line.expect("a line").expect("read");
+        line.strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    let a = tick(lines.next());
+    let b = tick(lines.next());
+    let c = tick(lines.next());
+    assert!(a < b && b < c, "{a} {b} {c}");
+    cri.runtime
+        .stop_container(api::StopContainerRequest {
+            container_id: ticker.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect("StopContainer");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = follow.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "kubectl logs -f did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+
+    let _ = stop_agent.send(());
+    let _ = agent_task.await;
+    let _ = cri
+        .runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await;
+    let _ = cri
+        .runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await;
+}
