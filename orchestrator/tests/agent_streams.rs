@@ -611,6 +611,17 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
         "{err}"
     );
 
+    // kubectl asked for WebSocket v5 first; containerd 1.6 refused it and
+    // kubectl fell back to SPDY, through the API server and the agent.
+    let (code, out, verbose) = run(
+        &mut server.kubectl_cmd(&["exec", "-v=6", POD, "-c", "app", "--", "echo", "spdy"]),
+        b"",
+    );
+    assert_eq!((code, out.as_str()), (0, "spdy\n"), "{verbose}");
+    assert!(
+        verbose.contains("RemoteCommand fallback") && verbose.contains("101 Switching Protocols"),
+        "{verbose}"
+    );
     // cp: into the pod and back out (busybox tar).
     let local = server.dir.path().join("payload.txt");
     let payload: String = (0..2000).map(|i| format!("line {i}\n")).collect();
@@ -644,6 +655,7 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
     let mut forward = server
         .kubectl_cmd(&[
             "port-forward",
+            "-v=6",
             &format!("pod/{POD}"),
             &format!("{local_port}:{HTTP_PORT}"),
         ])
@@ -670,12 +682,18 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
         );
     }
     let _ = forward.kill();
-    let mut err = String::new();
+    let mut verbose = String::new();
     let _ = forward
         .stderr
         .take()
-        .map(|mut e| e.read_to_string(&mut err));
+        .map(|mut e| e.read_to_string(&mut verbose));
     let _ = forward.wait();
+    // WebSocket tunneling first, SPDY after containerd refused it.
+    assert!(
+        verbose.contains("fallback to secondary dialer")
+            && verbose.contains("portforward 101 Switching Protocols"),
+        "{verbose}"
+    );
 
     // follow: new lines arrive; the stream ends when the container stops.
     let mut follow = server
@@ -714,6 +732,74 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "{status}");
+
+    // A pod whose container has not started: the kubelet's 400.
+    let waiting = server.write(
+        "waiting.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: waiting\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: c\n    image: {IMAGE}\n"
+        ),
+    );
+    server.kubectl(&["apply", "-f", common::path_str(&waiting)]);
+    let status = json!({"status": {"phase": "Pending", "containerStatuses": [{"name": "c",
+        "ready": false, "restartCount": 0, "image": IMAGE, "imageID": "",
+        "state": {"waiting": {"reason": "ContainerCreating"}}}]}});
+    server.kubectl(&[
+        "patch",
+        "pod",
+        "waiting",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+    let err = server.kubectl_fails(&["logs", "waiting"]);
+    assert!(
+        err.contains("container \"c\" in pod \"waiting\" is waiting to start: ContainerCreating"),
+        "{err}"
+    );
+    // A completed pod cannot be exec'd into.
+    let status = json!({"status": {"phase": "Succeeded"}});
+    server.kubectl(&[
+        "patch",
+        "pod",
+        "waiting",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+    // (kubectl checks this itself; the API server too, for other clients.)
+    let (code, body) = server.curl(
+        "POST",
+        "/api/v1/namespaces/default/pods/waiting/exec?command=sh&stdout=true",
+        "text/plain",
+        b"",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains(
+            "cannot exec into a container in a completed pod; current phase is Succeeded"
+        ),
+        "{body}"
+    );
+    // The agent API wants a client certificate from the cluster CA.
+    let out = Command::new("curl")
+        .args(["-sSk", "--max-time", "5"])
+        .arg(format!("https://127.0.0.1:{agent_port}/healthz"))
+        .output()
+        .expect("curl");
+    assert!(!out.status.success(), "no client certificate, yet: {out:?}");
+    let pki = server.dir.path().join("pki");
+    let out = Command::new("curl")
+        .args(["-sSk", "--max-time", "5", "--cert"])
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .arg(format!("https://127.0.0.1:{agent_port}/healthz"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok", "{out:?}");
 
     let _ = stop_agent.send(());
     let _ = agent_task.await;
