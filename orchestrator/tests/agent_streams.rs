@@ -622,6 +622,35 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
         verbose.contains("RemoteCommand fallback") && verbose.contains("101 Switching Protocols"),
         "{verbose}"
     );
+    // exec -it: a terminal (kubectl under `script`, which gives it one).
+    let kubeconfig = server.kubeconfig();
+    let (code, out, err) = run(
+        Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "kubectl --kubeconfig {} exec -it {POD} -c app -- sh",
+                kubeconfig.display()
+            ))
+            .arg("/dev/null"),
+        b"tty; exit 7\n",
+    );
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(out.contains("/dev/pts/"), "{out}{err}");
+
+    // attach: the running container's own output.
+    let mut attach = server
+        .kubectl_cmd(&["attach", POD, "-c", "ticker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("attach");
+    let mut attached = BufReader::new(attach.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    attached.read_line(&mut line).expect("attach output");
+    assert!(line.starts_with("tick "), "{line:?}");
+    let _ = attach.kill();
+    let _ = attach.wait();
+
     // cp: into the pod and back out (busybox tar).
     let local = server.dir.path().join("payload.txt");
     let payload: String = (0..2000).map(|i| format!("line {i}\n")).collect();
