@@ -335,7 +335,7 @@ pub fn stream(
             }
         }
         idle_polls += 1;
-        if idle_polls % LIVENESS_EVERY == 0 && !running() {
+        if idle_polls.is_multiple_of(LIVENESS_EVERY) && !running() {
             // One more read picks up what was written before it stopped.
             stopping = true;
             continue;
