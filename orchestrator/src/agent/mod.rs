@@ -9,6 +9,9 @@
 //!
 //! # Layout
 //! - [`cri`]: the CRI runtime and image services on containerd's socket.
+//! - [`logs`]: CRI log files read as `kubectl logs` asks; [`server`]: the
+//!   agent HTTPS API (the kubelet port); [`streams`]: logs, exec, attach and
+//!   port-forward through CRI and containerd's stream server.
 //!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
@@ -20,6 +23,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub mod cri;
+pub mod logs;
+pub mod server;
+pub mod streams;
 
 /// What the agent needs to know about its node and its machine.
 #[derive(Debug, Clone)]
