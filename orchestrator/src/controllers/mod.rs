@@ -1,6 +1,7 @@
-//! The controller manager: the control loops that turn Deployments and
-//! ReplicaSets into pods, the [`crate::scheduler`] that places them, and
-//! garbage collection by owner references.
+//! The controller manager: the control loops that turn Deployments,
+//! ReplicaSets, DaemonSets, StatefulSets, Jobs and CronJobs into pods, the
+//! [`crate::scheduler`] that places them, and garbage collection by owner
+//! references.
 //!
 //! # How controllers read and write
 //! In-process, through the API: a [`client::Client`] speaks HTTP/2 to this
@@ -15,8 +16,9 @@
 //! reading the store directly would bypass the API's rules.
 //!
 //! # The runtime
-//! - [`reflector`]: one per watched kind (pods, nodes, replicasets,
-//!   deployments): list, watch from the list's resourceVersion with
+//! - [`reflector`]: one per watched kind (pods, nodes, namespaces,
+//!   services, replicasets, deployments, daemonsets, statefulsets, jobs,
+//!   cronjobs): list, watch from the list's resourceVersion with
 //!   bookmarks, list again on 410, in-memory cache, change handlers.
 //! - [`queue`]: per-controller work queues of object keys, de-duplicated,
 //!   never handed to two workers at once, retried with per-key exponential
@@ -25,14 +27,14 @@
 //!   `kube-system/cairn-controller-manager`; only the leader runs the
 //!   reflectors and loops, so servers sharing a PostgreSQL act once. A
 //!   leader that cannot renew steps down and stops its loops.
-//! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`]
-//!   (and the scheduler).
+//! - Controllers: [`replicaset`], [`deployment`], [`daemonset`],
+//!   [`statefulset`], [`job`], [`cronjob`], [`gc`], [`endpoints`] (and the
+//!   scheduler).
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
 //! # Current limitations
-//! DaemonSets, StatefulSets, Jobs, CronJobs, namespace
-//! lifecycle beyond the API's own, node lifecycle, ServiceAccount tokens
+//! Namespace lifecycle beyond the API's own, node lifecycle, ServiceAccount tokens
 //! and PodDisruptionBudgets have no controller yet; garbage collection
 //! covers what the reflected kinds own (see [`gc`]).
 
