@@ -111,6 +111,15 @@ fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == kind && c["status"] == "True")
 }
 
+/// Asserts that the controller leaves a settled object alone (no status
+/// write loop): its resourceVersion holds for 1.5 s.
+fn assert_quiet(server: &Server, kind: &str, name: &str) {
+    let rv = |s: &Server| get_json(s, &["get", kind, name])["metadata"]["resourceVersion"].clone();
+    let before = rv(server);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rv(server), before, "{kind}/{name} keeps being written");
+}
+
 fn job_yaml(name: &str, extra_spec: &str) -> String {
     format!(
         "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n{extra_spec}  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: busybox\n"
@@ -151,6 +160,7 @@ fn job_runs_pods_in_parallel_to_completion() {
         let s = &get_json(&server, &["get", "job", "calc"])["status"];
         (s["active"] == 2 && s["ready"] == 2 && s["startTime"].is_string()).then_some(())
     });
+    assert_quiet(&server, "job", "calc");
     for pod in &first {
         set_phase(&server, pod_name(pod), "Succeeded");
     }
@@ -622,6 +632,7 @@ fn daemonset_runs_on_each_eligible_node_and_rolls() {
     assert_eq!(status["numberReady"], 2, "{status}");
     assert_eq!(status["numberAvailable"], 2, "{status}");
     assert_eq!(status["observedGeneration"], ds["metadata"]["generation"]);
+    assert_quiet(&server, "ds", "agent");
 
     // A rolling update, one node at a time.
     let old_hash = pod["metadata"]["labels"]["controller-revision-hash"].clone();

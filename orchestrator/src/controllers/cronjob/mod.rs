@@ -148,11 +148,29 @@ impl CronJobs {
             .into_iter()
             .filter(|j| controlled_by(j, uid(&cj)))
             .collect();
+        // Unfinished Jobs, keeping the references already listed as they are.
+        let listed: Vec<Value> = cj["status"]["active"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut active: Vec<Value> = owned
             .iter()
             .filter(|j| !finished(j) && !is_deleting(j))
-            .map(|j| job_ref(j))
+            .map(|j| {
+                listed
+                    .iter()
+                    .find(|r| r["uid"].as_str() == Some(uid(j)))
+                    .cloned()
+                    .unwrap_or_else(|| job_ref(j))
+            })
             .collect();
+        active.sort_by_key(|r| {
+            let at = listed.iter().position(|l| l["uid"] == r["uid"]);
+            (
+                at.unwrap_or(usize::MAX),
+                r["name"].as_str().unwrap_or("").to_owned(),
+            )
+        });
         let mut status = cj["status"].clone();
         if !status.is_object() {
             status = json!({});
