@@ -501,6 +501,31 @@ fn cronjob_runs_on_schedule_and_keeps_history() {
     let table = server.kubectl(&["get", "cronjobs", "-n", "t"]);
     assert!(table.contains("* * * * *"), "{table}");
 
+    // Replace: the next run deletes the still active one.
+    server.kubectl(&[
+        "patch",
+        "cronjob",
+        "every",
+        "-n",
+        "t",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"concurrencyPolicy":"Replace"}}"#,
+    ]);
+    let next = format!("every-{}", scheduled.as_second() / 60 + 1);
+    wait_for(75, "the next run replacing the first", &server, || {
+        let names = job_names(&server);
+        (names.contains(&next) && !names.iter().any(|n| n == name)).then_some(())
+    });
+    let cj = get_json(&server, &["get", "cronjob", "every"]);
+    assert_eq!(
+        cj["status"]["active"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        cj["status"]
+    );
+    assert_eq!(cj["status"]["active"][0]["name"], next.as_str());
+
     // Deleting the CronJob takes its Jobs.
     server.kubectl(&["delete", "cronjob", "every", "-n", "t"]);
     wait_for(30, "jobs collected", &server, || {
