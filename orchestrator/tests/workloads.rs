@@ -120,6 +120,23 @@ fn assert_quiet(server: &Server, kind: &str, name: &str) {
     assert_eq!(rv(server), before, "{kind}/{name} keeps being written");
 }
 
+/// `reason: message` of the events about the object `name` in `t`.
+fn events_of(server: &Server, name: &str) -> Vec<String> {
+    get_json(server, &["get", "events"])["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["name"] == name)
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["reason"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
 fn job_yaml(name: &str, extra_spec: &str) -> String {
     format!(
         "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n{extra_spec}  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: busybox\n"
@@ -204,6 +221,19 @@ fn job_runs_pods_in_parallel_to_completion() {
     assert!(
         table.contains("Complete") && table.contains("3/3"),
         "{table}"
+    );
+    let events = events_of(&server, "calc");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("SuccessfulCreate: Created pod: calc-"))
+            .count(),
+        3,
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&"Completed: Job completed".to_owned()),
+        "{events:?}"
     );
 }
 
@@ -706,6 +736,12 @@ fn daemonset_runs_on_each_eligible_node_and_rolls() {
     });
     let status = &get_json(&server, &["get", "ds", "agent"])["status"];
     assert_eq!(status["desiredNumberScheduled"], 1, "{status}");
+
+    // Deleting the DaemonSet: the collector takes its pods.
+    server.kubectl(&["delete", "ds", "agent", "-n", "t"]);
+    wait_for(30, "daemon pods collected", &server, || {
+        pods(&server, "app=agent").is_empty().then_some(())
+    });
 }
 
 const STATEFULSET: &str = "apiVersion: apps/v1
@@ -799,6 +835,16 @@ fn statefulset_orders_pods_claims_scale_down_and_partitioned_update() {
     rollout_status_says(&server, "sts/db", "roll out complete");
     let status = &get_json(&server, &["get", "sts", "db"])["status"];
     assert_eq!(status["readyReplicas"], 3, "{status}");
+    let events = events_of(&server, "db");
+    for expected in [
+        "SuccessfulCreate: create Claim data-db-0 Pod db-0 in StatefulSet db success",
+        "SuccessfulCreate: create Pod db-2 in StatefulSet db successful",
+    ] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected} not in {events:?}"
+        );
+    }
     assert_eq!(
         status["currentRevision"], status["updateRevision"],
         "{status}"
@@ -858,4 +904,12 @@ fn statefulset_orders_pods_claims_scale_down_and_partitioned_update() {
         status["currentRevision"], status["updateRevision"],
         "{status}"
     );
+
+    // Deleting the StatefulSet takes its pods and keeps the claims.
+    server.kubectl(&["delete", "sts", "db", "-n", "t"]);
+    wait_for(30, "stateful pods collected", &server, || {
+        pod_names(&server).is_empty().then_some(())
+    });
+    let claims = server.kubectl(&["get", "pvc", "-n", "t", "-o", "name"]);
+    assert_eq!(claims.lines().count(), 3, "{claims}");
 }

@@ -37,6 +37,7 @@ use serde_json::{Value, json};
 
 use super::client::Client;
 use super::deployment::template_hash;
+use super::events::{self, Type};
 use super::objects::{
     controlled_by, controller_ref, is_deleting, name, namespace, owner_ref, pod_available,
     pod_ready, uid,
@@ -324,14 +325,23 @@ impl DaemonSets {
         let path = PODS.collection(Some(namespace(&ds)));
         for result in join_all(new_pods.iter().map(|p| self.client.post(&path, p))).await {
             match result {
-                Ok(created) => last_rv = last_rv.max(rv_of(&created)),
+                Ok(created) => {
+                    last_rv = last_rv.max(rv_of(&created));
+                    let message = format!("Created pod: {}", name(&created));
+                    self.event(&ds, "SuccessfulCreate", &message).await;
+                }
                 Err(err) => errors.push(format!("creating a pod: {err}")),
             }
         }
         let paths: Vec<String> = doomed.iter().map(|p| PODS.path(&key_of(p))).collect();
-        for result in join_all(paths.iter().map(|p| self.client.delete(p, &Value::Null))).await {
+        let results = join_all(paths.iter().map(|p| self.client.delete(p, &Value::Null))).await;
+        for (result, pod) in results.into_iter().zip(&doomed) {
             match result {
-                Ok(deleted) => last_rv = last_rv.max(rv_of(&deleted)),
+                Ok(deleted) => {
+                    last_rv = last_rv.max(rv_of(&deleted));
+                    let message = format!("Deleted pod: {}", name(pod));
+                    self.event(&ds, "SuccessfulDelete", &message).await;
+                }
                 Err(err) if err.is_not_found() => {}
                 Err(err) => errors.push(format!("deleting a pod: {err}")),
             }
@@ -350,6 +360,21 @@ impl DaemonSets {
             Some(err) => Err(format!("daemonset {key}: {} errors: {err}", errors.len())),
             None => Ok(()),
         }
+    }
+
+    async fn event(&self, ds: &Value, reason: &str, message: &str) {
+        let source = "daemonset-controller";
+        let kind = ("apps/v1", "DaemonSet");
+        events::record(
+            &self.client,
+            source,
+            kind,
+            ds,
+            Type::Normal,
+            reason,
+            message,
+        )
+        .await;
     }
 
     async fn update_status(

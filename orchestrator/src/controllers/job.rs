@@ -43,6 +43,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use super::client::Client;
+use super::events::{self, Type};
 use super::objects::{
     controlled_by, controller_ref, is_deleting, name, namespace, now, owner_ref, pod_active,
     pod_ready,
@@ -246,6 +247,7 @@ impl Jobs {
         let mut requeue: Option<Duration> = None;
         let mut last_rv = 0;
         let mut errors: Vec<String> = Vec::new();
+        let mut events: Vec<(Type, String, String)> = Vec::new();
 
         // What the Job should become.
         let completions = spec["completions"].as_i64();
@@ -288,8 +290,9 @@ impl Jobs {
             set_condition(&mut conditions, "FailureTarget", "True", reason, message);
             if active.is_empty() {
                 set_condition(&mut conditions, "Failed", "True", reason, message);
+                events.push((Type::Warning, reason.clone(), message.clone()));
             } else {
-                last_rv = self.delete_pods(&active, &mut errors).await;
+                last_rv = self.delete_pods(&job, &active, &mut errors).await;
             }
         } else if done || condition_true(&job, "SuccessCriteriaMet").is_some() {
             let message = "Reached expected number of succeeded pods";
@@ -309,8 +312,9 @@ impl Jobs {
                     message,
                 );
                 status["completionTime"] = now().into();
+                events.push((Type::Normal, "Completed".into(), "Job completed".into()));
             } else {
-                last_rv = self.delete_pods(&active, &mut errors).await;
+                last_rv = self.delete_pods(&job, &active, &mut errors).await;
             }
         } else if suspended {
             if condition_true(&job, "Suspended").is_none() {
@@ -321,9 +325,10 @@ impl Jobs {
                     "JobSuspended",
                     "Job suspended",
                 );
+                events.push((Type::Normal, "Suspended".into(), "Job suspended".into()));
                 status["startTime"] = Value::Null;
             }
-            last_rv = self.delete_pods(&active, &mut errors).await;
+            last_rv = self.delete_pods(&job, &active, &mut errors).await;
         } else {
             if condition_true(&job, "Suspended").is_some() {
                 set_condition(
@@ -333,6 +338,7 @@ impl Jobs {
                     "JobResumed",
                     "Job resumed",
                 );
+                events.push((Type::Normal, "Resumed".into(), "Job resumed".into()));
                 status["startTime"] = Value::Null;
             }
             if !status["startTime"].is_string() {
@@ -374,7 +380,11 @@ impl Jobs {
                 .merge_patch(&path, &json!({"status": status}))
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => {
+                    for (kind, reason, message) in &events {
+                        self.event(&job, *kind, reason, message).await;
+                    }
+                }
                 Err(err) if err.is_not_found() => return Ok(()),
                 Err(err) => errors.push(format!("status of {}: {err}", name(&job))),
             }
@@ -448,7 +458,7 @@ impl Jobs {
                 )
             });
             doomed.truncate((active_n - want) as usize);
-            return self.delete_pods(&doomed, errors).await;
+            return self.delete_pods(job, &doomed, errors).await;
         }
         let missing = ((want - active_n) as usize).min(BURST);
         if missing == 0 {
@@ -469,24 +479,48 @@ impl Jobs {
         let mut last_rv = 0;
         for result in join_all(new_pods.iter().map(|p| self.client.post(&path, p))).await {
             match result {
-                Ok(created) => last_rv = last_rv.max(rv_of(&created)),
+                Ok(created) => {
+                    last_rv = last_rv.max(rv_of(&created));
+                    let message = format!("Created pod: {}", name(&created));
+                    self.event(job, Type::Normal, "SuccessfulCreate", &message)
+                        .await;
+                }
                 Err(err) => errors.push(format!("creating a pod: {err}")),
             }
         }
         last_rv
     }
 
-    async fn delete_pods(&self, pods: &[Arc<Value>], errors: &mut Vec<String>) -> i64 {
+    async fn delete_pods(&self, job: &Value, pods: &[Arc<Value>], errors: &mut Vec<String>) -> i64 {
         let paths: Vec<String> = pods.iter().map(|p| PODS.path(&key_of(p))).collect();
         let mut last_rv = 0;
-        for result in join_all(paths.iter().map(|p| self.client.delete(p, &Value::Null))).await {
+        let results = join_all(paths.iter().map(|p| self.client.delete(p, &Value::Null))).await;
+        for (result, pod) in results.into_iter().zip(pods) {
             match result {
-                Ok(deleted) => last_rv = last_rv.max(rv_of(&deleted).max(1)),
+                Ok(deleted) => {
+                    last_rv = last_rv.max(rv_of(&deleted).max(1));
+                    let message = format!("Deleted pod: {}", name(pod));
+                    self.event(job, Type::Normal, "SuccessfulDelete", &message)
+                        .await;
+                }
                 Err(err) if err.is_not_found() => {}
                 Err(err) => errors.push(format!("deleting a pod: {err}")),
             }
         }
         last_rv
+    }
+
+    async fn event(&self, job: &Value, kind: Type, reason: &str, message: &str) {
+        events::record(
+            &self.client,
+            "job-controller",
+            ("batch/v1", "Job"),
+            job,
+            kind,
+            reason,
+            message,
+        )
+        .await;
     }
 
     /// Deletes a finished Job once its `ttlSecondsAfterFinished` is over.

@@ -40,6 +40,7 @@ use serde_json::{Value, json};
 
 use super::client::Client;
 use super::deployment::template_hash;
+use super::events::{self, Type};
 use super::objects::{
     controlled_by, controller_ref, is_deleting, name, namespace, owner_ref, pod_available,
     pod_ready, uid,
@@ -244,7 +245,7 @@ impl StatefulSets {
                     }
                 }
                 Some(pod) if pod["status"]["phase"] == "Failed" && !is_deleting(pod) => {
-                    last_rv = last_rv.max(self.delete(pod, &mut errors).await);
+                    last_rv = last_rv.max(self.delete(&sts, pod, &mut errors).await);
                     if ordered {
                         blocked = true;
                         break;
@@ -267,7 +268,7 @@ impl StatefulSets {
                     }
                     continue;
                 }
-                last_rv = last_rv.max(self.delete(pod, &mut errors).await);
+                last_rv = last_rv.max(self.delete(&sts, pod, &mut errors).await);
                 if ordered {
                     blocked = true;
                     break;
@@ -283,7 +284,7 @@ impl StatefulSets {
                 **o >= partition && p["metadata"]["labels"][REVISION_LABEL] != update_rev.as_str()
             });
             if let Some((_, pod)) = stale {
-                last_rv = last_rv.max(self.delete(pod, &mut errors).await);
+                last_rv = last_rv.max(self.delete(&sts, pod, &mut errors).await);
             }
         }
         if last_rv > 0 {
@@ -305,7 +306,15 @@ impl StatefulSets {
         );
         for claim in claims_for(sts, name(&pod)) {
             match self.client.post(&claims_path, &claim).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    let message = format!(
+                        "create Claim {} Pod {} in StatefulSet {} success",
+                        name(&claim),
+                        name(&pod),
+                        name(sts)
+                    );
+                    self.event(sts, "SuccessfulCreate", &message).await;
+                }
                 Err(err) if err.is_conflict() => {}
                 Err(err) => return Err(format!("creating claim {}: {err}", name(&claim))),
             }
@@ -315,25 +324,56 @@ impl StatefulSets {
             .post(&PODS.collection(Some(namespace(sts))), &pod)
             .await
         {
-            Ok(created) => Ok(rv_of(&created)),
+            Ok(created) => {
+                let message = format!(
+                    "create Pod {} in StatefulSet {} successful",
+                    name(&pod),
+                    name(sts)
+                );
+                self.event(sts, "SuccessfulCreate", &message).await;
+                Ok(rv_of(&created))
+            }
             Err(err) if err.is_conflict() => Ok(0),
             Err(err) => Err(format!("creating pod {}: {err}", name(&pod))),
         }
     }
 
-    async fn delete(&self, pod: &Value, errors: &mut Vec<String>) -> i64 {
+    async fn delete(&self, sts: &Value, pod: &Value, errors: &mut Vec<String>) -> i64 {
         match self
             .client
             .delete(&PODS.path(&key_of(pod)), &Value::Null)
             .await
         {
-            Ok(deleted) => rv_of(&deleted).max(1),
+            Ok(deleted) => {
+                let message = format!(
+                    "delete Pod {} in StatefulSet {} successful",
+                    name(pod),
+                    name(sts)
+                );
+                self.event(sts, "SuccessfulDelete", &message).await;
+                rv_of(&deleted).max(1)
+            }
             Err(err) if err.is_not_found() => 0,
             Err(err) => {
                 errors.push(format!("deleting pod {}: {err}", name(pod)));
                 0
             }
         }
+    }
+
+    async fn event(&self, sts: &Value, reason: &str, message: &str) {
+        let source = "statefulset-controller";
+        let kind = ("apps/v1", "StatefulSet");
+        events::record(
+            &self.client,
+            source,
+            kind,
+            sts,
+            Type::Normal,
+            reason,
+            message,
+        )
+        .await;
     }
 
     async fn update_status(&self, sts: &Value, update_rev: &str, errors: &mut Vec<String>) {

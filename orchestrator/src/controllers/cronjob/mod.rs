@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use super::client::Client;
+use super::events::{self, Type};
 use super::job::{condition_true, finished};
 use super::objects::{controlled_by, controller_ref, is_deleting, name, namespace, owner_ref, uid};
 use super::queue::Queue;
@@ -185,8 +186,21 @@ impl CronJobs {
             status["lastSuccessfulTime"] = seconds(t).into();
         }
         let mut errors = Vec::new();
+        for r in &listed {
+            let done = owned.iter().find(|j| r["uid"].as_str() == Some(uid(j)));
+            if let Some(job) = done.filter(|j| finished(j)) {
+                let state = if condition_true(job, "Complete").is_some() {
+                    "Complete"
+                } else {
+                    "Failed"
+                };
+                let message = format!("Saw completed job: {}, condition: {state}", name(job));
+                self.event(&cj, Type::Normal, "SawCompletedJob", &message)
+                    .await;
+            }
+        }
         if !is_deleting(&cj) {
-            self.clean_history(spec, &owned, &mut errors).await;
+            self.clean_history(&cj, &owned, &mut errors).await;
         }
         let mut requeue = None;
         if !is_deleting(&cj) && spec["suspend"].as_bool() != Some(true) {
@@ -207,7 +221,15 @@ impl CronJobs {
                         requeue = Some(requeue.map_or(wait, |r: Duration| r.min(wait)));
                     }
                 }
-                Err(err) => warn!(cronjob = key, %err, "not scheduling"),
+                Err(err) => {
+                    warn!(cronjob = key, %err, "not scheduling");
+                    let reason = match err {
+                        ScheduleError::TimeZone(_) => "UnknownTimeZone",
+                        ScheduleError::Syntax(..) => "UnparseableSchedule",
+                    };
+                    self.event(&cj, Type::Warning, reason, &err.to_string())
+                        .await;
+                }
             }
         }
         status["active"] = if active.is_empty() {
@@ -272,7 +294,11 @@ impl CronJobs {
                     let path = JOBS.path(&format!("{}/{}", namespace(cj), name(&job)));
                     let options = json!({"propagationPolicy": "Background"});
                     match self.client.delete(&path, &options).await {
-                        Ok(_) => {}
+                        Ok(_) => {
+                            let message = format!("Deleted job {}", name(&job));
+                            self.event(cj, Type::Normal, "SuccessfulDelete", &message)
+                                .await;
+                        }
                         Err(err) if err.is_not_found() => {}
                         Err(err) => errors.push(format!("replacing {path}: {err}")),
                     }
@@ -287,6 +313,9 @@ impl CronJobs {
             .await
         {
             Ok(created) => {
+                let message = format!("Created job {}", name(&created));
+                self.event(cj, Type::Normal, "SuccessfulCreate", &message)
+                    .await;
                 self.jobs
                     .wait_for(rv_of(&created), Duration::from_secs(10))
                     .await;
@@ -303,8 +332,23 @@ impl CronJobs {
         None
     }
 
+    async fn event(&self, cj: &Value, kind: Type, reason: &str, message: &str) {
+        let source = "cronjob-controller";
+        events::record(
+            &self.client,
+            source,
+            ("batch/v1", "CronJob"),
+            cj,
+            kind,
+            reason,
+            message,
+        )
+        .await;
+    }
+
     /// Deletes the oldest finished Jobs beyond the history limits.
-    async fn clean_history(&self, spec: &Value, owned: &[Arc<Value>], errors: &mut Vec<String>) {
+    async fn clean_history(&self, cj: &Value, owned: &[Arc<Value>], errors: &mut Vec<String>) {
+        let spec = &cj["spec"];
         for (kind, limit) in [
             (
                 "Complete",
@@ -330,7 +374,11 @@ impl CronJobs {
             for job in done.into_iter().take(excess) {
                 let options = json!({"propagationPolicy": "Background"});
                 match self.client.delete(&JOBS.path(&key_of(job)), &options).await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        let message = format!("Deleted job {}", name(job));
+                        self.event(cj, Type::Normal, "SuccessfulDelete", &message)
+                            .await;
+                    }
                     Err(err) if err.is_not_found() => {}
                     Err(err) => errors.push(format!("deleting old job {}: {err}", name(job))),
                 }
