@@ -9,6 +9,8 @@
 //!
 //! # Layout
 //! - [`cri`]: the CRI runtime and image services on containerd's socket.
+//! - [`pods`]: the pods bound to this node, run through CRI, their status
+//!   and events.
 //!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
@@ -20,6 +22,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub mod cri;
+pub mod pods;
 
 /// What the agent needs to know about its node and its machine.
 #[derive(Debug, Clone)]
