@@ -1,66 +1,448 @@
-//! The node agent's pods part against a real containerd with CRI (see
-//! `common/cri.rs`) and the API server in this process.
+//! The node agent's pods part against a real containerd with CRI and runc
+//! (see `common/cri.rs`), the API server and controllers in this process,
+//! and the real kubectl: Deployments run and serve, the pod spec is
+//! honoured, failures are reported as Kubernetes reports them, and pods
+//! deleted (even while the agent was down) leave nothing in CRI.
+//!
+//! Needs root, containerd, runc, the CNI plugins and busybox-static.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::Duration;
 
+use cairn::agent::Config;
 use cairn::agent::cri::api;
-use common::cri::{BUSYBOX, CriRuntime};
+use common::cri::{BUSYBOX, Cluster, CriRuntime, INDEX_HTML, eventually};
+use serde_json::Value;
 
-/// The harness itself: containerd with CRI answers, both test images are
-/// there, and a sandbox gets an address on the test's bridge.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn harness_runs_a_sandbox() {
-    let runtime = CriRuntime::start().await;
-    let mut cri = runtime.cri().await;
-    let status = cri
-        .images
-        .image_status(api::ImageStatusRequest {
-            image: Some(api::ImageSpec {
-                image: BUSYBOX.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
+const NODE: &str = "node1";
+
+/// containerd, the API, a Ready node and the agent's pods loop.
+struct Env {
+    runtime: CriRuntime,
+    cluster: Cluster,
+    agent: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let runtime = CriRuntime::start().await;
+        let cluster = Cluster::start(true).await;
+        cluster.register_node(NODE).await;
+        let mut env = Env {
+            runtime,
+            cluster,
+            agent: None,
+        };
+        env.start_agent();
+        env
+    }
+
+    fn config(&self) -> Config {
+        let mut config = Config::new(NODE);
+        config.runtime_endpoint = self.runtime.socket();
+        config.pod_log_dir = self.runtime.pod_log_dir();
+        config.root_dir = self.runtime.dir.path().join("agent");
+        config.cni_conf_dir = self.runtime.cni_conf_dir();
+        config.node_ip = Some("127.0.0.1".parse().expect("ip"));
+        config.sandbox_image = self.runtime.sandbox_image.clone();
+        config
+    }
+
+    fn start_agent(&mut self) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(cairn::agent::pods::run(
+            self.config(),
+            self.cluster.node_client(NODE),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        self.agent = Some((stop, task));
+    }
+
+    async fn stop_agent(&mut self) {
+        if let Some((stop, task)) = self.agent.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+
+    /// kubectl, from a blocking section of this runtime.
+    fn kubectl(&self, args: &[&str]) -> String {
+        tokio::task::block_in_place(|| self.cluster.kubectl(args))
+    }
+
+    fn apply(&self, manifest: &str) {
+        tokio::task::block_in_place(|| self.cluster.apply(manifest));
+    }
+
+    /// Waits until pod `name` satisfies `check`; the pod.
+    async fn pod_until(&self, name: &str, limit: u64, check: impl Fn(&Value) -> bool) -> Value {
+        eventually(
+            Duration::from_secs(limit),
+            || {
+                let pod = tokio::task::block_in_place(|| {
+                    self.cluster
+                        .try_kubectl(&["get", "pod", name, "-o", "json"])
+                        .stdout
+                });
+                format!(
+                    "pod {name}: {}\n{}",
+                    String::from_utf8_lossy(&pod),
+                    self.kubectl(&["get", "events", "-o", "wide"])
+                )
+            },
+            || async {
+                let pod = self.cluster.pod("default", name).await?;
+                check(&pod).then_some(pod)
+            },
+        )
         .await
-        .expect("ImageStatus")
-        .into_inner();
-    assert!(status.image.is_some(), "{BUSYBOX} not imported");
-    let config = api::PodSandboxConfig {
-        metadata: Some(api::PodSandboxMetadata {
-            name: "harness".into(),
-            namespace: "default".into(),
-            uid: "harness-uid".into(),
-            attempt: 0,
-        }),
-        hostname: "harness".into(),
-        log_directory: runtime.pod_log_dir().display().to_string(),
-        ..Default::default()
-    };
-    let id = cri
-        .runtime
-        .run_pod_sandbox(api::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
+    }
+
+    /// The log lines (text only) of `container` of `pod`, attempt `n`.
+    fn log(&self, pod: &Value, container: &str, n: u32) -> Vec<String> {
+        let meta = &pod["metadata"];
+        let path = self.runtime.pod_log_dir().join(format!(
+            "default_{}_{}/{container}/{n}.log",
+            meta["name"].as_str().unwrap_or(""),
+            meta["uid"].as_str().unwrap_or("")
+        ));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // `<time> <stream> <F|P> <text>`
+        text.lines()
+            .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_owned())
+            .collect()
+    }
+
+    /// Sandboxes and containers of pod `uid` CRI still has.
+    async fn in_cri(&self, uid: &str) -> usize {
+        let of = |labels: &std::collections::HashMap<String, String>| {
+            labels.get("io.kubernetes.pod.uid").map(String::as_str) == Some(uid)
+        };
+        let sandboxes = self.runtime.sandboxes().await;
+        let containers = self.runtime.containers().await;
+        sandboxes.iter().filter(|s| of(&s.labels)).count()
+            + containers.iter().filter(|c| of(&c.labels)).count()
+    }
+}
+
+fn container_state<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .map_or(&Value::Null, |c| c)
+}
+
+fn condition(pod: &Value, kind: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// An HTTP/1.0 GET of `/` on `ip:port`; the body.
+fn http_get(ip: &str, port: u16) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse().expect("addr"),
+        Duration::from_secs(2),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deployment_runs_ready_serves_http_and_deletes_cleanly() {
+    let env = Env::start().await;
+    env.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: httpd
+        image: {BUSYBOX}
+        command: [httpd, -f, -p, "8080", -h, /www]
+        ports: [{{containerPort: 8080}}]
+"#
+    ));
+    let prefix = env.runtime.subnet.rsplit_once('.').expect("subnet").0.to_owned();
+    let pods = eventually(
+        Duration::from_secs(60),
+        || env.kubectl(&["get", "pods", "-o", "wide"]) + &env.kubectl(&["get", "events"]),
+        || async {
+            let pods = env.cluster.pods("default", "app%3Dweb").await;
+            let ok = pods.len() == 2
+                && pods.iter().all(|p| {
+                    p["status"]["phase"] == "Running" && condition(p, "Ready") == "True"
+                });
+            ok.then_some(pods)
+        },
+    )
+    .await;
+    for pod in &pods {
+        let ip = pod["status"]["podIP"].as_str().expect("podIP");
+        assert!(ip.starts_with(&prefix), "{ip} not in {}", env.runtime.subnet);
+        assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
+        let c = container_state(pod, "httpd");
+        assert_eq!(c["ready"], true, "{c}");
+        assert_eq!(c["started"], true, "{c}");
+        assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
+        assert!(c["containerID"].as_str().is_some_and(|id| id.starts_with("containerd://")));
+        assert!(!c["imageID"].as_str().unwrap_or("").is_empty(), "{c}");
+        for kind in ["PodScheduled", "Initialized", "ContainersReady"] {
+            assert_eq!(condition(pod, kind), "True", "{kind}");
+        }
+        let body = eventually(
+            Duration::from_secs(10),
+            || format!("no HTTP answer from {ip}"),
+            || async { http_get(ip, 8080).ok() },
+        )
+        .await;
+        assert_eq!(body, INDEX_HTML);
+    }
+    let name = pods[0]["metadata"]["name"].as_str().expect("name").to_owned();
+    let uid = pods[0]["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let describe = env.kubectl(&["describe", "pod", &name]);
+    for line in ["Started", "Created", "Status:       Running"] {
+        assert!(describe.contains(line), "{line} not in\n{describe}");
+    }
+    // A status that did not change is not written again.
+    let rv = pods[0]["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = env.cluster.pod("default", &name).await.expect("pod");
+    assert_eq!(again["metadata"]["resourceVersion"], rv, "status rewritten");
+
+    env.kubectl(&["delete", "pod", &name, "--timeout=60s"]);
+    eventually(
+        Duration::from_secs(30),
+        || format!("pod {uid} still in CRI"),
+        || async { (env.in_cri(&uid).await == 0).then_some(()) },
+    )
+    .await;
+    assert!(env.runtime.log().contains("StopPodSandbox"), "sandbox not stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spec_is_honoured_env_args_workdir_init_and_memory_limit() {
+    let env = Env::start().await;
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{colour: blue, size: large}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{password: s3cret}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: spec, labels: {{tier: test}}}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: init
+    image: {BUSYBOX}
+    command: [sh, -c, "echo init-ran"]
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    workingDir: /tmp
+    command: [sh, -c]
+    args:
+    - 'echo "greeting=$GREETING"; echo "args=$1"; echo "colour=$COLOUR password=$PASSWORD"; echo "name=$POD_NAME ip=$POD_IP mem=$MEM_MB"; echo "cfg_size=$CFG_size"; echo "pwd=$(pwd)"; echo "limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"'
+    - sh
+    - $(GREETING)-$(MISSING)-$$(GREETING)
+    env:
+    - {{name: GREETING, value: "hello-$(COLOUR_MISSING)"}}
+    - name: COLOUR
+      valueFrom: {{configMapKeyRef: {{name: settings, key: colour}}}}
+    - name: PASSWORD
+      valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}
+    - name: POD_NAME
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    - name: MEM_MB
+      valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}
+    envFrom:
+    - configMapRef: {{name: settings}}
+      prefix: CFG_
+    resources:
+      limits: {{memory: 48Mi, cpu: 500m}}
+"#
+    ));
+    let pod = env
+        .pod_until("spec", 60, |p| p["status"]["phase"] == "Succeeded")
+        .await;
+    assert_eq!(env.log(&pod, "init", 0), ["init-ran"]);
+    let lines = env.log(&pod, "main", 0);
+    let ip = pod["status"]["podIP"].as_str().expect("podIP");
+    let want = [
+        "greeting=hello-$(COLOUR_MISSING)".to_owned(),
+        "args=hello-$(COLOUR_MISSING)-$(MISSING)-$(GREETING)".to_owned(),
+        "colour=blue password=s3cret".to_owned(),
+        format!("name=spec ip={ip} mem=48"),
+        "cfg_size=large".to_owned(),
+        "pwd=/tmp".to_owned(),
+        format!("limit={}", 48 * 1024 * 1024),
+    ];
+    assert_eq!(lines, want);
+    let init = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(init["state"]["terminated"]["reason"], "Completed", "{init}");
+    let main = container_state(&pod, "main");
+    assert_eq!(main["state"]["terminated"]["exitCode"], 0, "{main}");
+    // One after the other: the init container ended before main started.
+    let ended = init["state"]["terminated"]["finishedAt"].as_str().expect("finishedAt");
+    let started = main["state"]["terminated"]["startedAt"].as_str().expect("startedAt");
+    assert!(ended <= started, "{ended} > {started}");
+    assert_eq!(condition(&pod, "Initialized"), "True");
+    assert_eq!(condition(&pod, "Ready"), "False");
+
+    // A missing ConfigMap: CreateContainerConfigError, and the pod waits.
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: noconfig}}
+spec:
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sleep, "600"]
+    envFrom: [{{configMapRef: {{name: absent}}}}]
+"#
+    ));
+    let pod = env
+        .pod_until("noconfig", 30, |p| {
+            container_state(p, "c")["state"]["waiting"]["reason"] == "CreateContainerConfigError"
         })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", runtime.log()))
-        .into_inner()
-        .pod_sandbox_id;
-    let status = cri
-        .runtime
-        .pod_sandbox_status(api::PodSandboxStatusRequest {
-            pod_sandbox_id: id,
-            verbose: false,
+        .await;
+    let message = container_state(&pod, "c")["state"]["waiting"]["message"].clone();
+    assert_eq!(message, "configmap \"absent\" not found");
+    assert_eq!(pod["status"]["phase"], "Pending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_are_reported_as_kubernetes_reports_them() {
+    let env = Env::start().await;
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: badimage}}
+spec:
+  containers:
+  - {{name: c, image: "127.0.0.1:1/nothing/here:1"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: badcommand}}
+spec:
+  containers:
+  - {{name: c, image: "{BUSYBOX}", command: [/no/such/program]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crasher}}
+spec:
+  containers:
+  - {{name: c, image: "{BUSYBOX}", command: [sh, -c, "echo crashing; exit 3"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: oom}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: "{BUSYBOX}"
+    command: [sh, -c, 'x=$(dd if=/dev/zero bs=1048576 count=256 2>/dev/null | tr "\\0" x); echo survived']
+    resources: {{limits: {{memory: 24Mi}}}}
+"#
+    ));
+    let waiting = |p: &Value| container_state(p, "c")["state"]["waiting"].clone();
+    let pod = env
+        .pod_until("badimage", 30, |p| waiting(p)["reason"] == "ErrImagePull")
+        .await;
+    let message = waiting(&pod)["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("127.0.0.1:1/nothing/here:1"), "{message}");
+    env.pod_until("badimage", 30, |p| waiting(p)["reason"] == "ImagePullBackOff")
+        .await;
+
+    let pod = env
+        .pod_until("badcommand", 30, |p| waiting(p)["reason"] == "RunContainerError")
+        .await;
+    let message = waiting(&pod)["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.contains("/no/such/program"), "{message}");
+
+    let pod = env
+        .pod_until("crasher", 40, |p| {
+            waiting(p)["reason"] == "CrashLoopBackOff"
+                && container_state(p, "c")["restartCount"].as_u64() >= Some(1)
         })
-        .await
-        .expect("status")
-        .into_inner()
-        .status
-        .expect("status");
-    let ip = status.network.expect("network").ip;
-    let prefix = runtime.subnet.rsplit_once('.').expect("subnet").0;
-    assert!(ip.starts_with(prefix), "{ip} not in {}", runtime.subnet);
-    let _ = Duration::ZERO;
+        .await;
+    let c = container_state(&pod, "c");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 3, "{c}");
+    assert_eq!(c["lastState"]["terminated"]["reason"], "Error", "{c}");
+    assert_eq!(pod["status"]["phase"], "Running");
+    assert_eq!(condition(&pod, "Ready"), "False");
+    assert!(
+        waiting(&pod)["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("back-off 10s restarting failed container=c pod=crasher_default")),
+        "{c}"
+    );
+    let events = env.kubectl(&["get", "events", "--field-selector", "involvedObject.name=crasher"]);
+    assert!(events.contains("BackOff"), "{events}");
+
+    let pod = env
+        .pod_until("oom", 60, |p| p["status"]["phase"] == "Failed")
+        .await;
+    let c = container_state(&pod, "c");
+    assert_eq!(c["state"]["terminated"]["reason"], "OOMKilled", "{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pod_deleted_while_the_agent_is_down_is_cleaned_up() {
+    let mut env = Env::start().await;
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: orphan}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: "{BUSYBOX}", command: [sleep, "3600"]}}
+"#
+    ));
+    let pod = env
+        .pod_until("orphan", 60, |p| p["status"]["phase"] == "Running")
+        .await;
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
+    assert_eq!(env.in_cri(&uid).await, 2);
+    env.stop_agent().await;
+    env.kubectl(&["delete", "pod", "orphan", "--wait=false"]);
+    env.start_agent();
+    eventually(
+        Duration::from_secs(40),
+        || format!("pod {uid} still in CRI"),
+        || async { (env.in_cri(&uid).await == 0).then_some(()) },
+    )
+    .await;
+    let _ = api::ContainerState::ContainerExited;
 }

@@ -60,6 +60,9 @@ use crate::controllers::reflector::{PODS, Reflector, key_of};
 
 /// How often every pod is synced again and the sweep runs.
 pub const RESYNC: Duration = Duration::from_secs(10);
+/// How often container states are listed to notice exits (upstream's
+/// PLEG relist period).
+pub const RELIST: Duration = Duration::from_secs(1);
 /// Pods synced at once (a graceful stop holds its worker).
 const WORKERS: usize = 8;
 
@@ -269,6 +272,8 @@ impl Pods {
                 tokio::time::sleep(RESYNC).await;
             }
         });
+        let me = self.clone();
+        tasks.spawn(async move { me.relist().await });
         let rx = self
             .resync_rx
             .lock()
@@ -288,6 +293,42 @@ impl Pods {
             _ = tasks.join_next() => warn!("a pods task ended"),
         }
         tasks.abort_all();
+    }
+
+    /// Lists the containers every [`RELIST`] and queues the pods whose
+    /// containers changed state (started, exited, removed), as upstream's
+    /// PLEG does, so an exit is reported in about a second, not a resync.
+    async fn relist(&self) {
+        let mut known: HashMap<String, (i32, String)> = HashMap::new();
+        loop {
+            tokio::time::sleep(RELIST).await;
+            let mut cri = self.cri.clone();
+            let Ok(list) = cri
+                .runtime
+                .list_containers(super::cri::api::ListContainersRequest { filter: None })
+                .await
+            else {
+                continue;
+            };
+            let mut seen = HashMap::new();
+            for c in list.into_inner().containers {
+                let key = format!(
+                    "{}/{}",
+                    c.labels.get(runtime::POD_NAMESPACE).map_or("", String::as_str),
+                    c.labels.get(runtime::POD_NAME).map_or("", String::as_str)
+                );
+                if known.get(&c.id).map(|(state, _)| *state) != Some(c.state) {
+                    self.queue.add(key.clone());
+                }
+                seen.insert(c.id, (c.state, key));
+            }
+            for (id, (_, key)) in &known {
+                if !seen.contains_key(id) {
+                    self.queue.add(key.clone());
+                }
+            }
+            known = seen;
+        }
     }
 
     /// Removes what CRI has of pods gone from the API.
