@@ -384,11 +384,25 @@ spec:
     env.pod_until("badimage", 30, |p| waiting(p)["reason"] == "ImagePullBackOff")
         .await;
 
+    // RunContainerError with the runtime's message, until the next sync
+    // finds the dead container in its back-off.
     let pod = env
-        .pod_until("badcommand", 30, |p| waiting(p)["reason"] == "RunContainerError")
+        .pod_until("badcommand", 30, |p| {
+            waiting(p)["reason"] == "RunContainerError"
+                || container_state(p, "c")["lastState"]["terminated"]["reason"] == "StartError"
+        })
         .await;
-    let message = waiting(&pod)["message"].as_str().unwrap_or("").to_owned();
-    assert!(message.contains("/no/such/program"), "{message}");
+    let c = container_state(&pod, "c");
+    let message = match waiting(&pod)["reason"].as_str() {
+        Some("RunContainerError") => waiting(&pod)["message"].clone(),
+        _ => c["lastState"]["terminated"]["message"].clone(),
+    };
+    assert!(
+        message.as_str().is_some_and(|m| m.contains("/no/such/program")),
+        "{c}"
+    );
+    let events = env.kubectl(&["get", "events", "--field-selector", "involvedObject.name=badcommand"]);
+    assert!(events.contains("stat /no/such/program: no such file"), "{events}");
 
     let pod = env
         .pod_until("crasher", 40, |p| {

@@ -243,6 +243,13 @@ impl Pods {
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let queue = self.queue.clone();
         self.pods.on_change(Box::new(move |old, new| {
+            // The agent's own status writes do not call for a sync (as the
+            // kubelet's config source ignores status-only updates).
+            if let (Some(old), Some(new)) = (old, new)
+                && !changed_for_sync(old, new)
+            {
+                return;
+            }
             if let Some(obj) = new.or(old) {
                 queue.add(key_of(obj));
             }
@@ -317,6 +324,9 @@ impl Pods {
                     c.labels.get(runtime::POD_NAMESPACE).map_or("", String::as_str),
                     c.labels.get(runtime::POD_NAME).map_or("", String::as_str)
                 );
+                if key == "/" {
+                    continue;
+                }
                 if known.get(&c.id).map(|(state, _)| *state) != Some(c.state) {
                     self.queue.add(key.clone());
                 }
@@ -340,6 +350,17 @@ impl Pods {
     async fn sync(&self, key: &str) -> Result<(), String> {
         sync::sync_pod(self, key).await.map_err(|e| e.to_string())
     }
+}
+
+/// Whether an update of a pod changes what its sync does: its spec, its
+/// labels or annotations, its deletion, its uid.
+fn changed_for_sync(old: &Value, new: &Value) -> bool {
+    let (o, n) = (&old["metadata"], &new["metadata"]);
+    old["spec"] != new["spec"]
+        || o["uid"] != n["uid"]
+        || o["deletionTimestamp"] != n["deletionTimestamp"]
+        || o["labels"] != n["labels"]
+        || o["annotations"] != n["annotations"]
 }
 
 /// Runs the pods part for `config` on `client` until `shutdown`:
