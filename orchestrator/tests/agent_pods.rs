@@ -22,7 +22,10 @@ const NODE: &str = "node1";
 struct Env {
     runtime: CriRuntime,
     cluster: Cluster,
-    agent: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    agent: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl Env {
@@ -110,8 +113,8 @@ impl Env {
             meta["name"].as_str().unwrap_or(""),
             meta["uid"].as_str().unwrap_or("")
         ));
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // `<time> <stream> <F|P> <text>`
         text.lines()
             .map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").to_owned())
@@ -127,6 +130,16 @@ impl Env {
         let containers = self.runtime.containers().await;
         sandboxes.iter().filter(|s| of(&s.labels)).count()
             + containers.iter().filter(|c| of(&c.labels)).count()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // The agent first: it would make sandboxes while containerd is
+        // being emptied.
+        if let Some((_, task)) = self.agent.take() {
+            task.abort();
+        }
     }
 }
 
@@ -180,29 +193,43 @@ spec:
         ports: [{{containerPort: 8080}}]
 "#
     ));
-    let prefix = env.runtime.subnet.rsplit_once('.').expect("subnet").0.to_owned();
+    let prefix = env
+        .runtime
+        .subnet
+        .rsplit_once('.')
+        .expect("subnet")
+        .0
+        .to_owned();
     let pods = eventually(
         Duration::from_secs(60),
         || env.kubectl(&["get", "pods", "-o", "wide"]) + &env.kubectl(&["get", "events"]),
         || async {
             let pods = env.cluster.pods("default", "app%3Dweb").await;
             let ok = pods.len() == 2
-                && pods.iter().all(|p| {
-                    p["status"]["phase"] == "Running" && condition(p, "Ready") == "True"
-                });
+                && pods
+                    .iter()
+                    .all(|p| p["status"]["phase"] == "Running" && condition(p, "Ready") == "True");
             ok.then_some(pods)
         },
     )
     .await;
     for pod in &pods {
         let ip = pod["status"]["podIP"].as_str().expect("podIP");
-        assert!(ip.starts_with(&prefix), "{ip} not in {}", env.runtime.subnet);
+        assert!(
+            ip.starts_with(&prefix),
+            "{ip} not in {}",
+            env.runtime.subnet
+        );
         assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
         let c = container_state(pod, "httpd");
         assert_eq!(c["ready"], true, "{c}");
         assert_eq!(c["started"], true, "{c}");
         assert!(c["state"]["running"]["startedAt"].is_string(), "{c}");
-        assert!(c["containerID"].as_str().is_some_and(|id| id.starts_with("containerd://")));
+        assert!(
+            c["containerID"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("containerd://"))
+        );
         assert!(!c["imageID"].as_str().unwrap_or("").is_empty(), "{c}");
         for kind in ["PodScheduled", "Initialized", "ContainersReady"] {
             assert_eq!(condition(pod, kind), "True", "{kind}");
@@ -215,7 +242,10 @@ spec:
         .await;
         assert_eq!(body, INDEX_HTML);
     }
-    let name = pods[0]["metadata"]["name"].as_str().expect("name").to_owned();
+    let name = pods[0]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
     let uid = pods[0]["metadata"]["uid"].as_str().expect("uid").to_owned();
     let describe = env.kubectl(&["describe", "pod", &name]);
     for line in ["Started", "Created", "Status:       Running"] {
@@ -234,7 +264,10 @@ spec:
         || async { (env.in_cri(&uid).await == 0).then_some(()) },
     )
     .await;
-    assert!(env.runtime.log().contains("StopPodSandbox"), "sandbox not stopped");
+    assert!(
+        env.runtime.log().contains("StopPodSandbox"),
+        "sandbox not stopped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -309,8 +342,12 @@ spec:
     let main = container_state(&pod, "main");
     assert_eq!(main["state"]["terminated"]["exitCode"], 0, "{main}");
     // One after the other: the init container ended before main started.
-    let ended = init["state"]["terminated"]["finishedAt"].as_str().expect("finishedAt");
-    let started = main["state"]["terminated"]["startedAt"].as_str().expect("startedAt");
+    let ended = init["state"]["terminated"]["finishedAt"]
+        .as_str()
+        .expect("finishedAt");
+    let started = main["state"]["terminated"]["startedAt"]
+        .as_str()
+        .expect("startedAt");
     assert!(ended <= started, "{ended} > {started}");
     assert_eq!(condition(&pod, "Initialized"), "True");
     assert_eq!(condition(&pod, "Ready"), "False");
@@ -381,8 +418,10 @@ spec:
         .await;
     let message = waiting(&pod)["message"].as_str().unwrap_or("").to_owned();
     assert!(message.contains("127.0.0.1:1/nothing/here:1"), "{message}");
-    env.pod_until("badimage", 30, |p| waiting(p)["reason"] == "ImagePullBackOff")
-        .await;
+    env.pod_until("badimage", 30, |p| {
+        waiting(p)["reason"] == "ImagePullBackOff"
+    })
+    .await;
 
     // RunContainerError with the runtime's message, until the next sync
     // finds the dead container in its back-off.
@@ -398,11 +437,21 @@ spec:
         _ => c["lastState"]["terminated"]["message"].clone(),
     };
     assert!(
-        message.as_str().is_some_and(|m| m.contains("/no/such/program")),
+        message
+            .as_str()
+            .is_some_and(|m| m.contains("/no/such/program")),
         "{c}"
     );
-    let events = env.kubectl(&["get", "events", "--field-selector", "involvedObject.name=badcommand"]);
-    assert!(events.contains("stat /no/such/program: no such file"), "{events}");
+    let events = env.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=badcommand",
+    ]);
+    assert!(
+        events.contains("stat /no/such/program: no such file"),
+        "{events}"
+    );
 
     let pod = env
         .pod_until("crasher", 40, |p| {
@@ -416,12 +465,17 @@ spec:
     assert_eq!(pod["status"]["phase"], "Running");
     assert_eq!(condition(&pod, "Ready"), "False");
     assert!(
-        waiting(&pod)["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("back-off 10s restarting failed container=c pod=crasher_default")),
+        waiting(&pod)["message"].as_str().is_some_and(
+            |m| m.starts_with("back-off 10s restarting failed container=c pod=crasher_default")
+        ),
         "{c}"
     );
-    let events = env.kubectl(&["get", "events", "--field-selector", "involvedObject.name=crasher"]);
+    let events = env.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crasher",
+    ]);
     assert!(events.contains("BackOff"), "{events}");
 
     let pod = env

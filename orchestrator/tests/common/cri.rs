@@ -269,19 +269,22 @@ state = "{r}/state"
             .containers
     }
 
-    /// Stops and removes every sandbox (and so its containers).
-    async fn remove_all(socket: PathBuf) {
+    /// Stops and removes every sandbox (and so its containers); how many
+    /// there were.
+    async fn remove_all(socket: PathBuf) -> usize {
         let Ok(mut cri) = Cri::connect(&socket).await else {
-            return;
+            return 0;
         };
         let Ok(list) = cri
             .runtime
             .list_pod_sandbox(api::ListPodSandboxRequest { filter: None })
             .await
         else {
-            return;
+            return 0;
         };
-        for sandbox in list.into_inner().items {
+        let items = list.into_inner().items;
+        let count = items.len();
+        for sandbox in items {
             let id = sandbox.id;
             let _ = cri
                 .runtime
@@ -294,6 +297,7 @@ state = "{r}/state"
                 .remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id })
                 .await;
         }
+        count
     }
 }
 
@@ -308,11 +312,20 @@ impl Drop for CriRuntime {
                 .build()
             {
                 rt.block_on(async {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(30),
-                        CriRuntime::remove_all(socket),
-                    )
-                    .await;
+                    // Again while some remain: an agent stopping meanwhile
+                    // may have just made one.
+                    for _ in 0..5 {
+                        let left = tokio::time::timeout(
+                            Duration::from_secs(30),
+                            CriRuntime::remove_all(socket.clone()),
+                        )
+                        .await
+                        .unwrap_or(0);
+                        if left == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
                 });
             }
         })
@@ -452,11 +465,7 @@ pub fn busybox_archive(name: &str, entrypoint: &[&str]) -> Vec<u8> {
     let blob = |b: &[u8]| format!("blobs/sha256/{}", &sha256(b)[7..]);
     let (m, c, l) = (blob(&manifest), blob(&config), blob(&layer));
     layer_tar(&[
-        Entry::File(
-            "oci-layout",
-            br#"{"imageLayoutVersion": "1.0.0"}"#,
-            0o644,
-        ),
+        Entry::File("oci-layout", br#"{"imageLayoutVersion": "1.0.0"}"#, 0o644),
         Entry::File("index.json", &index, 0o644),
         Entry::Dir("blobs"),
         Entry::Dir("blobs/sha256"),
@@ -564,7 +573,11 @@ impl Cluster {
     /// A client acting as the node `node` (`system:node:<node>`), the
     /// agent's identity.
     pub fn node_client(&self, node: &str) -> Client {
-        Client::new(self.api.clone(), &format!("system:node:{node}"), "cairn-agent")
+        Client::new(
+            self.api.clone(),
+            &format!("system:node:{node}"),
+            "cairn-agent",
+        )
     }
 
     /// An admin client.
@@ -580,7 +593,10 @@ impl Cluster {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
         });
-        client.post("/api/v1/nodes", &node).await.expect("create node");
+        client
+            .post("/api/v1/nodes", &node)
+            .await
+            .expect("create node");
         let status = json!({"status": {
             "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
             "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},

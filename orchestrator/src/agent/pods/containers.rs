@@ -119,13 +119,19 @@ pub fn config(inputs: &Inputs) -> Result<api::ContainerConfig, String> {
         // VOLUMES: the map comes from agent::volumes; a volume it does not
         // know is an error as upstream makes it.
         let Some(host) = volumes.get(&volume) else {
-            return Err(format!("cannot find volume \"{volume}\" to mount into container \"{name}\""));
+            return Err(format!(
+                "cannot find volume \"{volume}\" to mount into container \"{name}\""
+            ));
         };
         let sub = text(&m["subPath"]);
         if sub.split('/').any(|p| p == "..") || Path::new(&sub).is_absolute() {
             return Err(format!("invalid subPath {sub:?}"));
         }
-        let host_path = if sub.is_empty() { host.clone() } else { host.join(&sub) };
+        let host_path = if sub.is_empty() {
+            host.clone()
+        } else {
+            host.join(&sub)
+        };
         mounts.push(api::Mount {
             container_path: text(&m["mountPath"]),
             host_path: host_path.display().to_string(),
@@ -170,12 +176,18 @@ pub fn config(inputs: &Inputs) -> Result<api::ContainerConfig, String> {
 
 /// Millicores of a CPU quantity.
 fn millicpu(q: &Value) -> Option<i64> {
-    let s = q.as_str().map(str::to_owned).or_else(|| q.as_f64().map(|f| f.to_string()))?;
+    let s = q
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| q.as_f64().map(|f| f.to_string()))?;
     parse_quantity(&s).map(|c| (c * 1000.0).ceil() as i64)
 }
 
 fn bytes(q: &Value) -> Option<i64> {
-    let s = q.as_str().map(str::to_owned).or_else(|| q.as_f64().map(|f| f.to_string()))?;
+    let s = q
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| q.as_f64().map(|f| f.to_string()))?;
     parse_quantity(&s).map(|b| b as i64)
 }
 
@@ -185,10 +197,19 @@ pub fn qos_class(pod: &Value) -> &'static str {
         .as_array()
         .into_iter()
         .flatten()
-        .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
         .collect();
     let set = |c: &Value, s: &str, r: &str| !c["resources"][s][r].is_null();
-    if all.iter().all(|c| ["cpu", "memory"].iter().all(|r| !set(c, "requests", r) && !set(c, "limits", r))) {
+    if all.iter().all(|c| {
+        ["cpu", "memory"]
+            .iter()
+            .all(|r| !set(c, "requests", r) && !set(c, "limits", r))
+    }) {
         return "BestEffort";
     }
     let guaranteed = all.iter().all(|c| {
@@ -198,7 +219,11 @@ pub fn qos_class(pod: &Value) -> &'static str {
             !limit.is_null() && (request.is_null() || request == limit)
         })
     });
-    if guaranteed { "Guaranteed" } else { "Burstable" }
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
 }
 
 /// `resources` as cgroup limits: CPU shares from the request (or the
@@ -333,7 +358,12 @@ pub async fn create_and_start(
 }
 
 /// Runs an exec hook in a container; its failure as text (the output).
-pub async fn exec_hook(cri: &Cri, id: &str, command: &[String], timeout: i64) -> Result<(), String> {
+pub async fn exec_hook(
+    cri: &Cri,
+    id: &str,
+    command: &[String],
+    timeout: i64,
+) -> Result<(), String> {
     let mut cri = cri.clone();
     let out = cri
         .runtime
@@ -359,13 +389,22 @@ pub async fn exec_hook(cri: &Cri, id: &str, command: &[String], timeout: i64) ->
 /// The exec command of a hook (`lifecycle.postStart` / `preStop`).
 pub fn hook_command(hook: &Value) -> Option<Vec<String>> {
     let cmd = hook["exec"]["command"].as_array()?;
-    Some(cmd.iter().map(|s| s.as_str().unwrap_or("").to_owned()).collect())
+    Some(
+        cmd.iter()
+            .map(|s| s.as_str().unwrap_or("").to_owned())
+            .collect(),
+    )
 }
 
 /// Stops a running container gracefully: its preStop command (from the
 /// spec, or as recorded on the container), then SIGTERM and, after what is
 /// left of `grace` (at least [`MIN_GRACE`]), SIGKILL.
-pub async fn kill(cri: &Cri, c: &api::ContainerStatus, spec: Option<&Value>, grace: i64) -> Result<(), CriError> {
+pub async fn kill(
+    cri: &Cri,
+    c: &api::ContainerStatus,
+    spec: Option<&Value>,
+    grace: i64,
+) -> Result<(), CriError> {
     if !runtime::running(c) {
         return Ok(());
     }
@@ -426,21 +465,44 @@ mod tests {
         assert!(cfg.mounts[0].readonly);
         let linux = cfg.linux.unwrap();
         let r = linux.resources.unwrap();
-        assert_eq!((r.cpu_shares, r.cpu_quota, r.cpu_period), (512, 50_000, 100_000));
+        assert_eq!(
+            (r.cpu_shares, r.cpu_quota, r.cpu_period),
+            (512, 50_000, 100_000)
+        );
         assert_eq!(r.memory_limit_in_bytes, 64 * 1024 * 1024);
         let sc = linux.security_context.unwrap();
         assert_eq!(sc.run_as_user.unwrap().value, 1000);
         assert_eq!(sc.run_as_group.unwrap().value, 7);
         assert!(sc.readonly_rootfs);
         let caps = sc.capabilities.unwrap();
-        assert_eq!((caps.add_capabilities, caps.drop_capabilities), (vec!["NET_ADMIN".to_owned()], vec!["KILL".to_owned()]));
+        assert_eq!(
+            (caps.add_capabilities, caps.drop_capabilities),
+            (vec!["NET_ADMIN".to_owned()], vec!["KILL".to_owned()])
+        );
         let missing = json!({"name": "x", "volumeMounts": [{"name": "nope", "mountPath": "/n"}]});
-        let err = config(&Inputs { pod: &pod, container: &missing, init: false, restart_count: 0,
-            env: vec![], volumes: &HashMap::new(), grace: 1 }).unwrap_err();
+        let err = config(&Inputs {
+            pod: &pod,
+            container: &missing,
+            init: false,
+            restart_count: 0,
+            env: vec![],
+            volumes: &HashMap::new(),
+            grace: 1,
+        })
+        .unwrap_err();
         assert!(err.contains("nope"), "{err}");
-        assert_eq!(qos_class(&json!({"spec": {"containers": [c]}})), "Guaranteed");
+        assert_eq!(
+            qos_class(&json!({"spec": {"containers": [c]}})),
+            "Guaranteed"
+        );
         let burst = json!({"name": "b", "resources": {"requests": {"cpu": "1"}}});
-        assert_eq!(qos_class(&json!({"spec": {"containers": [burst]}})), "Burstable");
-        assert_eq!(qos_class(&json!({"spec": {"containers": [{"name": "a"}]}})), "BestEffort");
+        assert_eq!(
+            qos_class(&json!({"spec": {"containers": [burst]}})),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(&json!({"spec": {"containers": [{"name": "a"}]}})),
+            "BestEffort"
+        );
     }
 }

@@ -165,7 +165,11 @@ pub async fn environment(
 }
 
 fn missing(plural: &str, name: &str) -> ConfigError {
-    let kind = if plural == "secrets" { "secret" } else { "configmap" };
+    let kind = if plural == "secrets" {
+        "secret"
+    } else {
+        "configmap"
+    };
     ConfigError(format!("{kind} \"{name}\" not found"))
 }
 
@@ -184,7 +188,10 @@ async fn value_from(
     sources: &mut Sources<'_>,
     downward: &Downward,
 ) -> Result<Option<String>, ConfigError> {
-    for (field, plural) in [("configMapKeyRef", "configmaps"), ("secretKeyRef", "secrets")] {
+    for (field, plural) in [
+        ("configMapKeyRef", "configmaps"),
+        ("secretKeyRef", "secrets"),
+    ] {
         let r = &from[field];
         if !r.is_object() {
             continue;
@@ -198,7 +205,11 @@ async fn value_from(
                 None if optional => Ok(None),
                 None => Err(ConfigError(format!(
                     "couldn't find key {key} in {} {}/{name}",
-                    if plural == "secrets" { "Secret" } else { "ConfigMap" },
+                    if plural == "secrets" {
+                        "Secret"
+                    } else {
+                        "ConfigMap"
+                    },
                     pod["metadata"]["namespace"].as_str().unwrap_or("")
                 ))),
             },
@@ -264,7 +275,12 @@ fn resource_field_ref(
             .as_array()
             .into_iter()
             .flatten()
-            .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+            .chain(
+                pod["spec"]["initContainers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten(),
+            )
             .find(|c| c["name"] == name)
             .unwrap_or(container),
         None => container,
@@ -273,9 +289,17 @@ fn resource_field_ref(
         return Err(ConfigError(format!("unsupported resource: {resource}")));
     };
     let set = &target["resources"][section][name];
-    let quantity = match set.as_str().map(str::to_owned).or_else(|| set.as_f64().map(|f| f.to_string())) {
+    let quantity = match set
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| set.as_f64().map(|f| f.to_string()))
+    {
         Some(q) => q,
-        None if section == "limits" => downward.allocatable.get(name).cloned().unwrap_or_else(|| "0".into()),
+        None if section == "limits" => downward
+            .allocatable
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| "0".into()),
         None if section == "requests" && name == "cpu" => "0".into(),
         None => "0".into(),
     };
@@ -386,8 +410,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(field_ref(&pod, "metadata.name", &d).unwrap(), "p");
-        assert_eq!(field_ref(&pod, "metadata.labels['app']", &d).unwrap(), "web");
-        assert_eq!(field_ref(&pod, "metadata.labels", &d).unwrap(), "app=\"web\"\nb=\"x\"");
+        assert_eq!(
+            field_ref(&pod, "metadata.labels['app']", &d).unwrap(),
+            "web"
+        );
+        assert_eq!(
+            field_ref(&pod, "metadata.labels", &d).unwrap(),
+            "app=\"web\"\nb=\"x\""
+        );
         assert_eq!(field_ref(&pod, "status.podIP", &d).unwrap(), "10.0.0.2");
         assert!(field_ref(&pod, "spec.bogus", &d).is_err());
         let c = json!({"name": "c", "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}});

@@ -35,7 +35,14 @@ impl Recorder {
     }
 
     /// Posts an event about `pod` (its container `container`, if any).
-    pub fn pod(&self, pod: &Value, container: Option<&str>, kind: Type, reason: &str, message: &str) {
+    pub fn pod(
+        &self,
+        pod: &Value,
+        container: Option<&str>,
+        kind: Type,
+        reason: &str,
+        message: &str,
+    ) {
         let meta = &pod["metadata"];
         let (Some(ns), Some(name)) = (meta["namespace"].as_str(), meta["name"].as_str()) else {
             return;
@@ -50,7 +57,11 @@ impl Recorder {
             let in_init = pod["spec"]["initContainers"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|x| x["name"] == c));
-            let list = if in_init { "initContainers" } else { "containers" };
+            let list = if in_init {
+                "initContainers"
+            } else {
+                "containers"
+            };
             involved["fieldPath"] = json!(format!("spec.{list}{{{c}}}"));
         }
         let event = json!({

@@ -70,10 +70,18 @@ pub async fn present(cri: &Cri, image: &str) -> Result<bool, String> {
 }
 
 /// Credentials for `image` from the pod's pull secrets, in order.
-pub async fn credentials(pod: &Value, image: &str, sources: &mut Sources<'_>) -> Vec<api::AuthConfig> {
+pub async fn credentials(
+    pod: &Value,
+    image: &str,
+    sources: &mut Sources<'_>,
+) -> Vec<api::AuthConfig> {
     let host = registry(image);
     let mut out = Vec::new();
-    for secret in pod["spec"]["imagePullSecrets"].as_array().into_iter().flatten() {
+    for secret in pod["spec"]["imagePullSecrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let Some(name) = secret["name"].as_str() else {
             continue;
         };
@@ -130,7 +138,11 @@ fn auth_of(server: &str, entry: &Value) -> api::AuthConfig {
 
 /// Pulls `image` with each of `auths` in turn (anonymously without any);
 /// the image reference pulled.
-pub async fn pull(cri: &Cri, image: &str, auths: Vec<api::AuthConfig>) -> Result<String, PullError> {
+pub async fn pull(
+    cri: &Cri,
+    image: &str,
+    auths: Vec<api::AuthConfig>,
+) -> Result<String, PullError> {
     let mut cri = cri.clone();
     let attempts: Vec<Option<api::AuthConfig>> = if auths.is_empty() {
         vec![None]
@@ -167,10 +179,19 @@ mod tests {
     fn default_policy_and_registry() {
         assert_eq!(policy(&json!({"image": "busybox"})), "Always");
         assert_eq!(policy(&json!({"image": "busybox:latest"})), "Always");
-        assert_eq!(policy(&json!({"image": "localhost:5000/x/busybox"})), "Always");
-        assert_eq!(policy(&json!({"image": "localhost:5000/busybox:1"})), "IfNotPresent");
+        assert_eq!(
+            policy(&json!({"image": "localhost:5000/x/busybox"})),
+            "Always"
+        );
+        assert_eq!(
+            policy(&json!({"image": "localhost:5000/busybox:1"})),
+            "IfNotPresent"
+        );
         assert_eq!(policy(&json!({"image": "b@sha256:00"})), "IfNotPresent");
-        assert_eq!(policy(&json!({"image": "b", "imagePullPolicy": "Never"})), "Never");
+        assert_eq!(
+            policy(&json!({"image": "b", "imagePullPolicy": "Never"})),
+            "Never"
+        );
         assert_eq!(registry("busybox"), "docker.io");
         assert_eq!(registry("library/busybox"), "docker.io");
         assert_eq!(registry("127.0.0.1:5000/b:1"), "127.0.0.1:5000");

@@ -321,7 +321,9 @@ impl Pods {
             for c in list.into_inner().containers {
                 let key = format!(
                     "{}/{}",
-                    c.labels.get(runtime::POD_NAMESPACE).map_or("", String::as_str),
+                    c.labels
+                        .get(runtime::POD_NAMESPACE)
+                        .map_or("", String::as_str),
                     c.labels.get(runtime::POD_NAME).map_or("", String::as_str)
                 );
                 if key == "/" {
@@ -367,11 +369,7 @@ fn changed_for_sync(old: &Value, new: &Value) -> bool {
 /// connects to CRI (retrying until it answers) and runs [`Pods::run`]
 /// without volumes or probes. The agent's `run` uses [`Pods`] directly to
 /// plug those in.
-pub async fn run(
-    config: Config,
-    client: Client,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn run(config: Config, client: Client, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let cri = loop {
         match Cri::connect(&config.runtime_endpoint).await {

@@ -68,7 +68,11 @@ pub fn config(config: &Config, pod: &Value, attempt: u32) -> api::PodSandboxConf
             .as_str()
             .filter(|h| !h.is_empty())
             .unwrap_or(meta["name"].as_str().unwrap_or(""));
-        name.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_owned()
+        name.chars()
+            .take(63)
+            .collect::<String>()
+            .trim_end_matches(['-', '.'])
+            .to_owned()
     };
     let mode = |host: bool, otherwise: api::NamespaceMode| {
         if host {
@@ -114,11 +118,18 @@ pub fn config(config: &Config, pod: &Value, attempt: u32) -> api::PodSandboxConf
                 namespace_options: Some(api::NamespaceOption {
                     network: mode(host_network(pod), api::NamespaceMode::Pod),
                     pid: mode(spec["hostPID"].as_bool() == Some(true), pid_mode),
-                    ipc: mode(spec["hostIPC"].as_bool() == Some(true), api::NamespaceMode::Pod),
+                    ipc: mode(
+                        spec["hostIPC"].as_bool() == Some(true),
+                        api::NamespaceMode::Pod,
+                    ),
                     ..Default::default()
                 }),
-                run_as_user: psc["runAsUser"].as_i64().map(|value| api::Int64Value { value }),
-                run_as_group: psc["runAsGroup"].as_i64().map(|value| api::Int64Value { value }),
+                run_as_user: psc["runAsUser"]
+                    .as_i64()
+                    .map(|value| api::Int64Value { value }),
+                run_as_group: psc["runAsGroup"]
+                    .as_i64()
+                    .map(|value| api::Int64Value { value }),
                 supplemental_groups: psc["supplementalGroups"]
                     .as_array()
                     .into_iter()
@@ -248,12 +259,22 @@ mod tests {
             "dnsConfig": {"nameservers": ["1.1.1.1"], "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}}});
         let dns = dns_config(&c, &pod);
         assert_eq!(dns.servers, ["10.43.0.10", "1.1.1.1"]);
-        assert_eq!(dns.searches[..3], ["web.svc.cluster.local", "svc.cluster.local", "cluster.local"]);
+        assert_eq!(
+            dns.searches[..3],
+            [
+                "web.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
         assert_eq!(dns.options, ["ndots:2", "edns0"]);
         let none = json!({"metadata": {"namespace": "web"}, "spec": {"dnsPolicy": "None",
             "dnsConfig": {"nameservers": ["9.9.9.9"], "searches": ["a.b"]}}});
         let dns = dns_config(&c, &none);
-        assert_eq!((dns.servers, dns.searches), (vec!["9.9.9.9".to_owned()], vec!["a.b".to_owned()]));
+        assert_eq!(
+            (dns.servers, dns.searches),
+            (vec!["9.9.9.9".to_owned()], vec!["a.b".to_owned()])
+        );
     }
 
     #[test]

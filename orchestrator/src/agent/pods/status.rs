@@ -97,7 +97,9 @@ fn container_status(
         .filter(|c| c.metadata.as_ref().is_some_and(|m| m.name == name));
     let current = instances.next();
     let previous = instances.next();
-    let current = current.filter(|c| c.labels.get(runtime::SANDBOX_ID).map(String::as_str) == Some(sandbox) || previous.is_none());
+    let current = current.filter(|c| {
+        c.labels.get(runtime::SANDBOX_ID).map(String::as_str) == Some(sandbox) || previous.is_none()
+    });
     let waiting = p.waiting_of(uid, name);
     let waiting_state = |default: &str| match &waiting {
         Some(w) => json!({"waiting": {"reason": w.reason, "message": w.message}}),
@@ -152,8 +154,12 @@ fn container_status(
 fn phase(pod: &Value, init: &[Value], containers: &[Value]) -> &'static str {
     let policy = pod["spec"]["restartPolicy"].as_str().unwrap_or("Always");
     for s in init {
-        let failed = s["state"]["terminated"]["exitCode"].as_i64().is_some_and(|c| c != 0)
-            || s["lastState"]["terminated"]["exitCode"].as_i64().is_some_and(|c| c != 0)
+        let failed = s["state"]["terminated"]["exitCode"]
+            .as_i64()
+            .is_some_and(|c| c != 0)
+            || s["lastState"]["terminated"]["exitCode"]
+                .as_i64()
+                .is_some_and(|c| c != 0)
                 && !s["state"]["running"].is_object();
         if failed && policy == "Never" {
             return "Failed";
@@ -198,7 +204,13 @@ fn phase(pod: &Value, init: &[Value], containers: &[Value]) -> &'static str {
 }
 
 /// A condition, keeping its `lastTransitionTime` when its status holds.
-fn condition(old: &Value, kind: &str, ok: bool, reason: Option<&str>, message: Option<String>) -> Value {
+fn condition(
+    old: &Value,
+    kind: &str,
+    ok: bool,
+    reason: Option<&str>,
+    message: Option<String>,
+) -> Value {
     let status = if ok { "True" } else { "False" };
     let previous = old["conditions"]
         .as_array()
@@ -209,7 +221,8 @@ fn condition(old: &Value, kind: &str, ok: bool, reason: Option<&str>, message: O
         Some(c) if c["status"] == status => c["lastTransitionTime"].clone(),
         _ => json!(now()),
     };
-    let mut c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+    let mut c =
+        json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
     if let Some(r) = reason {
         c["reason"] = json!(r);
     }
@@ -220,7 +233,12 @@ fn condition(old: &Value, kind: &str, ok: bool, reason: Option<&str>, message: O
 }
 
 /// The status of `pod` from `rt`.
-pub async fn compute(p: &Pods, pod: &Value, rt: &RuntimePod, sandbox: Option<&api::PodSandboxStatus>) -> Value {
+pub async fn compute(
+    p: &Pods,
+    pod: &Value,
+    rt: &RuntimePod,
+    sandbox: Option<&api::PodSandboxStatus>,
+) -> Value {
     let old = &pod["status"];
     let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
     let specs = |k: &str| pod["spec"][k].as_array().cloned().unwrap_or_default();
@@ -243,10 +261,16 @@ pub async fn compute(p: &Pods, pod: &Value, rt: &RuntimePod, sandbox: Option<&ap
             .map(|s| s["name"].as_str().unwrap_or("").to_owned())
             .collect()
     };
-    let not_init = names(&init, &|s| s["state"]["terminated"]["exitCode"].as_i64() != Some(0));
+    let not_init = names(&init, &|s| {
+        s["state"]["terminated"]["exitCode"].as_i64() != Some(0)
+    });
     let unready = names(&containers, &|s| s["ready"] != true);
     let completed = matches!(phase, "Succeeded" | "Failed");
-    let ready_reason = if completed { "PodCompleted" } else { "ContainersNotReady" };
+    let ready_reason = if completed {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
     let unready_message = (!unready.is_empty() && !completed)
         .then(|| format!("containers with unready status: [{}]", unready.join(" ")));
     let initialized = not_init.is_empty() || completed;
@@ -256,10 +280,27 @@ pub async fn compute(p: &Pods, pod: &Value, rt: &RuntimePod, sandbox: Option<&ap
             "Initialized",
             initialized,
             (!initialized).then_some("ContainersNotInitialized"),
-            (!initialized).then(|| format!("containers with incomplete status: [{}]", not_init.join(" "))),
+            (!initialized).then(|| {
+                format!(
+                    "containers with incomplete status: [{}]",
+                    not_init.join(" ")
+                )
+            }),
         ),
-        condition(old, "Ready", unready.is_empty() && !completed, (!unready.is_empty() || completed).then_some(ready_reason), unready_message.clone()),
-        condition(old, "ContainersReady", unready.is_empty() && !completed, (!unready.is_empty() || completed).then_some(ready_reason), unready_message),
+        condition(
+            old,
+            "Ready",
+            unready.is_empty() && !completed,
+            (!unready.is_empty() || completed).then_some(ready_reason),
+            unready_message.clone(),
+        ),
+        condition(
+            old,
+            "ContainersReady",
+            unready.is_empty() && !completed,
+            (!unready.is_empty() || completed).then_some(ready_reason),
+            unready_message,
+        ),
     ];
     // Conditions of others (PodScheduled from the scheduler, readiness
     // gates) stay; PodScheduled is there.
@@ -290,14 +331,22 @@ pub async fn compute(p: &Pods, pod: &Value, rt: &RuntimePod, sandbox: Option<&ap
     }
     let mut ips: Vec<String> = Vec::new();
     if host_network(pod) {
-        ips.extend(status.get("hostIP").and_then(Value::as_str).map(str::to_owned));
+        ips.extend(
+            status
+                .get("hostIP")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        );
     } else if let Some(net) = sandbox.and_then(|s| s.network.as_ref()) {
         ips.extend(std::iter::once(net.ip.clone()).filter(|ip| !ip.is_empty()));
         ips.extend(net.additional_ips.iter().map(|ip| ip.ip.clone()));
     }
     if let Some(first) = ips.first() {
         status.insert("podIP".into(), json!(first));
-        status.insert("podIPs".into(), json!(ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()));
+        status.insert(
+            "podIPs".into(),
+            json!(ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()),
+        );
     }
     if status.get("startTime").is_none_or(Value::is_null) {
         status.insert("startTime".into(), json!(now()));
@@ -309,7 +358,12 @@ pub async fn compute(p: &Pods, pod: &Value, rt: &RuntimePod, sandbox: Option<&ap
 }
 
 /// Computes the status and writes it if it changed.
-pub async fn update(p: &Pods, pod: &Value, rt: &RuntimePod, sandbox: Option<&api::PodSandboxStatus>) -> Result<(), SyncError> {
+pub async fn update(
+    p: &Pods,
+    pod: &Value,
+    rt: &RuntimePod,
+    sandbox: Option<&api::PodSandboxStatus>,
+) -> Result<(), SyncError> {
     let status = compute(p, pod, rt, sandbox).await;
     if status == pod["status"] {
         return Ok(());

@@ -59,7 +59,10 @@ pub async fn sync_pod(p: &Pods, key: &str) -> Result<(), SyncError> {
     if !pod["metadata"]["deletionTimestamp"].is_null() {
         return terminate(p, pod, key, &rt).await;
     }
-    if matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+    if matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    ) {
         stop_all(p, pod, &rt).await?;
         return Ok(());
     }
@@ -91,7 +94,10 @@ pub async fn sync_pod(p: &Pods, key: &str) -> Result<(), SyncError> {
     // A pod that completed keeps its containers for their logs; its
     // sandbox is stopped (its IP released), as upstream does.
     if let Some(latest) = p.pods.get(key)
-        && matches!(latest["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        && matches!(
+            latest["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
     {
         runtime::stop_sandbox(&p.cri, &sandbox.id).await?;
     }
@@ -214,28 +220,32 @@ async fn kill_running(
     rt: &RuntimePod,
     grace: i64,
 ) -> Result<(), SyncError> {
-    let kills = rt.containers.iter().filter(|c| runtime::running(c)).map(|c| {
-        let name = c.metadata.as_ref().map_or("", |m| m.name.as_str());
-        let spec = pod.and_then(|pod| spec_of(pod, name));
-        if let Some(pod) = pod {
-            p.events.pod(
-                pod,
-                Some(name),
-                Type::Normal,
-                "Killing",
-                &format!("Stopping container {name}"),
-            );
-        }
-        let grace = match pod {
-            Some(_) => grace,
-            None => c
-                .annotations
-                .get(GRACE_PERIOD)
-                .and_then(|g| g.parse().ok())
-                .unwrap_or(grace),
-        };
-        containers::kill(&p.cri, c, spec, grace)
-    });
+    let kills = rt
+        .containers
+        .iter()
+        .filter(|c| runtime::running(c))
+        .map(|c| {
+            let name = c.metadata.as_ref().map_or("", |m| m.name.as_str());
+            let spec = pod.and_then(|pod| spec_of(pod, name));
+            if let Some(pod) = pod {
+                p.events.pod(
+                    pod,
+                    Some(name),
+                    Type::Normal,
+                    "Killing",
+                    &format!("Stopping container {name}"),
+                );
+            }
+            let grace = match pod {
+                Some(_) => grace,
+                None => c
+                    .annotations
+                    .get(GRACE_PERIOD)
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(grace),
+            };
+            containers::kill(&p.cri, c, spec, grace)
+        });
     for result in join_all(kills).await {
         result?;
     }
@@ -248,7 +258,12 @@ fn spec_of<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
         .as_array()
         .into_iter()
         .flatten()
-        .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
         .find(|c| c["name"] == name)
 }
 
@@ -362,7 +377,9 @@ async fn containers(ctx: &mut Ctx<'_>, rt: &RuntimePod) -> Result<(), SyncError>
                 let liveness = ctx.p.health.liveness_failure(&c.id);
                 if changed || liveness.is_some() {
                     let message = match &liveness {
-                        Some(why) => format!("Container {name} failed liveness probe, will be restarted: {why}"),
+                        Some(why) => format!(
+                            "Container {name} failed liveness probe, will be restarted: {why}"
+                        ),
                         None => format!("Container {name} definition changed, will be restarted"),
                     };
                     ctx.p
@@ -439,7 +456,11 @@ async fn restart(
                 human(delay)
             ),
         };
-        if ctx.p.waiting_of(ctx.uid, name).as_ref().map(|w| w.reason.as_str())
+        if ctx
+            .p
+            .waiting_of(ctx.uid, name)
+            .as_ref()
+            .map(|w| w.reason.as_str())
             != Some("CrashLoopBackOff")
         {
             ctx.p.events.pod(
@@ -491,7 +512,14 @@ async fn start(
             Some(name),
             Type::Warning,
             "Failed",
-            &format!("Error: {}", if reason == "RunContainerError" || reason == "CreateContainerError" { message.clone() } else { reason.to_owned() }),
+            &format!(
+                "Error: {}",
+                if reason == "RunContainerError" || reason == "CreateContainerError" {
+                    message.clone()
+                } else {
+                    reason.to_owned()
+                }
+            ),
         );
         p.set_waiting(
             ctx.uid,
@@ -502,7 +530,10 @@ async fn start(
             }),
         );
     };
-    let mut sources = Sources::new(&p.client, ctx.pod["metadata"]["namespace"].as_str().unwrap_or(""));
+    let mut sources = Sources::new(
+        &p.client,
+        ctx.pod["metadata"]["namespace"].as_str().unwrap_or(""),
+    );
     if let Err(waiting) = ensure_image(ctx, spec, &mut sources).await {
         p.set_waiting(ctx.uid, name, Some(waiting));
         return Ok(());
@@ -541,7 +572,9 @@ async fn start(
             return Ok(());
         }
     };
-    let id = match containers::create_and_start(&p.cri, ctx.sandbox_id, ctx.sandbox_config, config).await {
+    let id = match containers::create_and_start(&p.cri, ctx.sandbox_id, ctx.sandbox_config, config)
+        .await
+    {
         Ok(id) => id,
         Err(StartError::Create(e)) => {
             fail("CreateContainerError", e.message());
@@ -553,9 +586,27 @@ async fn start(
         }
     };
     p.set_waiting(ctx.uid, name, None);
-    p.events.pod(ctx.pod, Some(name), Type::Normal, "Created", &format!("Created container {name}"));
-    p.events.pod(ctx.pod, Some(name), Type::Normal, "Started", &format!("Started container {name}"));
-    debug!(pod = ctx.key, container = name, id, restart_count, "container started");
+    p.events.pod(
+        ctx.pod,
+        Some(name),
+        Type::Normal,
+        "Created",
+        &format!("Created container {name}"),
+    );
+    p.events.pod(
+        ctx.pod,
+        Some(name),
+        Type::Normal,
+        "Started",
+        &format!("Started container {name}"),
+    );
+    debug!(
+        pod = ctx.key,
+        container = name,
+        id,
+        restart_count,
+        "container started"
+    );
     if let Some(cmd) = containers::hook_command(&spec["lifecycle"]["postStart"])
         && let Err(error) = containers::exec_hook(&p.cri, &id, &cmd, 30).await
     {
@@ -566,7 +617,11 @@ async fn start(
             "FailedPostStartHook",
             &format!("PostStartHook failed: {error}"),
         );
-        let rt = runtime::observe(&p.cri, HashMap::from([(POD_UID.to_owned(), ctx.uid.to_owned())])).await?;
+        let rt = runtime::observe(
+            &p.cri,
+            HashMap::from([(POD_UID.to_owned(), ctx.uid.to_owned())]),
+        )
+        .await?;
         if let Some(c) = rt.containers.iter().find(|c| c.id == id) {
             containers::kill(&p.cri, c, Some(spec), sandbox::grace_period(ctx.pod)).await?;
         }
@@ -576,7 +631,11 @@ async fn start(
 
 /// Pulls the container's image per its policy; the waiting reason if it
 /// is not there.
-async fn ensure_image(ctx: &Ctx<'_>, spec: &Value, sources: &mut Sources<'_>) -> Result<(), Waiting> {
+async fn ensure_image(
+    ctx: &Ctx<'_>,
+    spec: &Value,
+    sources: &mut Sources<'_>,
+) -> Result<(), Waiting> {
     let p = ctx.p;
     let name = spec["name"].as_str().unwrap_or("");
     let image = spec["image"].as_str().unwrap_or("");
@@ -618,7 +677,11 @@ async fn ensure_image(ctx: &Ctx<'_>, spec: &Value, sources: &mut Sources<'_>) ->
             message,
         });
     }
-    event(Type::Normal, "Pulling", format!("Pulling image \"{image}\""));
+    event(
+        Type::Normal,
+        "Pulling",
+        format!("Pulling image \"{image}\""),
+    );
     let started = Instant::now();
     let auths = images::credentials(ctx.pod, image, sources).await;
     match images::pull(&p.cri, image, auths).await {
