@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use cairn::agent::Config;
 use cairn::agent::cri::api;
-use common::cri::{BUSYBOX, Cluster, CriRuntime, INDEX_HTML, eventually};
+use common::cluster::{Cluster, eventually};
+use common::cri::{BUSYBOX, CriRuntime, INDEX_HTML, Registry, busybox_parts};
 use serde_json::Value;
 
 const NODE: &str = "node1";
@@ -513,4 +514,114 @@ spec:
     )
     .await;
     let _ = api::ContainerState::ContainerExited;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pulls_with_secrets_hooks_and_host_network() {
+    let env = Env::start().await;
+    let registry = tokio::task::block_in_place(|| {
+        let registry = Registry::start();
+        registry.push("test/busybox", "2", &busybox_parts(&[]));
+        registry
+    });
+    // The preStop hook calls the host on the bridge's address.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listen");
+    let hook_port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 512];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nok");
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    });
+    let gateway = format!(
+        "{}.1",
+        env.runtime.subnet.rsplit_once('.').expect("subnet").0
+    );
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let auth = base64_encode(b"user:pass");
+    let config = format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host);
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: regcred}}
+type: kubernetes.io/dockerconfigjson
+data: {{.dockerconfigjson: {}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: pulled}}
+spec:
+  terminationGracePeriodSeconds: 5
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - name: c
+    image: {}/test/busybox:2
+    imagePullPolicy: Always
+    command: [sh, -c, 'while [ ! -f /tmp/hook ]; do sleep 0.1; done; echo hooked; exec sleep 3600']
+    lifecycle:
+      postStart: {{exec: {{command: [touch, /tmp/hook]}}}}
+      preStop: {{exec: {{command: [wget, -q, -O, /dev/null, "http://{gateway}:{hook_port}/prestop"]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet}}
+spec:
+  hostNetwork: true
+  containers:
+  - {{name: c, image: "{BUSYBOX}", command: [httpd, -f, -p, "127.0.0.1:{host_port}", -h, /www]}}
+"#,
+        base64_encode(config.as_bytes()),
+        registry.host
+    ));
+    let pod = env
+        .pod_until("pulled", 60, |p| condition(p, "Ready") == "True")
+        .await;
+    let line = eventually(
+        Duration::from_secs(10),
+        || "postStart hook did not run".into(),
+        || async { env.log(&pod, "c", 0).first().cloned() },
+    )
+    .await;
+    assert_eq!(line, "hooked");
+    let image_id = container_state(&pod, "c")["imageID"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(image_id.contains("sha256:"), "{image_id}");
+    let events = env.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=pulled",
+    ]);
+    assert!(events.contains("Successfully pulled image"), "{events}");
+
+    let pod = env
+        .pod_until("hostnet", 60, |p| p["status"]["phase"] == "Running")
+        .await;
+    assert_eq!(pod["status"]["podIP"], "127.0.0.1");
+    let body = eventually(
+        Duration::from_secs(10),
+        || format!("nothing on 127.0.0.1:{host_port}"),
+        || async { http_get("127.0.0.1", host_port).ok() },
+    )
+    .await;
+    assert_eq!(body, INDEX_HTML);
+
+    env.kubectl(&["delete", "pod", "pulled", "--wait=false"]);
+    let request = tokio::task::block_in_place(|| rx.recv_timeout(Duration::from_secs(20)))
+        .expect("preStop hook did not call");
+    assert!(request.starts_with("GET /prestop"), "{request}");
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

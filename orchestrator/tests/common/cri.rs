@@ -10,19 +10,14 @@
 //! `containerd`, `runc`, the CNI plugins in `/usr/lib/cni` and
 //! `/bin/busybox` (`make deps`); without them the tests fail.
 //!
-//! [`Cluster`] is the API side: the crate's API server and controllers in
-//! this process (so the agent's in-process [`Client`] can reach them),
-//! serving HTTPS on a free loopback port for kubectl like `cairn server`.
+//! The API side is `cluster.rs`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn::agent::cri::{Cri, api};
-use cairn::api::Api;
-use cairn::controllers::client::Client;
 use serde_json::{Value, json};
 
 /// The busybox test image: `sh`, `sleep`, `httpd`, `cat`, `env`... and an
@@ -410,6 +405,26 @@ const APPLETS: &[&str] = &[
 /// ([`INDEX_HTML`]), `/tmp`, `/etc/passwd`; `entrypoint` is the image's
 /// Entrypoint (none: `Cmd ["sh"]`).
 pub fn busybox_archive(name: &str, entrypoint: &[&str]) -> Vec<u8> {
+    let ImageParts {
+        layer,
+        config,
+        manifest,
+    } = busybox_parts(entrypoint);
+    oci_layout(name, &layer, &config, &manifest)
+}
+
+/// The blobs of an image.
+pub struct ImageParts {
+    /// The one layer (an uncompressed tar).
+    pub layer: Vec<u8>,
+    /// The image config.
+    pub config: Vec<u8>,
+    /// The OCI manifest.
+    pub manifest: Vec<u8>,
+}
+
+/// The busybox image's blobs (see [`busybox_archive`]).
+pub fn busybox_parts(entrypoint: &[&str]) -> ImageParts {
     let busybox = std::fs::read("/bin/busybox")
         .expect("/bin/busybox (apt install busybox-static; make deps)");
     let links: Vec<String> = APPLETS.iter().map(|a| format!("bin/{a}")).collect();
@@ -452,230 +467,159 @@ pub fn busybox_archive(name: &str, entrypoint: &[&str]) -> Vec<u8> {
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer), "size": layer.len()}],
     }))
     .expect("manifest");
+    ImageParts {
+        layer,
+        config,
+        manifest,
+    }
+}
+
+/// An OCI image-layout archive of the blobs, the manifest named `name`.
+fn oci_layout(name: &str, layer: &[u8], config: &[u8], manifest: &[u8]) -> Vec<u8> {
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": sha256(&manifest),
+            "digest": sha256(manifest),
             "size": manifest.len(),
             "annotations": {"org.opencontainers.image.ref.name": name},
         }],
     }))
     .expect("index");
     let blob = |b: &[u8]| format!("blobs/sha256/{}", &sha256(b)[7..]);
-    let (m, c, l) = (blob(&manifest), blob(&config), blob(&layer));
+    let (m, c, l) = (blob(manifest), blob(config), blob(layer));
     layer_tar(&[
         Entry::File("oci-layout", br#"{"imageLayoutVersion": "1.0.0"}"#, 0o644),
         Entry::File("index.json", &index, 0o644),
         Entry::Dir("blobs"),
         Entry::Dir("blobs/sha256"),
-        Entry::File(&m, &manifest, 0o644),
-        Entry::File(&c, &config, 0o644),
-        Entry::File(&l, &layer, 0o644),
+        Entry::File(&m, manifest, 0o644),
+        Entry::File(&c, config, 0o644),
+        Entry::File(&l, layer, 0o644),
     ])
 }
 
-/// The API server and controllers in this process, serving HTTPS on a
-/// free loopback port (kubectl with [`Cluster::kubeconfig`]); stopped on drop.
-pub struct Cluster {
-    /// The API, for in-process clients (the agent's).
-    pub api: Arc<Api>,
-    /// Data dir: `admin.kubeconfig`, `pki/`, `state.db`.
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    controllers_stop: Option<tokio::sync::oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// A local registry (`docker-registry` from Debian) on a free loopback
+/// port, plain HTTP (containerd talks HTTP to loopback registries);
+/// killed on drop.
+pub struct Registry {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
 }
 
-impl Cluster {
-    /// Starts the API server and (unless `controllers` is false) the
-    /// controller manager and scheduler.
-    pub async fn start(controllers: bool) -> Cluster {
-        let dir = tempfile::tempdir().expect("data dir");
-        let store = cairn::store::Store::open_sqlite(dir.path().join("state.db"))
-            .await
-            .expect("store");
-        let auth = cairn::api::auth::Authenticator::load(&dir.path().join("tokens.csv"), None)
-            .expect("auth");
-        let api = Arc::new(Api::new(store, auth));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("listen");
-        let port = listener.local_addr().expect("addr").port();
-        api.bootstrap(port).await.expect("bootstrap");
-        api.serve_crds().await.expect("crds");
-        let settings = cairn::api::pki::Settings {
-            server_url: format!("https://127.0.0.1:{port}"),
-            tls_sans: Vec::new(),
+impl Registry {
+    /// Starts the registry and waits until it answers `/v2/`.
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("registry dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).expect("config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (apt install docker-registry; make deps)");
+        let registry = Registry {
+            child,
+            _dir: dir,
+            host,
         };
-        let pki = cairn::api::pki::ensure(dir.path(), &settings).expect("pki");
-        let tls = cairn::api::server::tls_config(&pki).expect("tls");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut tasks = vec![tokio::spawn(cairn::api::server::serve(
-            listener,
-            tls,
-            api.clone(),
-            async {
-                let _ = stopped.await;
-            },
-        ))];
-        let mut controllers_stop = None;
-        if controllers {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            controllers_stop = Some(tx);
-            tasks.push(tokio::spawn(cairn::controllers::run(api.clone(), rx)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while registry
+            .curl(&["-f", &format!("http://{}/v2/", registry.host)])
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Cluster {
-            api,
-            dir,
-            port,
-            stop: Some(stop),
-            controllers_stop,
-            tasks,
-        }
+        registry
     }
 
-    /// The admin kubeconfig.
-    pub fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("admin.kubeconfig")
-    }
-
-    /// Runs kubectl (blocking; call from `spawn_blocking` or accept the
-    /// short stall), whatever its outcome.
-    pub fn try_kubectl(&self, args: &[&str]) -> std::process::Output {
-        Command::new("kubectl")
-            .env("KUBECONFIG", self.kubeconfig())
+    fn curl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("curl")
+            .args(["-sS", "-D", "-"])
             .args(args)
             .output()
-            .expect("kubectl (v1.32) on the PATH")
-    }
-
-    /// Runs kubectl, asserts success, returns stdout.
-    pub fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.try_kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `kubectl apply -f -` of a manifest.
-    pub fn apply(&self, manifest: &str) -> String {
-        let path = self.dir.path().join(format!("m{}.yaml", uuid_like()));
-        std::fs::write(&path, manifest).expect("manifest");
-        self.kubectl(&["apply", "-f", path.to_str().expect("utf-8 path")])
-    }
-
-    /// A client acting as the node `node` (`system:node:<node>`), the
-    /// agent's identity.
-    pub fn node_client(&self, node: &str) -> Client {
-        Client::new(
-            self.api.clone(),
-            &format!("system:node:{node}"),
-            "cairn-agent",
-        )
-    }
-
-    /// An admin client.
-    pub fn admin(&self) -> Client {
-        Client::new(self.api.clone(), "admin", "kubectl")
-    }
-
-    /// Registers a Ready, schedulable Node `name` as a client could (until
-    /// the agent's node part does it), so the scheduler binds pods to it.
-    pub async fn register_node(&self, name: &str) {
-        let client = self.node_client(name);
-        let node = json!({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        });
-        client
-            .post("/api/v1/nodes", &node)
-            .await
-            .expect("create node");
-        let status = json!({"status": {
-            "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-            "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                "message": "test node", "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
-        }});
-        client
-            .merge_patch(&format!("/api/v1/nodes/{name}/status"), &status)
-            .await
-            .expect("node status");
-    }
-
-    /// The pod `ns/name` as the API has it (`None` once gone).
-    pub async fn pod(&self, ns: &str, name: &str) -> Option<Value> {
-        match self
-            .admin()
-            .get(&format!("/api/v1/namespaces/{ns}/pods/{name}"))
-            .await
-        {
-            Ok(pod) => Some(pod),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => panic!("get pod {ns}/{name}: {e}"),
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
         }
     }
 
-    /// Pods of `ns` matching `selector` (a label selector; "" for all).
-    pub async fn pods(&self, ns: &str, selector: &str) -> Vec<Value> {
-        let list = self
-            .admin()
-            .get(&format!(
-                "/api/v1/namespaces/{ns}/pods?labelSelector={selector}"
-            ))
-            .await
-            .expect("list pods");
-        list["items"].as_array().cloned().unwrap_or_default()
+    /// Pushes `parts` as `<host>/<repo>:<tag>` (the registry's blob
+    /// upload and manifest API).
+    pub fn push(&self, repo: &str, tag: &str, parts: &ImageParts) {
+        let dir = tempfile::tempdir().expect("blobs");
+        for blob in [&parts.layer, &parts.config] {
+            let started = self
+                .curl(&[
+                    "-f",
+                    "-X",
+                    "POST",
+                    &format!("http://{}/v2/{repo}/blobs/uploads/", self.host),
+                ])
+                .expect("start upload");
+            let location = started
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("location")
+                        .then(|| v.trim().to_owned())
+                })
+                .expect("Location");
+            let url = if location.starts_with("http") {
+                location
+            } else {
+                format!("http://{}{location}", self.host)
+            };
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let file = dir.path().join("blob");
+            std::fs::write(&file, blob).expect("blob file");
+            self.curl(&[
+                "-f",
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &format!("@{}", file.display()),
+                &format!("{url}{sep}digest={}", sha256(blob)),
+            ])
+            .expect("upload blob");
+        }
+        let file = dir.path().join("manifest");
+        std::fs::write(&file, &parts.manifest).expect("manifest file");
+        self.curl(&[
+            "-f",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("http://{}/v2/{repo}/manifests/{tag}", self.host),
+        ])
+        .expect("put manifest");
     }
 }
 
-impl Drop for Cluster {
+impl Drop for Registry {
     fn drop(&mut self) {
-        if let Some(stop) = self.controllers_stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Now, RFC 3339 to the second (as the API writes timestamps).
-pub fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-fn uuid_like() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Polls `check` every 100 ms until it gives `Some`, at most `limit`;
-/// panics with `what()` (the state to show) when it does not.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: impl Fn() -> String, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out: {}", what());
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -18,6 +18,9 @@
 //! - [`runtime`]: what CRI reports about a pod (sandboxes, containers).
 //! - [`status`]: the pod status as Kubernetes reports it, written only
 //!   when it changed; [`events`]: core/v1 Events for `kubectl describe`.
+//! - [`start`]: starting one container (image, config, create, start,
+//!   postStart), recording what stops it.
+//! - [`gc`]: the sweep of removed pods and dead containers.
 //! - [`backoff`]: the crash-loop and image-pull back-offs.
 //!
 //! Every pod is synced on every change of it, on a timer (every
@@ -37,9 +40,11 @@ pub mod backoff;
 pub mod containers;
 pub mod env;
 pub mod events;
+pub mod gc;
 pub mod images;
 pub mod runtime;
 pub mod sandbox;
+pub mod start;
 pub mod status;
 pub mod sync;
 
@@ -345,7 +350,7 @@ impl Pods {
 
     /// Removes what CRI has of pods gone from the API.
     async fn sweep(&self) -> Result<(), sync::SyncError> {
-        sync::sweep(self).await
+        gc::sweep(self).await
     }
 
     /// Syncs the pod at `key`; an error retries it with back-off.

@@ -59,10 +59,10 @@ pub fn config(config: &Config, pod: &Value, attempt: u32) -> api::PodSandboxConf
         .map(|(k, v)| (k.clone(), text(v)))
         .collect();
     annotations.insert(GRACE_PERIOD.into(), grace_period(pod).to_string());
+    // A pod on the node's network has the node's hostname: none is set
+    // (runc cannot set one without a UTS namespace of its own).
     let hostname = if host_network(pod) {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default()
+        String::new()
     } else {
         let name = spec["hostname"]
             .as_str()

@@ -17,21 +17,19 @@
 //! The status is computed and written after every sync ([`super::status`]).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::containers::{self, StartError};
-use super::env::{self, Downward, Sources};
+use super::containers;
+use super::env::Downward;
 use super::events::Type;
-use super::images::{self, PullError};
-use super::runtime::{
-    self, CONTAINER_HASH, GRACE_PERIOD, POD_NAME, POD_NAMESPACE, POD_UID, RuntimePod,
-};
+use super::gc::remove_runtime_pod;
+use super::runtime::{self, CONTAINER_HASH, GRACE_PERIOD, POD_NAME, POD_NAMESPACE, RuntimePod};
 use super::sandbox;
+use super::start::{Ctx, start};
 use super::status;
 use super::{Pods, Waiting};
 use crate::agent::cri::{CriError, api};
@@ -102,19 +100,6 @@ pub async fn sync_pod(p: &Pods, key: &str) -> Result<(), SyncError> {
         runtime::stop_sandbox(&p.cri, &sandbox.id).await?;
     }
     Ok(())
-}
-
-/// What syncing one pod's containers needs.
-struct Ctx<'a> {
-    p: &'a Pods,
-    pod: &'a Value,
-    key: &'a str,
-    uid: &'a str,
-    sandbox_id: &'a str,
-    sandbox_config: &'a api::PodSandboxConfig,
-    downward: Downward,
-    /// The pod's volumes, prepared on first use.
-    volumes: Option<HashMap<String, PathBuf>>,
 }
 
 /// The addresses and node figures the downward API reads.
@@ -214,7 +199,7 @@ async fn stop_all(p: &Pods, pod: &Value, rt: &RuntimePod) -> Result<(), SyncErro
 }
 
 /// Stops the running containers of `rt` at once, each with its preStop.
-async fn kill_running(
+pub(super) async fn kill_running(
     p: &Pods,
     pod: Option<&Value>,
     rt: &RuntimePod,
@@ -304,29 +289,6 @@ async fn remove_gone(p: &Pods, key: &str) -> Result<(), SyncError> {
     ]);
     let rt = runtime::observe(&p.cri, labels).await?;
     remove_runtime_pod(p, key, &rt).await
-}
-
-/// Kills (with their recorded grace) and removes the containers and
-/// sandboxes of `rt`, a pod the API no longer has.
-pub async fn remove_runtime_pod(p: &Pods, key: &str, rt: &RuntimePod) -> Result<(), SyncError> {
-    kill_running(p, None, rt, 30).await?;
-    for c in &rt.containers {
-        runtime::remove_container(&p.cri, &c.id).await?;
-    }
-    let mut uids: Vec<&str> = Vec::new();
-    for s in &rt.sandboxes {
-        runtime::remove_sandbox(&p.cri, &s.id).await?;
-        if let Some(uid) = s.labels.get(POD_UID) {
-            uids.push(uid);
-        }
-    }
-    for uid in uids {
-        p.forget(uid, key);
-    }
-    if !rt.sandboxes.is_empty() {
-        info!(pod = key, "removed the containers of a deleted pod");
-    }
-    Ok(())
 }
 
 /// Runs the init containers one after another; true once all succeeded.
@@ -493,306 +455,4 @@ fn human(d: Duration) -> String {
     } else {
         format!("{}m{}s", s / 60, s % 60)
     }
-}
-
-/// Pulls the image if needed, makes the config, creates and starts the
-/// container, runs its postStart hook. What stops it is recorded as the
-/// container's waiting reason; only runtime errors fail the sync.
-async fn start(
-    ctx: &mut Ctx<'_>,
-    spec: &Value,
-    init: bool,
-    restart_count: u32,
-) -> Result<(), SyncError> {
-    let p = ctx.p;
-    let name = spec["name"].as_str().unwrap_or("");
-    let fail = |reason: &str, message: String| {
-        p.events.pod(
-            ctx.pod,
-            Some(name),
-            Type::Warning,
-            "Failed",
-            &format!(
-                "Error: {}",
-                if reason == "RunContainerError" || reason == "CreateContainerError" {
-                    message.clone()
-                } else {
-                    reason.to_owned()
-                }
-            ),
-        );
-        p.set_waiting(
-            ctx.uid,
-            name,
-            Some(Waiting {
-                reason: reason.to_owned(),
-                message,
-            }),
-        );
-    };
-    let mut sources = Sources::new(
-        &p.client,
-        ctx.pod["metadata"]["namespace"].as_str().unwrap_or(""),
-    );
-    if let Err(waiting) = ensure_image(ctx, spec, &mut sources).await {
-        p.set_waiting(ctx.uid, name, Some(waiting));
-        return Ok(());
-    }
-    let env = match env::environment(ctx.pod, spec, &mut sources, &ctx.downward).await {
-        Ok(env) => env,
-        Err(e) => {
-            fail("CreateContainerConfigError", e.0);
-            return Ok(());
-        }
-    };
-    if ctx.volumes.is_none() {
-        // VOLUMES: agent::volumes prepares them (NoVolumes: empty map).
-        match p.volumes.prepare(ctx.pod) {
-            Ok(v) => ctx.volumes = Some(v),
-            Err(e) => {
-                fail("CreateContainerConfigError", e);
-                return Ok(());
-            }
-        }
-    }
-    let empty = HashMap::new();
-    let inputs = containers::Inputs {
-        pod: ctx.pod,
-        container: spec,
-        init,
-        restart_count,
-        env,
-        volumes: ctx.volumes.as_ref().unwrap_or(&empty),
-        grace: sandbox::grace_period(ctx.pod),
-    };
-    let config = match containers::config(&inputs) {
-        Ok(c) => c,
-        Err(e) => {
-            fail("CreateContainerConfigError", e);
-            return Ok(());
-        }
-    };
-    let id = match containers::create_and_start(&p.cri, ctx.sandbox_id, ctx.sandbox_config, config)
-        .await
-    {
-        Ok(id) => id,
-        Err(StartError::Create(e)) => {
-            fail("CreateContainerError", e.message());
-            return Ok(());
-        }
-        Err(StartError::Start(_, e)) => {
-            fail("RunContainerError", e.message());
-            return Ok(());
-        }
-    };
-    p.set_waiting(ctx.uid, name, None);
-    p.events.pod(
-        ctx.pod,
-        Some(name),
-        Type::Normal,
-        "Created",
-        &format!("Created container {name}"),
-    );
-    p.events.pod(
-        ctx.pod,
-        Some(name),
-        Type::Normal,
-        "Started",
-        &format!("Started container {name}"),
-    );
-    debug!(
-        pod = ctx.key,
-        container = name,
-        id,
-        restart_count,
-        "container started"
-    );
-    if let Some(cmd) = containers::hook_command(&spec["lifecycle"]["postStart"])
-        && let Err(error) = containers::exec_hook(&p.cri, &id, &cmd, 30).await
-    {
-        p.events.pod(
-            ctx.pod,
-            Some(name),
-            Type::Warning,
-            "FailedPostStartHook",
-            &format!("PostStartHook failed: {error}"),
-        );
-        let rt = runtime::observe(
-            &p.cri,
-            HashMap::from([(POD_UID.to_owned(), ctx.uid.to_owned())]),
-        )
-        .await?;
-        if let Some(c) = rt.containers.iter().find(|c| c.id == id) {
-            containers::kill(&p.cri, c, Some(spec), sandbox::grace_period(ctx.pod)).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Pulls the container's image per its policy; the waiting reason if it
-/// is not there.
-async fn ensure_image(
-    ctx: &Ctx<'_>,
-    spec: &Value,
-    sources: &mut Sources<'_>,
-) -> Result<(), Waiting> {
-    let p = ctx.p;
-    let name = spec["name"].as_str().unwrap_or("");
-    let image = spec["image"].as_str().unwrap_or("");
-    let policy = images::policy(spec);
-    let present = images::present(&p.cri, image).await.unwrap_or(false);
-    let event = |kind, reason: &str, message: String| {
-        p.events.pod(ctx.pod, Some(name), kind, reason, &message);
-    };
-    if policy == "Never" && !present {
-        let message = PullError::NeverPull(image.to_owned()).to_string();
-        event(Type::Warning, "ErrImageNeverPull", message.clone());
-        return Err(Waiting {
-            reason: "ErrImageNeverPull".into(),
-            message,
-        });
-    }
-    if present && policy != "Always" {
-        event(
-            Type::Normal,
-            "Pulled",
-            format!("Container image \"{image}\" already present on machine"),
-        );
-        return Ok(());
-    }
-    let key = format!("{}/image/{image}", ctx.uid);
-    let remaining = p
-        .backoff
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remaining_since_attempt(&key);
-    if let Some(remaining) = remaining {
-        let message = format!("Back-off pulling image \"{image}\"");
-        if p.waiting_of(ctx.uid, name).map(|w| w.reason) != Some("ImagePullBackOff".into()) {
-            event(Type::Normal, "BackOff", message.clone());
-        }
-        p.queue.add_after(ctx.key, remaining);
-        return Err(Waiting {
-            reason: "ImagePullBackOff".into(),
-            message,
-        });
-    }
-    event(
-        Type::Normal,
-        "Pulling",
-        format!("Pulling image \"{image}\""),
-    );
-    let started = Instant::now();
-    let auths = images::credentials(ctx.pod, image, sources).await;
-    match images::pull(&p.cri, image, auths).await {
-        Ok(_) => {
-            p.backoff
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .reset(&key);
-            event(
-                Type::Normal,
-                "Pulled",
-                format!(
-                    "Successfully pulled image \"{image}\" in {:.3}s",
-                    started.elapsed().as_secs_f64()
-                ),
-            );
-            Ok(())
-        }
-        Err(error) => {
-            let delay = {
-                let mut backoff = p.backoff.lock().unwrap_or_else(|e| e.into_inner());
-                backoff.next(&key);
-                backoff.delay(&key)
-            };
-            let message = format!("Failed to pull image \"{image}\": {error}");
-            event(Type::Warning, "Failed", message.clone());
-            event(Type::Warning, "Failed", "Error: ErrImagePull".into());
-            p.queue.add_after(ctx.key, delay);
-            Err(Waiting {
-                reason: "ErrImagePull".into(),
-                message,
-            })
-        }
-    }
-}
-
-/// Removes what CRI has of pods the API no longer has, and the dead
-/// containers and sandboxes of live pods beyond the ones kept.
-pub async fn sweep(p: &Pods) -> Result<(), SyncError> {
-    let all = runtime::observe(&p.cri, HashMap::new()).await?;
-    let live: HashMap<String, String> = p
-        .pods
-        .list(|_| true)
-        .iter()
-        .map(|pod| {
-            (
-                pod["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
-                crate::controllers::reflector::key_of(pod),
-            )
-        })
-        .collect();
-    let mut by_uid: HashMap<String, RuntimePod> = HashMap::new();
-    for s in &all.sandboxes {
-        let uid = s.labels.get(POD_UID).cloned().unwrap_or_default();
-        by_uid.entry(uid).or_default().sandboxes.push(s.clone());
-    }
-    for c in &all.containers {
-        let uid = c.labels.get(POD_UID).cloned().unwrap_or_default();
-        by_uid.entry(uid).or_default().containers.push(c.clone());
-    }
-    for (uid, rt) in by_uid {
-        if uid.is_empty() {
-            continue;
-        }
-        match live.get(&uid) {
-            None => {
-                let key = rt
-                    .sandboxes
-                    .first()
-                    .map(|s| {
-                        format!(
-                            "{}/{}",
-                            s.labels.get(POD_NAMESPACE).map_or("", String::as_str),
-                            s.labels.get(POD_NAME).map_or("", String::as_str)
-                        )
-                    })
-                    .unwrap_or_default();
-                remove_runtime_pod(p, &key, &rt).await?;
-            }
-            Some(_) => collect_dead(p, &rt).await?,
-        }
-    }
-    Ok(())
-}
-
-/// Of a live pod: sandboxes other than the newest that are not ready
-/// (with their containers), and exited containers beyond the newest two
-/// of each name.
-async fn collect_dead(p: &Pods, rt: &RuntimePod) -> Result<(), SyncError> {
-    let newest = rt.sandboxes.first().map(|s| s.id.clone());
-    for s in rt.sandboxes.iter().skip(1) {
-        if s.state != api::PodSandboxState::SandboxReady as i32 {
-            for c in rt.containers.iter().filter(|c| {
-                c.labels.get(runtime::SANDBOX_ID) == Some(&s.id) && !runtime::running(c)
-            }) {
-                runtime::remove_container(&p.cri, &c.id).await?;
-            }
-            runtime::remove_sandbox(&p.cri, &s.id).await?;
-        }
-    }
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for c in &rt.containers {
-        if c.labels.get(runtime::SANDBOX_ID) != newest.as_ref() {
-            continue;
-        }
-        let name = c.metadata.as_ref().map_or("", |m| m.name.as_str());
-        let n = seen.entry(name).or_default();
-        *n += 1;
-        if *n > 2 && !runtime::running(c) {
-            runtime::remove_container(&p.cri, &c.id).await?;
-        }
-    }
-    Ok(())
 }
