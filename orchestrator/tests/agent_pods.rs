@@ -625,3 +625,96 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_sandbox_is_recreated_and_a_terminating_pod_is_stopped_then_deleted() {
+    let env = Env::start().await;
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: held, finalizers: [example.com/hold]}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: "{BUSYBOX}", command: [sleep, "3600"]}}
+"#
+    ));
+    let pod = env
+        .pod_until("held", 60, |p| condition(p, "Ready") == "True")
+        .await;
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let first_ip = pod["status"]["podIP"].clone();
+
+    // The sandbox dies: a new one (attempt 1), the container restarted in it.
+    let sandbox = env
+        .runtime
+        .sandboxes()
+        .await
+        .into_iter()
+        .find(|s| s.labels.get("io.kubernetes.pod.uid") == Some(&uid))
+        .expect("sandbox");
+    let mut cri = env.runtime.cri().await;
+    cri.runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    let pod = env
+        .pod_until("held", 40, |p| {
+            condition(p, "Ready") == "True" && container_state(p, "c")["restartCount"] == 1
+        })
+        .await;
+    let ready = env
+        .runtime
+        .sandboxes()
+        .await
+        .into_iter()
+        .filter(|s| {
+            s.labels.get("io.kubernetes.pod.uid") == Some(&uid)
+                && s.state == api::PodSandboxState::SandboxReady as i32
+        })
+        .map(|s| s.metadata.map_or(0, |m| m.attempt))
+        .collect::<Vec<_>>();
+    assert_eq!(ready, [1], "one ready sandbox, attempt 1");
+    assert!(pod["status"]["podIP"].is_string(), "{first_ip} then none");
+
+    // Deleted: the finalizer keeps the object with its deletionTimestamp;
+    // the agent stops everything and removes it from CRI meanwhile.
+    env.kubectl(&["delete", "pod", "held", "--wait=false"]);
+    eventually(
+        Duration::from_secs(30),
+        || format!("pod {uid} still in CRI"),
+        || async { (env.in_cri(&uid).await == 0).then_some(()) },
+    )
+    .await;
+    let pod = env
+        .cluster
+        .pod("default", "held")
+        .await
+        .expect("held by its finalizer");
+    assert!(pod["metadata"]["deletionTimestamp"].is_string());
+    // Nothing comes back while it is terminating.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.in_cri(&uid).await, 0);
+    env.kubectl(&[
+        "patch",
+        "pod",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    eventually(
+        Duration::from_secs(20),
+        || "pod held still there".into(),
+        || async {
+            env.cluster
+                .pod("default", "held")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+}

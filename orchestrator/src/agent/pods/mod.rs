@@ -71,23 +71,43 @@ pub const RELIST: Duration = Duration::from_secs(1);
 /// Pods synced at once (a graceful stop holds its worker).
 const WORKERS: usize = 8;
 
+/// A boxed future (the [`Volumes`] calls are async).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// Host paths of a pod's volumes (`agent::volumes`).
 pub trait Volumes: Send + Sync {
-    /// Volume name → host directory or file, made ready for the pod.
-    fn prepare(&self, pod: &Value) -> Result<HashMap<String, PathBuf>, String>;
-    /// The pod is gone: release what `prepare` made.
-    fn cleanup(&self, pod_uid: &str);
+    /// Volume name → host directory or file, made ready for the pod;
+    /// what the containers wait on otherwise (`CreateContainerConfigError`
+    /// for a missing source, `ContainerCreating` while mounting).
+    fn prepare<'a>(
+        &'a self,
+        pod: &'a Value,
+    ) -> BoxFuture<'a, Result<HashMap<String, PathBuf>, Waiting>>;
+    /// Called on every sync of a running pod: rewrite the contents of
+    /// configMap, secret, downwardAPI and projected volumes that changed.
+    fn refresh<'a>(&'a self, pod: &'a Value) -> BoxFuture<'a, ()> {
+        let _ = pod;
+        Box::pin(async {})
+    }
+    /// The pod is gone (its containers removed): release what `prepare` made.
+    fn cleanup<'a>(&'a self, pod_uid: &'a str) -> BoxFuture<'a, ()>;
 }
 
-/// No volume support yet: every pod gets an empty map.
+/// No volume support yet: every pod gets an empty map (a container
+/// mounting a volume waits with `CreateContainerConfigError`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoVolumes;
 
 impl Volumes for NoVolumes {
-    fn prepare(&self, _pod: &Value) -> Result<HashMap<String, PathBuf>, String> {
-        Ok(HashMap::new())
+    fn prepare<'a>(
+        &'a self,
+        _pod: &'a Value,
+    ) -> BoxFuture<'a, Result<HashMap<String, PathBuf>, Waiting>> {
+        Box::pin(async { Ok(HashMap::new()) })
     }
-    fn cleanup(&self, _pod_uid: &str) {}
+    fn cleanup<'a>(&'a self, _pod_uid: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Probe results (`agent::probes`).
@@ -156,8 +176,8 @@ pub struct Pods {
     pub events: events::Recorder,
     /// The node's address (`status.hostIP`), once known.
     pub host_ip: Mutex<Option<String>>,
-    resync_tx: mpsc::Sender<String>,
-    resync_rx: Mutex<Option<mpsc::Receiver<String>>>,
+    resync_tx: mpsc::UnboundedSender<String>,
+    resync_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
 
 impl std::fmt::Debug for Pods {
@@ -172,7 +192,7 @@ impl Pods {
     /// The pods part of the agent of `config.node_name`.
     pub fn new(config: Config, client: Client, cri: Cri) -> Pods {
         let selector = format!("spec.nodeName={}", config.node_name);
-        let (resync_tx, resync_rx) = mpsc::channel(1024);
+        let (resync_tx, resync_rx) = mpsc::unbounded_channel();
         Pods {
             events: events::Recorder::new(client.clone(), &config.node_name),
             host_ip: Mutex::new(config.node_ip.map(|ip| ip.to_string())),
@@ -203,7 +223,7 @@ impl Pods {
     }
 
     /// A sender of pod keys to sync now (the probes' channel).
-    pub fn resync_channel(&self) -> mpsc::Sender<String> {
+    pub fn resync_channel(&self) -> mpsc::UnboundedSender<String> {
         self.resync_tx.clone()
     }
 
@@ -241,7 +261,8 @@ impl Pods {
             .unwrap_or_else(|e| e.into_inner())
             .forget_prefix(uid);
         self.health.forget(key);
-        self.volumes.cleanup(uid);
+        let (volumes, uid) = (self.volumes.clone(), uid.to_owned());
+        tokio::spawn(async move { volumes.cleanup(&uid).await });
     }
 
     /// Runs the loop until `shutdown` completes.

@@ -88,10 +88,14 @@ pub(super) async fn start(
     };
     if ctx.volumes.is_none() {
         // VOLUMES: agent::volumes prepares them (NoVolumes: empty map).
-        match p.volumes.prepare(ctx.pod) {
+        match p.volumes.prepare(ctx.pod).await {
             Ok(v) => ctx.volumes = Some(v),
-            Err(e) => {
-                fail("CreateContainerConfigError", e);
+            Err(waiting) => {
+                if waiting.reason == "CreateContainerConfigError" {
+                    fail("CreateContainerConfigError", waiting.message);
+                } else {
+                    p.set_waiting(ctx.uid, name, Some(waiting));
+                }
                 return Ok(());
             }
         }

@@ -84,6 +84,11 @@ pub async fn sync_pod(p: &Pods, key: &str) -> Result<(), SyncError> {
         downward,
         volumes: None,
     };
+    // VOLUMES: contents of configMap/secret/downwardAPI volumes follow
+    // their sources.
+    if rt.containers.iter().any(runtime::running) {
+        p.volumes.refresh(pod).await;
+    }
     if init_containers_done(&mut ctx, &rt).await? {
         containers(&mut ctx, &rt).await?;
     }
