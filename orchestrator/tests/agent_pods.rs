@@ -353,6 +353,32 @@ spec:
     assert_eq!(condition(&pod, "Initialized"), "True");
     assert_eq!(condition(&pod, "Ready"), "False");
 
+    // Security context: user and group, read-only root, capabilities.
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: secure}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000}}
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, 'id -u; id -g; touch /x 2>/dev/null && echo writable || echo read-only; grep CapEff /proc/self/status']
+    securityContext:
+      runAsGroup: 2000
+      readOnlyRootFilesystem: true
+      capabilities: {{drop: [ALL]}}
+"#
+    ));
+    let pod = env
+        .pod_until("secure", 60, |p| p["status"]["phase"] == "Succeeded")
+        .await;
+    assert_eq!(
+        env.log(&pod, "c", 0),
+        ["1000", "2000", "read-only", "CapEff:\t0000000000000000"]
+    );
+
     // A missing ConfigMap: CreateContainerConfigError, and the pod waits.
     env.apply(&format!(
         r#"apiVersion: v1
@@ -499,8 +525,21 @@ spec:
   - {{name: c, image: "{BUSYBOX}", command: [sleep, "3600"]}}
 "#
     ));
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: survivor}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: "{BUSYBOX}", command: [sleep, "3600"]}}
+"#
+    ));
     let pod = env
         .pod_until("orphan", 60, |p| p["status"]["phase"] == "Running")
+        .await;
+    let survivor = env
+        .pod_until("survivor", 60, |p| p["status"]["phase"] == "Running")
         .await;
     let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
     assert_eq!(env.in_cri(&uid).await, 2);
@@ -513,7 +552,21 @@ spec:
         || async { (env.in_cri(&uid).await == 0).then_some(()) },
     )
     .await;
-    let _ = api::ContainerState::ContainerExited;
+    // The pod still in the API kept its container through the restart.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = env
+        .cluster
+        .pod("default", "survivor")
+        .await
+        .expect("survivor");
+    let id = |p: &Value| container_state(p, "c")["containerID"].clone();
+    assert_eq!(id(&now), id(&survivor));
+    assert_eq!(container_state(&now, "c")["restartCount"], 0);
+    let running = env.runtime.containers().await.into_iter().any(|c| {
+        Some(format!("containerd://{}", c.id).as_str()) == id(&now).as_str()
+            && c.state == api::ContainerState::ContainerRunning as i32
+    });
+    assert!(running, "survivor's container not running");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -284,6 +284,9 @@ impl Pods {
         tasks.spawn(self.pods.clone().run(self.client.clone()));
         let me = self.clone();
         tasks.spawn(async move {
+            // Not before the first list: an empty cache would read as every
+            // pod deleted, and their containers would be removed.
+            me.pods.synced().await;
             let workers = me.clone();
             me.queue
                 .run(WORKERS, move |key| {

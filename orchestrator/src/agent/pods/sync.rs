@@ -64,7 +64,14 @@ pub async fn sync_pod(p: &Pods, key: &str) -> Result<(), SyncError> {
         stop_all(p, pod, &rt).await?;
         return Ok(());
     }
-    let rt = ensure_sandbox(p, pod, rt).await?;
+    let rt = match ensure_sandbox(p, pod, rt).await {
+        Ok(rt) => rt,
+        Err(e) => {
+            // Containers wait (ContainerCreating) while the sandbox fails.
+            status::update(p, pod, &RuntimePod::default(), None).await?;
+            return Err(e);
+        }
+    };
     let Some(sandbox) = rt.ready_sandbox().cloned() else {
         // The pod is done (restartPolicy Never after its sandbox died):
         // report it as it is.
