@@ -300,7 +300,7 @@ spec:
     workingDir: /tmp
     command: [sh, -c]
     args:
-    - 'echo "greeting=$GREETING"; echo "args=$1"; echo "colour=$COLOUR password=$PASSWORD"; echo "name=$POD_NAME ip=$POD_IP mem=$MEM_MB"; echo "cfg_size=$CFG_size"; echo "pwd=$(pwd)"; echo "limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"'
+    - 'echo "greeting=$GREETING"; echo "args=$1"; echo "colour=$COLOUR password=$PASSWORD"; echo "name=$POD_NAME ip=$POD_IP mem=$MEM_MB cpus=$NODE_CPUS"; echo "cfg_size=$CFG_size"; echo "pwd=$(pwd)"; echo "limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"'
     - sh
     - $(GREETING)-$(MISSING)-$$(GREETING)
     env:
@@ -315,6 +315,8 @@ spec:
       valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
     - name: MEM_MB
       valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}
+    - name: NODE_CPUS
+      valueFrom: {{resourceFieldRef: {{containerName: init, resource: limits.cpu}}}}
     envFrom:
     - configMapRef: {{name: settings}}
       prefix: CFG_
@@ -332,7 +334,7 @@ spec:
         "greeting=hello-$(COLOUR_MISSING)".to_owned(),
         "args=hello-$(COLOUR_MISSING)-$(MISSING)-$(GREETING)".to_owned(),
         "colour=blue password=s3cret".to_owned(),
-        format!("name=spec ip={ip} mem=48"),
+        format!("name=spec ip={ip} mem=48 cpus=2"),
         "cfg_size=large".to_owned(),
         "pwd=/tmp".to_owned(),
         format!("limit={}", 48 * 1024 * 1024),
@@ -415,6 +417,13 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: neverpull}}
+spec:
+  containers:
+  - {{name: c, image: "localhost/absent:1", imagePullPolicy: Never}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: badcommand}}
 spec:
   containers:
@@ -449,6 +458,16 @@ spec:
         waiting(p)["reason"] == "ImagePullBackOff"
     })
     .await;
+
+    let pod = env
+        .pod_until("neverpull", 30, |p| {
+            waiting(p)["reason"] == "ErrImageNeverPull"
+        })
+        .await;
+    assert_eq!(
+        waiting(&pod)["message"],
+        "Container image \"localhost/absent:1\" is not present with pull policy of Never"
+    );
 
     // RunContainerError with the runtime's message, until the next sync
     // finds the dead container in its back-off.

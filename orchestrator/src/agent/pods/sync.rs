@@ -80,7 +80,7 @@ pub async fn sync_pod(p: &Pods, key: &str) -> Result<(), SyncError> {
     let attempt = sandbox.metadata.as_ref().map_or(0, |m| m.attempt);
     let sandbox_config = sandbox::config(&p.config, pod, attempt);
     let sandbox_status = runtime::sandbox_status(&p.cri, &sandbox.id).await?;
-    let downward = downward(p, &sandbox_status).await;
+    let downward = downward(p, pod, &sandbox_status).await;
     let mut ctx = Ctx {
         p,
         pod,
@@ -115,7 +115,7 @@ pub async fn sync_pod(p: &Pods, key: &str) -> Result<(), SyncError> {
 }
 
 /// The addresses and node figures the downward API reads.
-async fn downward(p: &Pods, sandbox: &api::PodSandboxStatus) -> Downward {
+async fn downward(p: &Pods, pod: &Value, sandbox: &api::PodSandboxStatus) -> Downward {
     let mut pod_ips = Vec::new();
     if let Some(net) = &sandbox.network {
         if !net.ip.is_empty() {
@@ -125,11 +125,30 @@ async fn downward(p: &Pods, sandbox: &api::PodSandboxStatus) -> Downward {
     }
     let host_ip = status::host_ip(p).await.unwrap_or_default();
     let pod_ip = pod_ips.first().cloned().unwrap_or_else(|| host_ip.clone());
+    // A `resourceFieldRef` to a limit left unset reads the node's
+    // allocatable, as upstream's downward API does.
+    let mut allocatable = HashMap::new();
+    if pod["spec"].to_string().contains("resourceFieldRef")
+        && let Ok(node) = p
+            .client
+            .get(&format!("/api/v1/nodes/{}", p.config.node_name))
+            .await
+    {
+        for (k, v) in node["status"]["allocatable"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(v) = v.as_str() {
+                allocatable.insert(k.clone(), v.to_owned());
+            }
+        }
+    }
     Downward {
         pod_ip,
         pod_ips,
         host_ip,
-        allocatable: HashMap::new(),
+        allocatable,
     }
 }
 
