@@ -11,6 +11,9 @@
 //! - [`cri`]: the CRI runtime and image services on containerd's socket.
 //! - [`pods`]: the pods bound to this node, run through CRI, their status
 //!   and events.
+//! - [`logs`]: CRI log files read as `kubectl logs` asks; [`server`]: the
+//!   agent HTTPS API (the kubelet port); [`streams`]: logs, exec, attach and
+//!   port-forward through CRI and containerd's stream server.
 //!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
@@ -22,7 +25,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub mod cri;
+pub mod logs;
 pub mod pods;
+pub mod server;
+pub mod streams;
 
 /// What the agent needs to know about its node and its machine.
 #[derive(Debug, Clone)]
