@@ -434,7 +434,15 @@ kind: Pod
 metadata: {{name: crasher}}
 spec:
   containers:
-  - {{name: c, image: "{BUSYBOX}", command: [sh, -c, "echo crashing; exit 3"]}}
+  - {{name: c, image: "{BUSYBOX}", command: [sh, -c, "echo crashing; echo -n bad thing >/dev/termination-log; exit 3"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fallback}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: c, image: "{BUSYBOX}", terminationMessagePolicy: FallbackToLogsOnError, command: [sh, -c, "echo first; echo last words; exit 1"]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -508,6 +516,7 @@ spec:
     let c = container_state(&pod, "c");
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 3, "{c}");
     assert_eq!(c["lastState"]["terminated"]["reason"], "Error", "{c}");
+    assert_eq!(c["lastState"]["terminated"]["message"], "bad thing", "{c}");
     assert_eq!(pod["status"]["phase"], "Running");
     assert_eq!(condition(&pod, "Ready"), "False");
     assert!(
@@ -523,6 +532,15 @@ spec:
         "involvedObject.name=crasher",
     ]);
     assert!(events.contains("BackOff"), "{events}");
+
+    let pod = env
+        .pod_until("fallback", 60, |p| p["status"]["phase"] == "Failed")
+        .await;
+    let c = container_state(&pod, "c");
+    assert_eq!(
+        c["state"]["terminated"]["message"], "first\nlast words",
+        "{c}"
+    );
 
     let pod = env
         .pod_until("oom", 60, |p| p["status"]["phase"] == "Failed")

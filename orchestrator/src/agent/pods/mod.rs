@@ -261,6 +261,12 @@ impl Pods {
             .unwrap_or_else(|e| e.into_inner())
             .forget_prefix(uid);
         self.health.forget(key);
+        let dir = start::containers_dir(self, uid);
+        if let Err(error) = std::fs::remove_dir_all(&dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(dir = %dir.display(), %error, "termination logs not removed");
+        }
         let (volumes, uid) = (self.volumes.clone(), uid.to_owned());
         tokio::spawn(async move { volumes.cleanup(&uid).await });
     }

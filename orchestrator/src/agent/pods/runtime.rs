@@ -24,6 +24,8 @@ pub const GRACE_PERIOD: &str = "io.kubernetes.pod.terminationGracePeriod";
 /// Annotation: the container's preStop exec command (JSON), for a stop
 /// after the pod is gone.
 pub const PRE_STOP: &str = "io.cairn.container.preStop";
+/// Annotation: the host file of the container's termination message.
+pub const TERMINATION_LOG: &str = "io.cairn.container.terminationLog";
 /// Annotation: an init container.
 pub const INIT: &str = "io.cairn.container.init";
 

@@ -110,13 +110,17 @@ pub(super) async fn start(
         volumes: ctx.volumes.as_ref().unwrap_or(&empty),
         grace: sandbox::grace_period(ctx.pod),
     };
-    let config = match containers::config(&inputs) {
+    let mut config = match containers::config(&inputs) {
         Ok(c) => c,
         Err(e) => {
             fail("CreateContainerConfigError", e);
             return Ok(());
         }
     };
+    if let Err(e) = termination_log(p, ctx.uid, spec, restart_count, &mut config) {
+        fail("CreateContainerConfigError", e);
+        return Ok(());
+    }
     let id = match containers::create_and_start(&p.cri, ctx.sandbox_id, ctx.sandbox_config, config)
         .await
     {
@@ -261,4 +265,47 @@ async fn ensure_image(
             })
         }
     }
+}
+
+/// The host file behind a container's `terminationMessagePath`
+/// (`/dev/termination-log` by default), as the kubelet makes it:
+/// `<root_dir>/pods/<uid>/containers/<name>/<restartCount>`, mounted
+/// writable, read back for `terminated.message`
+/// ([`super::status`]). Its path is kept as an annotation.
+fn termination_log(
+    p: &Pods,
+    uid: &str,
+    spec: &Value,
+    restart_count: u32,
+    config: &mut api::ContainerConfig,
+) -> Result<(), String> {
+    let target = spec["terminationMessagePath"]
+        .as_str()
+        .unwrap_or("/dev/termination-log");
+    if target.is_empty() {
+        return Ok(());
+    }
+    let name = spec["name"].as_str().unwrap_or("");
+    let dir = containers_dir(p, uid).join(name);
+    let file = dir.join(restart_count.to_string());
+    let made = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::write(&file, b"")?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))
+    });
+    made.map_err(|e| format!("termination log {}: {e}", file.display()))?;
+    config.mounts.push(api::Mount {
+        container_path: target.to_owned(),
+        host_path: file.display().to_string(),
+        ..Default::default()
+    });
+    config
+        .annotations
+        .insert(runtime::TERMINATION_LOG.into(), file.display().to_string());
+    Ok(())
+}
+
+/// `<root_dir>/pods/<uid>/containers`: the pod's termination-log files.
+pub fn containers_dir(p: &Pods, uid: &str) -> PathBuf {
+    p.config.root_dir.join("pods").join(uid).join("containers")
 }

@@ -57,8 +57,43 @@ pub async fn host_ip(p: &Pods) -> Option<String> {
     Some(ip)
 }
 
+/// The message a dead container left: its termination-log file (at most
+/// 4 KiB), else, under `FallbackToLogsOnError` after a failure, the end of
+/// its log (80 lines, 2 KiB), as upstream reads them.
+fn termination_message(c: &api::ContainerStatus, spec: &Value) -> Option<String> {
+    let read_tail = |path: &str, max: u64| -> Option<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).ok()?;
+        Some(buf)
+    };
+    if let Some(file) = c.annotations.get(runtime::TERMINATION_LOG)
+        && let Ok(bytes) = std::fs::read(file)
+        && !bytes.is_empty()
+    {
+        let bytes = &bytes[..bytes.len().min(4096)];
+        return Some(String::from_utf8_lossy(bytes).into_owned());
+    }
+    if spec["terminationMessagePolicy"] != "FallbackToLogsOnError" || c.exit_code == 0 {
+        return None;
+    }
+    let bytes = read_tail(&c.log_path, 2048)?;
+    let text = String::from_utf8_lossy(&bytes);
+    // CRI lines: `<time> <stream> <F|P> <text>`.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect();
+    let start = lines.len().saturating_sub(80);
+    let message = lines[start..].join("\n");
+    (!message.is_empty()).then_some(message)
+}
+
 /// The `terminated` state of a dead container.
-fn terminated(c: &api::ContainerStatus) -> Value {
+fn terminated(c: &api::ContainerStatus, spec: &Value) -> Value {
     let reason = if !c.reason.is_empty() {
         c.reason.clone()
     } else if c.exit_code == 0 {
@@ -73,7 +108,9 @@ fn terminated(c: &api::ContainerStatus) -> Value {
         "finishedAt": time(c.finished_at),
         "containerID": format!("containerd://{}", c.id),
     });
-    if !c.message.is_empty() {
+    if let Some(message) = termination_message(c, spec) {
+        t["message"] = json!(message);
+    } else if !c.message.is_empty() {
         t["message"] = json!(c.message);
     }
     json!({"terminated": t})
@@ -122,7 +159,7 @@ fn container_status(
                 "ContainerCreating"
             });
             if let Some(prev) = rt.latest(name) {
-                status["lastState"] = terminated(prev);
+                status["lastState"] = terminated(prev, spec);
                 status["restartCount"] = json!(runtime::restart_count(prev) + 1);
             }
         }
@@ -131,7 +168,7 @@ fn container_status(
             status["imageID"] = json!(c.image_ref);
             status["restartCount"] = json!(runtime::restart_count(c));
             if let Some(prev) = previous {
-                status["lastState"] = terminated(prev);
+                status["lastState"] = terminated(prev, spec);
             }
             if runtime::running(c) {
                 status["state"] = json!({"running": {"startedAt": time(c.started_at)}});
@@ -141,9 +178,9 @@ fn container_status(
                 // Dead and about to restart (or failing to): waiting, with
                 // the dead instance as lastState.
                 status["state"] = waiting_state("");
-                status["lastState"] = terminated(c);
+                status["lastState"] = terminated(c, spec);
             } else {
-                status["state"] = terminated(c);
+                status["state"] = terminated(c, spec);
             }
         }
     }
