@@ -9,6 +9,9 @@
 //!
 //! # Layout
 //! - [`cri`]: the CRI runtime and image services on containerd's socket.
+//! - [`probes`]: liveness, readiness and startup probe workers.
+//! - [`volumes`]: pod volumes on the host (emptyDir, hostPath, configMap,
+//!   secret, downwardAPI, projected, local-path PVCs).
 //!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
@@ -20,6 +23,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub mod cri;
+pub mod probes;
+pub mod volumes;
 
 /// What the agent needs to know about its node and its machine.
 #[derive(Debug, Clone)]
