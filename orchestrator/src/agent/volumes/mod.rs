@@ -160,70 +160,96 @@ impl Volumes {
         );
         let uid = meta["uid"].as_str().unwrap_or("");
         let mut out = HashMap::new();
+        // Volumes are independent: one failing does not hold the others
+        // back (an update still reaches them); the first error is returned.
+        let mut first_error = None;
         for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
-            let name = volume["name"].as_str().unwrap_or("");
-            let err = |(failure, message): Fail| VolumeError {
-                pod: pod_name.clone(),
-                volume: name.to_owned(),
-                failure,
-                message,
-            };
-            if !safe_component(uid) || !safe_component(name) {
-                return Err(err(mount_err(format!(
-                    "invalid pod uid {uid:?} or volume name {name:?}"
-                ))));
+            match self.one(pod, &pod_name, uid, volume, all).await {
+                Ok(Some((name, path))) => {
+                    out.insert(name, path);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
-            let dir = |kind: &str| self.pod_dir(uid).join("volumes").join(kind).join(name);
-            let path = if let Some(empty) = volume.get("emptyDir") {
-                if !all {
-                    continue;
-                }
-                let path = dir(EMPTY_DIR);
-                host::empty_dir(&path, empty).map_err(err)?;
-                path
-            } else if let Some(source) = volume.get("hostPath") {
-                if !all {
-                    continue;
-                }
-                host::host_path(source).map_err(err)?
-            } else if let Some(source) = volume.get("persistentVolumeClaim") {
-                if !all {
-                    continue;
-                }
-                self.claim(pod, source).await.map_err(err)?
-            } else {
-                let (kind, payload) = if let Some(source) = volume.get("configMap") {
-                    (CONFIG_MAP, sources::config_map(self, pod, source).await)
-                } else if let Some(source) = volume.get("secret") {
-                    (SECRET, sources::secret(self, pod, source).await)
-                } else if let Some(source) = volume.get("downwardAPI") {
-                    (DOWNWARD_API, sources::downward_api(self, pod, source).await)
-                } else if let Some(source) = volume.get("projected") {
-                    let path = dir(PROJECTED);
-                    (
-                        PROJECTED,
-                        sources::projected(self, pod, name, source, &path).await,
-                    )
-                } else {
-                    let kind = volume
-                        .as_object()
-                        .and_then(|o| o.keys().find(|k| *k != "name").cloned())
-                        .unwrap_or_default();
-                    return Err(err(mount_err(format!(
-                        "volume kind {kind:?} is not supported by this node"
-                    ))));
-                };
-                let path = dir(kind);
-                let payload = payload.map_err(err)?;
-                let changed = atomic::write(&path, &payload).map_err(|e| err(mount_err(e)))?;
-                if changed {
-                    debug!(pod = %pod_name, volume = name, "volume contents written");
-                }
-                path
-            };
-            out.insert(name.to_owned(), path);
         }
-        Ok(out)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// One volume: `None` when `all` is false and its kind is not refreshed.
+    async fn one(
+        &self,
+        pod: &Value,
+        pod_name: &str,
+        uid: &str,
+        volume: &Value,
+        all: bool,
+    ) -> Result<Option<(String, PathBuf)>, VolumeError> {
+        let name = volume["name"].as_str().unwrap_or("");
+        let err = |(failure, message): Fail| VolumeError {
+            pod: pod_name.to_owned(),
+            volume: name.to_owned(),
+            failure,
+            message,
+        };
+        if !safe_component(uid) || !safe_component(name) {
+            return Err(err(mount_err(format!(
+                "invalid pod uid {uid:?} or volume name {name:?}"
+            ))));
+        }
+        let dir = |kind: &str| self.pod_dir(uid).join("volumes").join(kind).join(name);
+        let path = if let Some(empty) = volume.get("emptyDir") {
+            if !all {
+                return Ok(None);
+            }
+            let path = dir(EMPTY_DIR);
+            host::empty_dir(&path, empty).map_err(err)?;
+            path
+        } else if let Some(source) = volume.get("hostPath") {
+            if !all {
+                return Ok(None);
+            }
+            host::host_path(source).map_err(err)?
+        } else if let Some(source) = volume.get("persistentVolumeClaim") {
+            if !all {
+                return Ok(None);
+            }
+            self.claim(pod, source).await.map_err(err)?
+        } else {
+            let (kind, payload) = if let Some(source) = volume.get("configMap") {
+                (CONFIG_MAP, sources::config_map(self, pod, source).await)
+            } else if let Some(source) = volume.get("secret") {
+                (SECRET, sources::secret(self, pod, source).await)
+            } else if let Some(source) = volume.get("downwardAPI") {
+                (DOWNWARD_API, sources::downward_api(self, pod, source).await)
+            } else if let Some(source) = volume.get("projected") {
+                let path = dir(PROJECTED);
+                (
+                    PROJECTED,
+                    sources::projected(self, pod, name, source, &path).await,
+                )
+            } else {
+                let kind = volume
+                    .as_object()
+                    .and_then(|o| o.keys().find(|k| *k != "name").cloned())
+                    .unwrap_or_default();
+                return Err(err(mount_err(format!(
+                    "volume kind {kind:?} is not supported by this node"
+                ))));
+            };
+            let path = dir(kind);
+            let payload = payload.map_err(err)?;
+            let changed = atomic::write(&path, &payload).map_err(|e| err(mount_err(e)))?;
+            if changed {
+                debug!(pod = %pod_name, volume = name, "volume contents written");
+            }
+            path
+        };
+        Ok(Some((name.to_owned(), path)))
     }
 
     /// The host directory of a `persistentVolumeClaim` volume.
