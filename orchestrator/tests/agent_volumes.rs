@@ -452,8 +452,10 @@ async fn pvc_is_bound_to_a_local_path_volume_and_released() {
 
 /// An HTTP server on 127.0.0.1 answering every request with `status`.
 async fn http_server(status: Arc<AtomicU16>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("test server");
+    let port = listener.local_addr().expect("test server").port();
     tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
@@ -563,4 +565,60 @@ async fn tcp_liveness_fails_after_threshold_and_startup_gates() {
     wait_probe("started", || probes.started("id2")).await;
     wait_probe("ready", || probes.ready("id2")).await;
     assert_eq!(probes.liveness_failure("id2"), None);
+}
+
+/// An HTTPS server on 127.0.0.1 with a self-signed certificate, answering 200.
+async fn https_server() -> u16 {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("test server");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("test server")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("test server");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("test server");
+    let port = listener.local_addr().expect("test server").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(conn).await else {
+                    return;
+                };
+                let mut buf = [0u8; 1024];
+                let _ = tls.read(&mut buf).await;
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_probe_does_not_verify_the_certificate() {
+    let port = https_server().await;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let probes = Probes::without_runtime(tx);
+    let spec = json!({"name": "c",
+        "readinessProbe": {"httpGet": {"port": port, "scheme": "HTTPS", "path": "/healthz"},
+            "periodSeconds": 1}});
+    probes.ensure("default/s", "127.0.0.1", "c", "tls", &spec);
+    wait_probe("ready over HTTPS", || probes.ready("tls")).await;
+    // The same server spoken to in plain HTTP does not pass.
+    let plain = json!({"name": "c",
+        "readinessProbe": {"httpGet": {"port": port}, "periodSeconds": 1, "timeoutSeconds": 1}});
+    probes.ensure("default/s2", "127.0.0.1", "c", "plain", &plain);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!probes.ready("plain"));
 }
