@@ -8,7 +8,12 @@
 //! nothing mounted; probes over HTTP and TCP against listeners on
 //! 127.0.0.1 (thresholds, recovery, startup gating).
 //!
-//! Runs as root (tmpfs mounts), as `.ci/run` does.
+//! Exec probes run in a busybox container of a real containerd with CRI
+//! (`common/cri.rs`).
+//!
+//! Runs as root (tmpfs mounts, containerd), as `.ci/run` does.
+
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use cairn::agent::cri::api;
 use cairn::agent::probes::Probes;
 use cairn::agent::volumes::{Failure, Volumes};
 use cairn::api::Api;
@@ -621,4 +627,101 @@ async fn https_probe_does_not_verify_the_certificate() {
     probes.ensure("default/s2", "127.0.0.1", "c", "plain", &plain);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!probes.ready("plain"));
+}
+
+/// A running busybox container (`sleep`) in a sandbox: its ID.
+async fn busybox_container(runtime: &common::cri::CriRuntime) -> String {
+    let mut cri = runtime.cri().await;
+    let sandbox = api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: "probed".into(),
+            namespace: "default".into(),
+            uid: "probed-uid".into(),
+            attempt: 0,
+        }),
+        hostname: "probed".into(),
+        log_directory: runtime.pod_log_dir().display().to_string(),
+        ..Default::default()
+    };
+    let sandbox_id = cri
+        .runtime
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", runtime.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    let config = api::ContainerConfig {
+        metadata: Some(api::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(api::ImageSpec {
+            image: common::cri::BUSYBOX.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: "c/0.log".into(),
+        ..Default::default()
+    };
+    let id = cri
+        .runtime
+        .create_container(api::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id,
+            config: Some(config),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", runtime.log()))
+        .into_inner()
+        .container_id;
+    cri.runtime
+        .start_container(api::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", runtime.log()));
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_probes_in_a_container() {
+    let runtime = common::cri::CriRuntime::start().await;
+    let id = busybox_container(&runtime).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let probes = Probes::new(runtime.cri().await, tx);
+    let spec = json!({"name": "c",
+        "readinessProbe": {"exec": {"command": ["sh", "-c", "test -f /tmp/ready"]},
+            "periodSeconds": 1},
+        "livenessProbe": {"exec": {"command": ["sh", "-c", "echo slow; sleep 10"]},
+            "periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2}});
+    probes.ensure("default/probed", "", "c", &id, &spec);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!probes.ready(&id), "/tmp/ready is not there yet");
+    let mut cri = runtime.cri().await;
+    let touched = cri
+        .runtime
+        .exec_sync(api::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["touch".into(), "/tmp/ready".into()],
+            timeout: 5,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!(touched.exit_code, 0);
+    wait_probe("ready once the file exists", || probes.ready(&id)).await;
+    assert_eq!(rx.recv().await.as_deref(), Some("default/probed"));
+    // The liveness command outlives its timeout twice.
+    wait_probe("liveness failure", || {
+        probes.liveness_failure(&id).is_some()
+    })
+    .await;
+    let failure = probes.liveness_failure(&id).unwrap();
+    assert_eq!(
+        failure,
+        "Liveness probe failed: command \"sh -c echo slow; sleep 10\" timed out"
+    );
 }
