@@ -152,6 +152,14 @@ async fn config_map_and_secret_files_modes_items_and_updates() {
             {"name": "maybe", "configMap": {"name": "absent", "optional": true}},
         ]),
     );
+    assert_eq!(
+        Volumes::references(&pod),
+        [
+            ("configmaps", "absent".to_owned()),
+            ("configmaps", "cfg".to_owned()),
+            ("secrets", "sec".to_owned())
+        ]
+    );
     let paths = c.volumes.prepare(&pod).await.expect("prepare");
     let all = &paths["all"];
     assert!(all.starts_with(c.root.join("pods/u1/volumes/configmap")));
@@ -279,6 +287,7 @@ async fn empty_dir_memory_is_tmpfs_and_cleanup_leaves_nothing() {
         json!([
             {"name": "scratch", "emptyDir": {}},
             {"name": "ram", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+            {"name": "ram2", "emptyDir": {"medium": "Memory"}},
         ]),
     );
     let paths = c.volumes.prepare(&pod).await.expect("prepare");
@@ -286,15 +295,20 @@ async fn empty_dir_memory_is_tmpfs_and_cleanup_leaves_nothing() {
     assert_eq!(scratch, &c.root.join("pods/u4/volumes/empty-dir/scratch"));
     assert_eq!(mode(scratch), 0o777);
     let ram = &paths["ram"];
-    let mounts = mounts_under(&c.root);
-    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    let mut mounts = mounts_under(&c.root);
+    mounts.sort();
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
     let (path, fs, options) = &mounts[0];
     assert_eq!((path, fs.as_str()), (ram, "tmpfs"));
     assert!(options.split(',').any(|o| o == "size=16384k"), "{options}");
     assert_eq!(mode(ram), 0o777);
+    // Without sizeLimit: the pod's memory limit (its one container's 64Mi).
+    let (path, _, options) = &mounts[1];
+    assert_eq!(path, &paths["ram2"]);
+    assert!(options.split(',').any(|o| o == "size=65536k"), "{options}");
     // Preparing again mounts nothing more.
     c.volumes.prepare(&pod).await.expect("prepare again");
-    assert_eq!(mounts_under(&c.root).len(), 1);
+    assert_eq!(mounts_under(&c.root).len(), 2);
     std::fs::write(ram.join("f"), "x").unwrap();
     // Links out of the pod directory are removed, not followed.
     std::os::unix::fs::symlink(&outside, scratch.join("link")).unwrap();

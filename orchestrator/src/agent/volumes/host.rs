@@ -19,16 +19,27 @@ pub fn make_dir(path: &Path, mode: u32) -> Result<(), String> {
 }
 
 /// An emptyDir at `path`: a 0777 directory, with a tmpfs mounted on it
-/// for `medium: Memory` (`size=` from `sizeLimit`).
-pub fn empty_dir(path: &Path, source: &Value) -> Result<(), Fail> {
+/// for `medium: Memory`. Its size is the smaller of `sizeLimit` and
+/// `pod_memory_limit` (upstream's `SizeMemoryBackedVolumes`; the kernel's
+/// default, half the RAM, when neither is set).
+pub fn empty_dir(path: &Path, source: &Value, pod_memory_limit: Option<i64>) -> Result<(), Fail> {
     std::fs::create_dir_all(path)
         .map_err(|e| mount_err(format!("creating {}: {e}", path.display())))?;
     if source["medium"] == "Memory" && !is_mount_point(path) {
         let mut options = String::from("mode=0777");
-        if let Some(limit) = source["sizeLimit"].as_str() {
-            let bytes = crate::scheduler::filters::quantity(limit, 1.0)
-                .filter(|b| *b > 0)
-                .ok_or_else(|| mount_err(format!("invalid sizeLimit {limit:?}")))?;
+        let limit = match source["sizeLimit"].as_str() {
+            Some(limit) => Some(
+                crate::scheduler::filters::quantity(limit, 1.0)
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| mount_err(format!("invalid sizeLimit {limit:?}")))?,
+            ),
+            None => None,
+        };
+        let size = match (limit, pod_memory_limit.filter(|m| *m > 0)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(bytes) = size {
             options.push_str(&format!(",size={bytes}"));
         }
         nix::mount::mount(
@@ -171,10 +182,43 @@ pub fn unmount_under(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// The pod's memory limit when every container has one (the sum, or the
+/// largest init container's if more), as the pod cgroup gets it.
+pub fn pod_memory_limit(pod: &Value) -> Option<i64> {
+    let limit = |c: &Value| match &c["resources"]["limits"]["memory"] {
+        Value::String(s) => crate::scheduler::filters::quantity(s, 1.0),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    };
+    let mut sum = 0i64;
+    for c in pod["spec"]["containers"].as_array()? {
+        sum = sum.saturating_add(limit(c)?);
+    }
+    for c in pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        sum = sum.max(limit(c)?);
+    }
+    Some(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pod_memory_limits() {
+        let pod = |limits: Value| json!({"spec": {"containers": limits}});
+        let c = |m: &str| json!({"resources": {"limits": {"memory": m}}});
+        assert_eq!(
+            pod_memory_limit(&pod(json!([c("64Mi"), c("1Mi")]))),
+            Some(65 << 20)
+        );
+        assert_eq!(pod_memory_limit(&pod(json!([c("64Mi"), {}]))), None);
+    }
 
     #[test]
     fn host_path_types() {

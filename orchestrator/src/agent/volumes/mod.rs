@@ -207,7 +207,7 @@ impl Volumes {
                 return Ok(None);
             }
             let path = dir(EMPTY_DIR);
-            host::empty_dir(&path, empty).map_err(err)?;
+            host::empty_dir(&path, empty, host::pod_memory_limit(pod)).map_err(err)?;
             path
         } else if let Some(source) = volume.get("hostPath") {
             if !all {
@@ -250,6 +250,34 @@ impl Volumes {
             path
         };
         Ok(Some((name.to_owned(), path)))
+    }
+
+    /// The configMaps and secrets the pod's volumes read, as
+    /// `("configmaps" | "secrets", name)` in the pod's namespace: the pods
+    /// part may watch them to call [`Volumes::refresh`] on a change rather
+    /// than wait for its resync.
+    pub fn references(pod: &Value) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut add = |kind: &'static str, name: &Value| {
+            if let Some(name) = name.as_str().filter(|n| !n.is_empty()) {
+                out.push((kind, name.to_owned()));
+            }
+        };
+        for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            add("configmaps", &volume["configMap"]["name"]);
+            add("secrets", &volume["secret"]["secretName"]);
+            for source in volume["projected"]["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                add("configmaps", &source["configMap"]["name"]);
+                add("secrets", &source["secret"]["name"]);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The host directory of a `persistentVolumeClaim` volume.
