@@ -12,6 +12,9 @@
 //! - [`logs`]: CRI log files read as `kubectl logs` asks; [`server`]: the
 //!   agent HTTPS API (the kubelet port); [`streams`]: logs, exec, attach and
 //!   port-forward through CRI and containerd's stream server.
+//! - [`probes`]: liveness, readiness and startup probe workers.
+//! - [`volumes`]: pod volumes on the host (emptyDir, hostPath, configMap,
+//!   secret, downwardAPI, projected, local-path PVCs).
 //!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
@@ -24,8 +27,10 @@ use std::path::PathBuf;
 
 pub mod cri;
 pub mod logs;
+pub mod probes;
 pub mod server;
 pub mod streams;
+pub mod volumes;
 
 /// What the agent needs to know about its node and its machine.
 #[derive(Debug, Clone)]
