@@ -14,6 +14,9 @@
 //! - [`logs`]: CRI log files read as `kubectl logs` asks; [`server`]: the
 //!   agent HTTPS API (the kubelet port); [`streams`]: logs, exec, attach and
 //!   port-forward through CRI and containerd's stream server.
+//! - [`probes`]: liveness, readiness and startup probe workers.
+//! - [`volumes`]: pod volumes on the host (emptyDir, hostPath, configMap,
+//!   secret, downwardAPI, projected, local-path PVCs).
 //!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
@@ -27,8 +30,10 @@ use std::path::PathBuf;
 pub mod cri;
 pub mod logs;
 pub mod pods;
+pub mod probes;
 pub mod server;
 pub mod streams;
+pub mod volumes;
 
 /// What the agent needs to know about its node and its machine.
 #[derive(Debug, Clone)]

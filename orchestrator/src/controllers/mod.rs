@@ -25,8 +25,9 @@
 //!   `kube-system/cairn-controller-manager`; only the leader runs the
 //!   reflectors and loops, so servers sharing a PostgreSQL act once. A
 //!   leader that cannot renew steps down and stops its loops.
-//! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`]
-//!   (and the scheduler).
+//! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`],
+//!   [`localpath`] (PVCs of the default StorageClass `local-path`) and the
+//!   scheduler.
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
@@ -41,6 +42,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod leader;
+pub mod localpath;
 pub mod objects;
 pub mod queue;
 pub mod reflector;
@@ -126,6 +128,7 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     loops.spawn(collector.run());
     let endpoints = endpoints::Endpoints::new(client.clone(), services.clone(), pods.clone());
     loops.spawn(endpoints.run(WORKERS));
+    loops.spawn(localpath::run(client.clone(), WORKERS));
     for reflector in [pods, nodes, sets, deployments, namespaces, services] {
         loops.spawn(reflector.run(client.clone()));
     }
