@@ -808,3 +808,72 @@ spec:
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volumes_and_probes_are_plugged_in() {
+    let env = Env::start().await;
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: files}}
+data: {{colour: green}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: shared}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: work, emptyDir: {{}}}}
+  - {{name: config, configMap: {{name: files}}}}
+  initContainers:
+  - name: init
+    image: {BUSYBOX}
+    command: [sh, -c, "echo from-init > /work/note"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, "cat /work/note; cat /config/colour; echo; touch /tmp/ready; exec sleep 3600"]
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: config, mountPath: /config, readOnly: true}}
+    readinessProbe:
+      exec: {{command: [cat, /tmp/ready]}}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unlively}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+    livenessProbe:
+      exec: {{command: ["false"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+    ));
+    let pod = env
+        .pod_until("shared", 60, |p| condition(p, "Ready") == "True")
+        .await;
+    assert_eq!(env.log(&pod, "main", 0), ["from-init", "green"]);
+
+    let pod = env
+        .pod_until("unlively", 60, |p| {
+            container_state(p, "c")["restartCount"].as_u64() >= Some(1)
+        })
+        .await;
+    let c = container_state(&pod, "c");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 137, "{c}");
+    let events = env.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=unlively",
+    ]);
+    assert!(events.contains("failed liveness probe"), "{events}");
+}

@@ -30,11 +30,13 @@
 //! at once by the API) and the dead containers beyond the last two of each.
 //!
 //! # Hooks for the other parts
-//! - Volumes: [`Volumes`] gives the host paths of a pod's volumes; until
-//!   `agent::volumes` lands the map is empty ([`NoVolumes`]).
-//! - Probes: [`Health`] answers readiness, startup and liveness; until
-//!   `agent::probes` lands ready = running ([`NoProbes`]). The probes'
-//!   pod keys come back on [`Pods::resync_channel`].
+//! - Volumes: [`Volumes`] gives the host paths of a pod's volumes
+//!   (`agent::volumes`; [`NoVolumes`]: none).
+//! - Probes: [`Health`] answers readiness, startup and liveness
+//!   (`agent::probes`; [`NoProbes`]: ready = running). The probes' pod
+//!   keys come back on [`Pods::resync_channel`].
+//! - [`parts`] implements both with the agent's own and wires them
+//!   ([`Pods::with_parts`]).
 
 pub mod backoff;
 pub mod containers;
@@ -42,6 +44,7 @@ pub mod env;
 pub mod events;
 pub mod gc;
 pub mod images;
+pub mod parts;
 pub mod runtime;
 pub mod sandbox;
 pub mod start;
@@ -402,8 +405,7 @@ fn changed_for_sync(old: &Value, new: &Value) -> bool {
 
 /// Runs the pods part for `config` on `client` until `shutdown`:
 /// connects to CRI (retrying until it answers) and runs [`Pods::run`]
-/// without volumes or probes. The agent's `run` uses [`Pods`] directly to
-/// plug those in.
+/// with the agent's volumes and probes ([`Pods::with_parts`]).
 pub async fn run(config: Config, client: Client, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let cri = loop {
@@ -418,5 +420,7 @@ pub async fn run(config: Config, client: Client, shutdown: impl std::future::Fut
             }
         }
     };
-    Arc::new(Pods::new(config, client, cri)).run(shutdown).await;
+    Arc::new(Pods::new(config, client, cri).with_parts())
+        .run(shutdown)
+        .await;
 }

@@ -94,6 +94,13 @@ pub(super) async fn start(
                 if waiting.reason == "CreateContainerConfigError" {
                     fail("CreateContainerConfigError", waiting.message);
                 } else {
+                    p.events.pod(
+                        ctx.pod,
+                        None,
+                        Type::Warning,
+                        "FailedMount",
+                        &waiting.message,
+                    );
                     p.set_waiting(ctx.uid, name, Some(waiting));
                 }
                 return Ok(());
