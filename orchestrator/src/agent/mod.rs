@@ -9,6 +9,12 @@
 //!
 //! # Layout
 //! - [`cri`]: the CRI runtime and image services on containerd's socket.
+//! - [`node`]: the Node object (registration, status, Lease) and what it
+//!   reports about the machine.
+//! - [`network`]: the CNI configuration for the node's pod CIDR.
+//!
+//! [`run`] starts the loops; `cairn server` runs it with the in-process
+//! client, `cairn agent` with a remote one.
 //!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
@@ -18,8 +24,16 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::api::User;
+use crate::controllers::client::Client;
 
 pub mod cri;
+pub mod network;
+pub mod node;
 
 /// What the agent needs to know about its node and its machine.
 #[derive(Debug, Clone)]
@@ -51,6 +65,15 @@ pub struct Config {
     pub cluster_cidr: String,
     /// Image of the pod sandbox (Cairn's own pause, imported at boot).
     pub sandbox_image: String,
+    /// The Linux bridge pods are attached to (`cni0`).
+    pub cni_bridge: String,
+    /// This node runs the control plane (the agent inside `cairn server`):
+    /// labelled `node-role.kubernetes.io/control-plane`.
+    pub control_plane: bool,
+    /// How often the node's status is read (written only on change).
+    pub status_interval: Duration,
+    /// How often the node's Lease is renewed.
+    pub lease_interval: Duration,
 }
 
 impl Config {
@@ -70,6 +93,10 @@ impl Config {
             cluster_domain: "cluster.local".into(),
             cluster_cidr: "10.42.0.0/16".into(),
             sandbox_image: SANDBOX_IMAGE.into(),
+            cni_bridge: "cni0".into(),
+            control_plane: false,
+            status_interval: Duration::from_secs(10),
+            lease_interval: Duration::from_secs(10),
         }
     }
 }
@@ -77,3 +104,44 @@ impl Config {
 /// The pod sandbox image's name: Cairn's pause program, built by the image
 /// builder and imported at boot, so no pod needs a registry to start.
 pub const SANDBOX_IMAGE: &str = "localhost/cairn/pause:1";
+
+/// The agent's field manager.
+pub const MANAGER: &str = "cairn-agent";
+
+/// The user a node's agent acts as (`system:node:<node>` in `system:nodes`),
+/// for the in-process client.
+pub fn node_user(node_name: &str) -> User {
+    User {
+        name: format!("system:node:{node_name}"),
+        uid: String::new(),
+        groups: vec![
+            crate::api::auth::NODES_GROUP.to_owned(),
+            crate::api::auth::AUTHENTICATED.to_owned(),
+        ],
+    }
+}
+
+/// What every part of the agent shares.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The node's settings.
+    pub config: Config,
+    /// The API, as this node.
+    pub client: Client,
+}
+
+/// Runs the agent until `shutdown` completes: the node loop (registration,
+/// status, Lease, pod network).
+pub async fn run(config: Config, client: Client, shutdown: impl std::future::Future<Output = ()>) {
+    let context = Context { config, client };
+    info!(node = %context.config.node_name, "starting the node agent");
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(node::NodeAgent::new(context.config.clone(), context.client.clone()).run());
+    tokio::select! {
+        () = shutdown => {}
+        _ = loops.join_next() => {}
+    }
+    info!(node = %context.config.node_name, "stopping the node agent");
+    loops.abort_all();
+    while loops.join_next().await.is_some() {}
+}

@@ -25,8 +25,8 @@
 //!   `kube-system/cairn-controller-manager`; only the leader runs the
 //!   reflectors and loops, so servers sharing a PostgreSQL act once. A
 //!   leader that cannot renew steps down and stops its loops.
-//! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`]
-//!   (and the scheduler).
+//! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`],
+//!   [`nodeipam`] (and the scheduler).
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
@@ -41,6 +41,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod leader;
+pub mod nodeipam;
 pub mod objects;
 pub mod queue;
 pub mod reflector;
@@ -126,6 +127,9 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     loops.spawn(collector.run());
     let endpoints = endpoints::Endpoints::new(client.clone(), services.clone(), pods.clone());
     loops.spawn(endpoints.run(WORKERS));
+    loops.spawn(
+        nodeipam::NodeIpam::new(client.clone(), nodes.clone(), nodeipam::CLUSTER_CIDR).run(),
+    );
     for reflector in [pods, nodes, sets, deployments, namespaces, services] {
         loops.spawn(reflector.run(client.clone()));
     }
