@@ -62,6 +62,11 @@ fn bytes_quantity(bytes: u64) -> String {
     }
 }
 
+/// `share`% of `n`.
+fn percent(n: u64, share: u64) -> u64 {
+    u64::try_from(u128::from(n) * u128::from(share) / 100).unwrap_or(u64::MAX)
+}
+
 /// Capacity and allocatable.
 fn resources(m: &Machine) -> (Value, Value) {
     let capacity = json!({
@@ -70,7 +75,7 @@ fn resources(m: &Machine) -> (Value, Value) {
         "ephemeral-storage": bytes_quantity(m.disk_bytes),
         "pods": MAX_PODS.to_string(),
     });
-    let disk_reserved = m.disk_bytes / 100 * DISK_EVICTION_PERCENT;
+    let disk_reserved = percent(m.disk_bytes, DISK_EVICTION_PERCENT);
     let allocatable = json!({
         "cpu": m.cpus.to_string(),
         "memory": format!("{}Ki", m.memory_kib.saturating_sub(MEMORY_EVICTION_KIB)),
@@ -84,9 +89,9 @@ fn resources(m: &Machine) -> (Value, Value) {
 fn condition_states(m: &Machine, runtime: &Runtime) -> [(&'static str, bool, String, String); 4] {
     let memory = m.memory_kib > 0 && m.memory_available_kib < MEMORY_EVICTION_KIB;
     let disk =
-        m.disk_bytes > 0 && m.disk_available_bytes < m.disk_bytes / 100 * DISK_EVICTION_PERCENT;
+        m.disk_bytes > 0 && m.disk_available_bytes < percent(m.disk_bytes, DISK_EVICTION_PERCENT);
     let pids = m.pid_max > 0
-        && m.pid_max.saturating_sub(m.pids_used) < m.pid_max / 100 * PID_EVICTION_PERCENT;
+        && m.pid_max.saturating_sub(m.pids_used) < percent(m.pid_max, PID_EVICTION_PERCENT);
     let pressure = |kind: &'static str, on: bool, yes: (&str, &str), no: (&str, &str)| {
         let (reason, message) = if on { yes } else { no };
         (kind, on, reason.to_owned(), message.to_owned())
