@@ -119,10 +119,10 @@ pub fn os_image(os_release: &str) -> String {
 fn disk(path: &Path) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(path) {
         Ok(fs) => {
-            let unit = fs.fragment_size() as u64;
+            let unit = fs.fragment_size();
             (
-                (fs.blocks() as u64).saturating_mul(unit),
-                (fs.blocks_available() as u64).saturating_mul(unit),
+                fs.blocks().saturating_mul(unit),
+                fs.blocks_available().saturating_mul(unit),
             )
         }
         Err(err) => {

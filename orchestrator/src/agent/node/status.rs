@@ -55,7 +55,7 @@ pub struct Facts<'a> {
 
 /// A quantity of bytes in the canonical binary-SI spelling the API uses.
 fn bytes_quantity(bytes: u64) -> String {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         format!("{}Ki", bytes / 1024)
     } else {
         bytes.to_string()
