@@ -326,9 +326,26 @@ fn node_registers_ready_and_heartbeats_without_rewriting() {
     );
     assert!(status["allocatable"]["ephemeral-storage"].is_string());
     assert_eq!(status["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
-    for kind in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+    for kind in ["MemoryPressure", "PIDPressure"] {
         assert_eq!(condition(&ready, kind)["status"], "False", "{kind}");
     }
+    // Disk pressure is real on a test machine whose disk is over 90% full.
+    let df = Command::new("df")
+        .args(["-B1", "--output=size,avail"])
+        .arg(agent_root.path())
+        .output()
+        .expect("df");
+    let df = String::from_utf8_lossy(&df.stdout);
+    let figures: Vec<u64> = df
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let pressure = figures[1] < figures[0] / 10;
+    assert_eq!(
+        condition(&ready, "DiskPressure")["status"],
+        if pressure { "True" } else { "False" },
+        "{df}"
+    );
     assert_eq!(condition(&ready, "Ready")["reason"], "KubeletReady");
 
     // The pod CIDR from the node IPAM controller, and the CNI configuration for it.
@@ -416,6 +433,31 @@ fn labels_and_taints_survive_the_agent() {
         serde_json::json!([{"key": "dedicated", "value": "edge", "effect": "NoSchedule"}])
     );
     assert_eq!(again["spec"]["podCIDR"], first["spec"]["podCIDR"]);
+
+    // A Node deleted under the agent is registered again, its Lease owned by the new one.
+    server.kubectl(&["delete", "node", "edge-1"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reborn = loop {
+        if let Some(n) = node(&server.kubeconfig(), "edge-1")
+            && n["metadata"]["uid"] != first["metadata"]["uid"]
+            && condition(&n, "Ready")["status"] == "True"
+        {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not registered again:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lease(&server.kubeconfig(), "edge-1")["metadata"]["ownerReferences"][0]["uid"]
+        != reborn["metadata"]["uid"]
+    {
+        assert!(Instant::now() < deadline, "the Lease keeps the old owner");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `cairn agent` with the given server URL, token and CA file.
@@ -480,6 +522,19 @@ fn cairn_agent_joins_a_server_over_https() {
     );
     let bad_ca = Killed(bad_ca);
 
+    // Node IPAM: a Node that brought its own range keeps it, and no range
+    // is handed out twice.
+    let fixed = server.write(
+        "fixed.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: fixed\nspec:\n  podCIDR: 10.42.0.0/24\n  podCIDRs: [10.42.0.0/24]\n",
+    );
+    server.kubectl(&["create", "-f", common::path_str(&fixed)]);
+    let spare = server.write(
+        "spare.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: spare\n",
+    );
+    server.kubectl(&["create", "-f", common::path_str(&spare)]);
+
     let (good, good_log) = spawn_agent(
         &runtime,
         root.path(),
@@ -522,7 +577,23 @@ fn cairn_agent_joins_a_server_over_https() {
     );
 
     let names = server.kubectl(&["get", "nodes", "-o", "name"]);
-    assert_eq!(names.trim(), "node/edge-2", "{names}");
+    assert_eq!(
+        names.split_whitespace().collect::<Vec<_>>(),
+        ["node/edge-2", "node/fixed", "node/spare"],
+        "{names}"
+    );
+    let cidrs = server.kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.podCIDR} {end}",
+    ]);
+    let mut cidrs: Vec<&str> = cidrs.split_whitespace().collect();
+    assert_eq!(cidrs.len(), 3, "{cidrs:?}");
+    assert_eq!(cidrs[1], "10.42.0.0/24", "{cidrs:?}");
+    cidrs.sort_unstable();
+    cidrs.dedup();
+    assert_eq!(cidrs.len(), 3, "a range handed out twice: {cidrs:?}");
     let refused = std::fs::read_to_string(&bad_token_log).unwrap_or_default();
     assert!(refused.contains("401"), "{refused}");
     drop((bad_token, bad_ca));

@@ -5,8 +5,8 @@
 //!
 //! A range is never handed out twice: the free ranges are computed from
 //! every Node in the cache plus the ranges this controller assigned whose
-//! Node the cache has not caught up with yet, and one worker assigns them
-//! in order. The write is a merge patch guarded by the Node's
+//! Node the cache has not caught up with yet (a node keeps its reserved
+//! range across retries), and one worker assigns them in order. The write is a merge patch guarded by the Node's
 //! resourceVersion, so a Node that got a CIDR meanwhile is read again,
 //! not overwritten. A CIDR, once set, is never changed (upstream forbids
 //! it too); a deleted Node's range becomes free again.
@@ -203,17 +203,17 @@ impl NodeIpam {
                 info!(node = node_name, %cidr, "pod CIDR assigned");
                 Ok(())
             }
-            Err(err) => {
-                // Stale or gone: free the range; the next change requeues.
+            Err(err) if err.is_not_found() => {
                 self.assigned
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(key);
-                if err.is_not_found() {
-                    return Ok(());
-                }
-                Err(format!("assigning {cidr} to node {node_name}: {err}"))
+                Ok(())
             }
+            // The range stays reserved for this node until the cache shows
+            // it with a CIDR (ours, or one set meanwhile): a conflict may
+            // come from a stale cache after our own write succeeded.
+            Err(err) => Err(format!("assigning {cidr} to node {node_name}: {err}")),
         }
     }
 }

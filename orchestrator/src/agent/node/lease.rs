@@ -69,12 +69,8 @@ impl Lease {
         updated["spec"]["holderIdentity"] = self.node.clone().into();
         updated["spec"]["leaseDurationSeconds"] = DURATION_SECONDS.into();
         updated["spec"]["renewTime"] = now.into();
-        if updated["metadata"]["ownerReferences"]
-            .as_array()
-            .is_none_or(Vec::is_empty)
-        {
-            updated["metadata"]["ownerReferences"] = json!([self.owner()]);
-        }
+        // Owned by this Node (also after it was deleted and registered again).
+        updated["metadata"]["ownerReferences"] = json!([self.owner()]);
         match self.client.put(&self.path(), &updated).await {
             Ok(written) => {
                 self.current = Some(written);

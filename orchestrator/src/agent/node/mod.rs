@@ -221,7 +221,13 @@ impl NodeAgent {
         if let Some(cidr) = &cidr
             && self.network.as_ref() != Some(cidr)
         {
-            match super::network::write_conflist(&self.config, cidr) {
+            let (config, pod_cidr) = (self.config.clone(), cidr.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                super::network::write_conflist(&config, &pod_cidr)
+            })
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)));
+            match written {
                 Ok(path) => {
                     info!(%cidr, path = %path.display(), "CNI configuration written");
                     self.network = Some(cidr.clone());
