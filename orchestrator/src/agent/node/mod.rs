@@ -119,17 +119,20 @@ impl NodeAgent {
                     }
                 }
                 () = tokio::time::sleep_until(next_status) => {
-                    let ready = match self.sync(&mut node).await {
+                    // Every second while converging; at the normal pace
+                    // after an API error, so an unreachable server is not
+                    // hammered (the Lease keeps trying on its own clock).
+                    let settled = match self.sync(&mut node).await {
                         Ok(ready) => ready,
                         Err(err) => {
                             warn!(%err, "node status sync failed");
-                            false
+                            true
                         }
                     };
                     if uid(&node) != lease_uid(&lease) {
                         lease = lease::Lease::new(self.client.clone(), &self.config.node_name, uid(&node));
                     }
-                    let wait = if ready { self.config.status_interval } else { CONVERGING };
+                    let wait = if settled { self.config.status_interval } else { CONVERGING };
                     next_status = tokio::time::Instant::now() + wait;
                 }
             }
