@@ -39,6 +39,7 @@ image-%: build-% tool
 	$(TOOL) build --arch $* --version $(VERSION) --cache $(CAIRN_CACHE) \
 	  --init $(CARGO_TARGET_DIR)/$(call rust_target,$*)/release/cairn-init \
 	  --cairn $(CARGO_TARGET_DIR)/$(call rust_target,$*)/release/cairn \
+	  --pause $(CARGO_TARGET_DIR)/$(call rust_target,$*)/release/cairn-pause \
 	  --out out/$*/cairn.img
 
 image: image-$(ARCH)

@@ -69,6 +69,8 @@ pub struct BuildOptions {
     pub cache: PathBuf,
     pub init: PathBuf,
     pub cairn: PathBuf,
+    /// The pod sandbox program (`cairn-pause`).
+    pub pause: PathBuf,
     pub sizes: Sizes,
 }
 
@@ -101,7 +103,11 @@ fn size_of(path: &Path) -> Result<u64, BuildError> {
 /// Builds the image described by `opts`.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let config = config_text(opts.config.as_deref())?;
-    for (what, path) in [("cairn-init", &opts.init), ("cairn", &opts.cairn)] {
+    for (what, path) in [
+        ("cairn-init", &opts.init),
+        ("cairn", &opts.cairn),
+        ("cairn-pause", &opts.pause),
+    ] {
         if !path.is_file() {
             return Err(BuildError::MissingInput {
                 what,
@@ -153,6 +159,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             version: &opts.version,
             init: &opts.init,
             cairn: &opts.cairn,
+            pause: &opts.pause,
         },
         &root,
     )?;

@@ -15,6 +15,13 @@
 
 use crate::slot::Slot;
 
+/// Directory of the root filesystem holding image archives the node agent
+/// imports at every boot (the pause image), without a leading `/`.
+pub const ROOT_IMAGES_DIR: &str = "usr/share/cairn/images";
+/// The pod sandbox ("pause") image the root filesystem carries; containerd
+/// is configured with it as `sandbox_image`, so it is never pulled.
+pub const PAUSE_IMAGE: &str = "localhost/cairn/pause:1";
+
 /// GPT name of the EFI system partition.
 pub const PART_ESP: &str = "ESP";
 /// GPT name of the configuration partition.

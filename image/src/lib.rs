@@ -38,6 +38,8 @@ pub mod inspect;
 #[cfg(feature = "host")]
 pub mod modules;
 #[cfg(feature = "host")]
+pub mod oci;
+#[cfg(feature = "host")]
 pub mod rootfs;
 
 pub use arch::Arch;

@@ -2,7 +2,7 @@
 //! read-only squashfs.
 //!
 //! What goes in: `cairn-init` as `/sbin/init`, `cairn` as
-//! `/usr/bin/cairn`, containerd + shim, runc, the CNI plugins, the
+//! `/usr/bin/cairn`, the pause image (`cairn-pause` in an OCI archive), containerd + shim, runc, the CNI plugins, the
 //! shared libraries they load (at Debian's paths, symlinks kept as
 //! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, and a
 //! small `/etc` whose machine-specific files are symlinks into `/run` and
@@ -16,6 +16,7 @@ use crate::components::{Components, ELF_BINARIES};
 use crate::disk::{self, DiskError};
 use crate::elf::{self, ElfError};
 use crate::initramfs;
+use crate::layout;
 use crate::modules::{self, ModuleSet, ModulesError};
 use std::fs;
 use std::io;
@@ -101,6 +102,26 @@ pub struct RootSpec<'a> {
     pub version: &'a str,
     pub init: &'a Path,
     pub cairn: &'a Path,
+    /// The pod sandbox program, packed as the pause image.
+    pub pause: &'a Path,
+}
+
+/// Writes the pause image (`cairn-pause` as `/pause`) into
+/// [`layout::ROOT_IMAGES_DIR`].
+fn pause_image(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
+    let data = fs::read(spec.pause)
+        .map_err(|_| RootfsError::MissingComponent(spec.pause.to_path_buf()))?;
+    let image = crate::oci::Image {
+        name: layout::PAUSE_IMAGE.into(),
+        arch: spec.components.arch,
+        entrypoint: vec!["/pause".into()],
+        files: vec![crate::oci::File::regular("pause", 0o755, data)],
+    };
+    let dir = root.join(layout::ROOT_IMAGES_DIR);
+    fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+    let path = dir.join("pause.tar");
+    let file = fs::File::create(&path).map_err(io_err("create", &path))?;
+    crate::oci::write(&image, io::BufWriter::new(file)).map_err(io_err("write", &path))
 }
 
 /// Copies one tree entry to the same relative path under `root`: symlinks
@@ -185,6 +206,7 @@ pub fn stage(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
     }
     install(spec.init, root, "sbin/init", 0o755)?;
     install(spec.cairn, root, "usr/bin/cairn", 0o755)?;
+    pause_image(spec, root)?;
 
     let c = spec.components;
     let userland: Vec<PathBuf> = ELF_BINARIES.iter().map(PathBuf::from).collect();

@@ -48,6 +48,9 @@ enum Command {
         /// The endpoint: /readyz, /livez or /healthz.
         #[arg(long, default_value = "/readyz", value_parser = ["/readyz", "/livez", "/healthz"])]
         path: String,
+        /// Also require this Node to be Ready (its agent up, runtime and pod network ready).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
     },
     /// Import image archives (OCI layout or docker-save *.tar) into containerd.
     ImportImages {
@@ -245,6 +248,7 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             port,
             path,
+            node,
         } => {
             let mut probe = cairn::probe::Probe::readyz(&data_dir, port);
             probe.path = path;
@@ -254,6 +258,9 @@ fn main() -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             let body = runtime.block_on(probe.run())?;
             println!("{body}");
+            if let Some(node) = node {
+                println!("{}", runtime.block_on(probe.node_ready(&node))?);
+            }
             Ok(())
         }
     }

@@ -65,6 +65,14 @@ pub enum ProbeError {
         /// The body, for the message.
         body: String,
     },
+    /// The node exists but its `Ready` condition is not `True`.
+    #[error("node {node} is not ready: {reason}")]
+    NodeNotReady {
+        /// The node's name.
+        node: String,
+        /// The condition's status, reason and message.
+        reason: String,
+    },
 }
 
 /// What to ask.
@@ -89,6 +97,19 @@ impl Probe {
             path: "/readyz".to_owned(),
             timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Asks for the Node `name` and succeeds only when its `Ready`
+    /// condition is `True` (the node agent is up and containerd's runtime
+    /// and pod network are ready).
+    pub async fn node_ready(&self, name: &str) -> Result<String, ProbeError> {
+        let probe = Probe {
+            path: format!("/api/v1/nodes/{name}"),
+            ..self.clone()
+        };
+        let body = probe.run().await?;
+        check_node_ready(name, &body)?;
+        Ok(format!("node {name} Ready"))
     }
 
     /// Runs the probe; the body of a 200 answer on success.
@@ -139,6 +160,30 @@ impl Probe {
     }
 }
 
+/// `Ok` when the Node object in `body` has `Ready=True`.
+fn check_node_ready(name: &str, body: &str) -> Result<(), ProbeError> {
+    let not_ready = |reason: String| ProbeError::NodeNotReady {
+        node: name.to_owned(),
+        reason,
+    };
+    let node: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| not_ready(format!("unreadable answer: {e}")))?;
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .ok_or_else(|| not_ready("no Ready condition yet".into()))?;
+    if ready["status"] == "True" {
+        Ok(())
+    } else {
+        Err(not_ready(format!(
+            "Ready={} {}: {}",
+            ready["status"].as_str().unwrap_or("?"),
+            ready["reason"].as_str().unwrap_or(""),
+            ready["message"].as_str().unwrap_or("")
+        )))
+    }
+}
+
 /// A TLS client configuration trusting the cluster CA of the server whose
 /// data dir is `data_dir` and presenting its admin certificate.
 pub fn admin_tls_config(data_dir: &Path) -> Result<rustls::ClientConfig, ProbeError> {
@@ -183,5 +228,24 @@ mod tests {
             .await
             .expect_err("no pki");
         assert!(err.to_string().contains("pki/ca.crt"), "{err}");
+    }
+
+    #[test]
+    fn node_ready_reads_the_condition() {
+        let node = |status: &str| {
+            serde_json::json!({"status": {"conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": status, "reason": "KubeletNotReady", "message": "cni config uninitialized"},
+            ]}})
+            .to_string()
+        };
+        assert!(check_node_ready("n", &node("True")).is_ok());
+        let err = check_node_ready("n", &node("False")).expect_err("not ready");
+        assert!(
+            err.to_string().contains("cni config uninitialized"),
+            "{err}"
+        );
+        let err = check_node_ready("n", "{}").expect_err("no conditions");
+        assert!(err.to_string().contains("no Ready condition"), "{err}");
     }
 }

@@ -45,6 +45,29 @@ enum Command {
         /// cairn binary; default target/<rust target>/release/cairn.
         #[arg(long)]
         cairn: Option<PathBuf>,
+        /// cairn-pause binary (the pod sandbox); default target/<rust target>/release/cairn-pause.
+        #[arg(long)]
+        pause: Option<PathBuf>,
+    },
+    /// Write a one-layer OCI image archive from files on this machine (for
+    /// the config partition's images/ or `cairn import-images`).
+    Oci {
+        /// Image reference, e.g. localhost/tools/busybox:1.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        arch: Arch,
+        /// The entrypoint, one argument per flag.
+        #[arg(long = "entrypoint", value_name = "ARG")]
+        entrypoint: Vec<String>,
+        /// HOST_FILE=IMAGE_PATH: a file copied in with its permissions.
+        #[arg(long = "file", value_name = "SRC=DEST")]
+        files: Vec<String>,
+        /// IMAGE_PATH=TARGET: a symbolic link.
+        #[arg(long = "link", value_name = "PATH=TARGET")]
+        links: Vec<String>,
+        /// The archive to write.
+        out: PathBuf,
     },
     /// Download and verify the pinned Debian packages.
     Components {
@@ -136,6 +159,7 @@ fn run(cli: Cli) -> Result<()> {
             cache,
             init,
             cairn,
+            pause,
         } => {
             let opts = BuildOptions {
                 arch,
@@ -145,6 +169,7 @@ fn run(cli: Cli) -> Result<()> {
                 cache,
                 init: init.unwrap_or_else(|| default_binary(arch, "cairn-init")),
                 cairn: cairn.unwrap_or_else(|| default_binary(arch, "cairn")),
+                pause: pause.unwrap_or_else(|| default_binary(arch, "cairn-pause")),
                 sizes: Sizes::default(),
             };
             let report = build::build(&opts).context("building the image")?;
@@ -153,6 +178,50 @@ fn run(cli: Cli) -> Result<()> {
                 "  kernel {}  initramfs {}  root squashfs {}  GRUB {}",
                 report.kernel, report.initramfs, report.rootfs, report.grub_efi
             );
+        }
+        Command::Oci {
+            name,
+            arch,
+            entrypoint,
+            files,
+            links,
+            out,
+        } => {
+            let pair = |s: &str| {
+                s.split_once('=')
+                    .map(|(a, b)| (a.to_owned(), b.trim_start_matches('/').to_owned()))
+                    .with_context(|| format!("{s:?}: expected LEFT=RIGHT"))
+            };
+            let mut entries = Vec::new();
+            for spec in &files {
+                let (src, dest) = pair(spec)?;
+                let data = std::fs::read(&src).with_context(|| format!("reading {src}"))?;
+                let mode = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(&src)
+                        .with_context(|| format!("reading {src}"))?
+                        .permissions(),
+                ) & 0o7777;
+                entries.push(cairn_image::oci::File::regular(dest, mode, data));
+            }
+            for spec in &links {
+                let (path, target) = spec
+                    .split_once('=')
+                    .with_context(|| format!("{spec:?}: expected PATH=TARGET"))?;
+                entries.push(cairn_image::oci::File::symlink(
+                    path.trim_start_matches('/'),
+                    target,
+                ));
+            }
+            let image = cairn_image::oci::Image {
+                name,
+                arch,
+                entrypoint,
+                files: entries,
+            };
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            cairn_image::oci::write(&image, std::io::BufWriter::new(file))
+                .with_context(|| format!("writing {}", out.display()))?;
         }
         Command::Components { action } => match action {
             ComponentsAction::Fetch { arch, cache } => {

@@ -20,6 +20,10 @@ pub const LOG_DIR: &str = "/var/log/cairn";
 /// The containerd binary.
 pub const PROGRAM: &str = "/usr/bin/containerd";
 
+/// The pod sandbox image: Cairn's pause, imported from the root
+/// filesystem by the node agent at start, so it is never pulled.
+pub const SANDBOX_IMAGE: &str = cairn_image::layout::PAUSE_IMAGE;
+
 /// PATH for services.
 pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -36,6 +40,7 @@ state = "/run/containerd"
   address = "{SOCKET}"
 
 [plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{SANDBOX_IMAGE}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{CNI_CONF_DIR}"
@@ -117,6 +122,7 @@ mod tests {
         assert!(text.contains("address = \"/run/containerd/containerd.sock\""));
         assert!(text.contains("[plugins.\"io.containerd.grpc.v1.cri\".cni]"));
         assert!(text.contains("bin_dir = \"/usr/lib/cni\""));
+        assert!(text.contains("sandbox_image = \"localhost/cairn/pause:1\""));
         assert!(text.contains("conf_dir = \"/run/cairn/cni/net.d\""));
     }
 

@@ -103,7 +103,7 @@ impl Config {
 
 /// The pod sandbox image's name: Cairn's pause program, built by the image
 /// builder and imported at boot, so no pod needs a registry to start.
-pub const SANDBOX_IMAGE: &str = "localhost/cairn/pause:1";
+pub const SANDBOX_IMAGE: &str = cairn_image::layout::PAUSE_IMAGE;
 
 /// The agent's field manager.
 pub const MANAGER: &str = "cairn-agent";
