@@ -366,6 +366,18 @@ fn node_registers_ready_and_heartbeats_without_rewriting() {
     );
     assert_eq!(conflist["plugins"][1]["type"], "portmap");
 
+    // Events as the kubelet records them, where `kubectl describe node` finds them.
+    let describe = server.kubectl(&["describe", "node", &host]);
+    for reason in [
+        "Starting",
+        "NodeNotReady",
+        "NodeReady",
+        "NodeHasSufficientMemory",
+    ] {
+        assert!(describe.contains(reason), "{reason} in {describe}");
+    }
+    assert!(describe.contains(cidr), "{describe}");
+
     // The Lease, owned by the Node.
     let first = lease(&server.kubeconfig(), &host);
     assert_eq!(first["spec"]["holderIdentity"], host);

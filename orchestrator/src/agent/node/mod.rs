@@ -20,6 +20,9 @@
 //!   passed since the last write. An idle node therefore writes its Node
 //!   every 5 minutes and its Lease every 10 s, nothing else.
 //!
+//! Condition changes and the agent's start are recorded as Node events
+//! (`NodeReady`, `NodeHasDiskPressure`, `Starting`...), as the kubelet's.
+//!
 //! Ready follows CRI `Status`: True when the runtime reports both
 //! `RuntimeReady` and `NetworkReady` (containerd's CRI reports the
 //! network ready once a CNI configuration exists, which the agent writes
@@ -34,7 +37,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Config;
 use super::cri::{Cri, api};
@@ -107,6 +110,7 @@ impl NodeAgent {
             warn!(dir = %self.config.root_dir.display(), %err, "cannot create the agent's root dir");
         }
         let mut node = self.register_until_done().await;
+        self.event("Starting", "Starting cairn agent.").await;
         let mut lease = lease::Lease::new(self.client.clone(), &self.config.node_name, uid(&node));
         let mut lease_tick = tokio::time::interval(self.config.lease_interval);
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -179,11 +183,45 @@ impl NodeAgent {
                 });
                 let node = self.client.post("/api/v1/nodes", &node).await?;
                 info!(node = %self.config.node_name, "node registered");
+                for reason in status::transitions(&Value::Null, &status) {
+                    let message = format!("Node {} status is now: {reason}", self.config.node_name);
+                    self.event(reason, &message).await;
+                }
                 self.reported = status;
                 self.written = Some(Instant::now());
                 Ok(node)
             }
             Err(err) => Err(err),
+        }
+    }
+
+    /// Records a Node event as the kubelet does: in `default`, the
+    /// involved object's uid being the node's name (what `kubectl describe
+    /// node` looks for). Best effort.
+    async fn event(&self, reason: &str, message: &str) {
+        let name = &self.config.node_name;
+        let now = crate::controllers::objects::now();
+        let event = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": format!("{name}."), "namespace": "default"},
+            "involvedObject": {"kind": "Node", "name": name, "uid": name},
+            "reason": reason,
+            "message": message,
+            "type": "Normal",
+            "source": {"component": "kubelet", "host": name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": name,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        if let Err(err) = self
+            .client
+            .post("/api/v1/namespaces/default/events", &event)
+            .await
+        {
+            debug!(%err, reason, "node event not written");
         }
     }
 
@@ -247,8 +285,15 @@ impl NodeAgent {
                 .client
                 .merge_patch(&format!("{}/status", self.path()), &patch)
                 .await?;
-            self.reported = desired;
+            let previous = std::mem::replace(&mut self.reported, desired);
             self.written = Some(Instant::now());
+            for reason in status::transitions(&previous, &self.reported) {
+                self.event(
+                    reason,
+                    &format!("Node {} status is now: {reason}", self.config.node_name),
+                )
+                .await;
+            }
         }
         let ready = self.reported["conditions"]
             .as_array()

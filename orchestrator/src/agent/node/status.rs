@@ -76,10 +76,12 @@ fn resources(m: &Machine) -> (Value, Value) {
         "pods": MAX_PODS.to_string(),
     });
     let disk_reserved = percent(m.disk_bytes, DISK_EVICTION_PERCENT);
+    // Whole KiB, as capacity.
+    let disk_allocatable = m.disk_bytes.saturating_sub(disk_reserved) / 1024 * 1024;
     let allocatable = json!({
         "cpu": m.cpus.to_string(),
         "memory": format!("{}Ki", m.memory_kib.saturating_sub(MEMORY_EVICTION_KIB)),
-        "ephemeral-storage": bytes_quantity(m.disk_bytes.saturating_sub(disk_reserved)),
+        "ephemeral-storage": bytes_quantity(disk_allocatable),
         "pods": MAX_PODS.to_string(),
     });
     (capacity, allocatable)
@@ -211,6 +213,47 @@ pub fn beat(status: &mut Value, now: &str) {
     }
 }
 
+/// The kubelet's event reasons for the conditions whose status differs
+/// between `old` and `new` (all of them when `old` has none).
+pub fn transitions(old: &Value, new: &Value) -> Vec<&'static str> {
+    let status_of = |status: &Value, kind: &str| {
+        status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == kind)
+            .map(|c| c["status"].clone())
+    };
+    let reasons = [
+        (
+            "MemoryPressure",
+            "NodeHasInsufficientMemory",
+            "NodeHasSufficientMemory",
+        ),
+        (
+            "DiskPressure",
+            "NodeHasDiskPressure",
+            "NodeHasNoDiskPressure",
+        ),
+        (
+            "PIDPressure",
+            "NodeHasInsufficientPID",
+            "NodeHasSufficientPID",
+        ),
+        ("Ready", "NodeReady", "NodeNotReady"),
+    ];
+    reasons
+        .into_iter()
+        .filter_map(|(kind, when_true, when_false)| {
+            let now = status_of(new, kind)?;
+            if status_of(old, kind).as_ref() == Some(&now) {
+                return None;
+            }
+            Some(if now == "True" { when_true } else { when_false })
+        })
+        .collect()
+}
+
 /// Whether two statuses say the same, heartbeat times aside.
 pub fn unchanged(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
@@ -311,6 +354,15 @@ mod tests {
             not_ready: Some("container runtime network not ready".into()),
         };
         let first = status(&m, &not_ready, &Value::Null, "t0");
+        assert_eq!(
+            transitions(&Value::Null, &first),
+            [
+                "NodeHasSufficientMemory",
+                "NodeHasNoDiskPressure",
+                "NodeHasSufficientPID",
+                "NodeNotReady"
+            ]
+        );
         assert_eq!(condition(&first, "Ready")["status"], "False");
         assert_eq!(condition(&first, "Ready")["reason"], "KubeletNotReady");
         let same = status(&m, &not_ready, &first, "t1");
@@ -321,6 +373,8 @@ mod tests {
         assert!(unchanged(&first, &beaten));
         let now_ready = status(&m, &ready(), &beaten, "t3");
         assert!(!unchanged(&beaten, &now_ready));
+        assert_eq!(transitions(&beaten, &now_ready), ["NodeReady"]);
+        assert!(transitions(&now_ready, &now_ready).is_empty());
         assert_eq!(condition(&now_ready, "Ready")["lastTransitionTime"], "t3");
         assert_eq!(
             condition(&now_ready, "DiskPressure")["lastTransitionTime"],
