@@ -126,6 +126,7 @@ impl Drop for Containerd {
 struct AgentServer {
     child: Child,
     dir: tempfile::TempDir,
+    port: u16,
 }
 
 impl AgentServer {
@@ -134,6 +135,10 @@ impl AgentServer {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        AgentServer::start_on(dir, port, args)
+    }
+
+    fn start_on(dir: tempfile::TempDir, port: u16, args: &[String]) -> AgentServer {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -150,7 +155,7 @@ impl AgentServer {
             .stderr(log)
             .spawn()
             .expect("spawn cairn server");
-        let mut server = AgentServer { child, dir };
+        let mut server = AgentServer { child, dir, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !(server.kubeconfig().exists()
             && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
@@ -166,6 +171,16 @@ impl AgentServer {
 
     fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write");
+        path
     }
 
     fn log(&self) -> String {
@@ -506,7 +521,10 @@ impl Drop for Killed {
 
 #[test]
 fn cairn_agent_joins_a_server_over_https() {
-    let server = Server::start_with(&["--token", "join-secret"]);
+    let args: Vec<String> = ["--disable-agent", "--token", "join-secret"]
+        .map(String::from)
+        .into();
+    let server = AgentServer::start(tempfile::tempdir().expect("dir"), &args);
     let runtime = Containerd::start();
     let root = tempfile::tempdir().expect("agent dir");
     let ca = server.dir.path().join("pki/ca.crt");
@@ -609,6 +627,24 @@ fn cairn_agent_joins_a_server_over_https() {
     let refused = std::fs::read_to_string(&bad_token_log).unwrap_or_default();
     assert!(refused.contains("401"), "{refused}");
     drop((bad_token, bad_ca));
+
+    // The server restarts: the agent connects again and keeps renewing.
+    let port = server.port;
+    let before = lease(&server.kubeconfig(), "edge-2")["spec"]["renewTime"].clone();
+    let server = AgentServer::start_on(server.terminate(), port, &args);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let renewed = lease(&server.kubeconfig(), "edge-2")["spec"]["renewTime"].clone();
+        if renewed.as_str() > before.as_str() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal after the restart:\n{}",
+            std::fs::read_to_string(&good_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let ca_log = std::fs::read_to_string(root.path().join("ca/agent.log")).unwrap_or_default();
     assert!(
         ca_log.contains("TLS") || ca_log.contains("certificate"),

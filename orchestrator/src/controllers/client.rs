@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -64,6 +64,11 @@ impl ClientError {
         self.code == 409
     }
 }
+
+/// How long a remote connection (TCP and TLS) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Ping interval of remote connections (they fail after half of it unanswered).
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Result of client calls.
 pub type ClientResult<T> = Result<T, ClientError>;
@@ -210,8 +215,21 @@ impl Client {
 }
 
 impl Remote {
-    /// TCP, TLS (verifying the server against the CA), then HTTP/2.
+    /// TCP, TLS (verifying the server against the CA), then HTTP/2 with
+    /// keep-alive pings, so a connection to a vanished server fails its
+    /// requests (and is made again) instead of hanging them.
     async fn connect(&self) -> ClientResult<SendRequest<Full<Bytes>>> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.handshake())
+            .await
+            .map_err(|_| {
+                ClientError::transport(format!(
+                    "connecting to {}: no answer within {CONNECT_TIMEOUT:?}",
+                    self.authority
+                ))
+            })?
+    }
+
+    async fn handshake(&self) -> ClientResult<SendRequest<Full<Bytes>>> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| {
@@ -223,10 +241,14 @@ impl Remote {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| ClientError::transport(format!("TLS with {}: {e}", self.authority)))?;
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .map_err(ClientError::transport)?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE / 2)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(ClientError::transport)?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(%err, "API server connection ended");

@@ -48,6 +48,8 @@ use status::{Facts, Runtime};
 /// A status is written at least this often, changed or not (the
 /// kubelet's `nodeStatusReportFrequency`).
 const REPORT_EVERY: Duration = Duration::from_secs(300);
+/// The longest a Lease renewal or a status round may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Status reads while the node is not Ready yet.
 const CONVERGING: Duration = Duration::from_secs(1);
 
@@ -118,18 +120,24 @@ impl NodeAgent {
         loop {
             tokio::select! {
                 _ = lease_tick.tick() => {
-                    if let Err(err) = lease.renew().await {
-                        warn!(%err, "renewing the node lease failed");
+                    match tokio::time::timeout(CALL_TIMEOUT, lease.renew()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => warn!(%err, "renewing the node lease failed"),
+                        Err(_) => warn!("renewing the node lease timed out"),
                     }
                 }
                 () = tokio::time::sleep_until(next_status) => {
                     // Every second while converging; at the normal pace
                     // after an API error, so an unreachable server is not
                     // hammered (the Lease keeps trying on its own clock).
-                    let settled = match self.sync(&mut node).await {
-                        Ok(ready) => ready,
-                        Err(err) => {
+                    let settled = match tokio::time::timeout(CALL_TIMEOUT, self.sync(&mut node)).await {
+                        Ok(Ok(ready)) => ready,
+                        Ok(Err(err)) => {
                             warn!(%err, "node status sync failed");
+                            true
+                        }
+                        Err(_) => {
+                            warn!("node status sync timed out");
                             true
                         }
                     };
