@@ -428,6 +428,47 @@ mod tests {
         assert_eq!(s.https_listen_port, 7443);
         assert_eq!(s.tls_san, ["a.example", "10.0.0.1", "b.example"]);
         assert!(matches!(s.datastore_endpoint, Endpoint::Postgres(_)));
+        let cli = Cli::try_parse_from([
+            "cairn",
+            "agent",
+            "--server",
+            "https://10.0.0.1:6443",
+            "--token",
+            "t",
+            "--ca-file",
+            "/ca.crt",
+            "--node-ip",
+            "10.0.0.2",
+        ])
+        .expect("parse");
+        let Command::Agent(a) = cli.command else {
+            panic!("not agent")
+        };
+        let config = a.node.config(false);
+        assert_eq!(config.node_ip, Some("10.0.0.2".parse().expect("ip")));
+        assert!(!config.control_plane);
+        assert_eq!(config.status_interval, Duration::from_secs(10));
+        for bad in [
+            &["--server", "https://s", "--token", "t"][..],
+            &[
+                "--server",
+                "https://s",
+                "--token",
+                "t",
+                "--ca-file",
+                "c",
+                "--node-ip",
+                "x",
+            ],
+            &["--token", "t", "--ca-file", "c"],
+        ] {
+            let mut argv = vec!["cairn", "agent"];
+            argv.extend_from_slice(bad);
+            // CAIRN_URL and CAIRN_TOKEN could fill in the missing flags.
+            if std::env::var_os("CAIRN_URL").is_none() {
+                assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?}");
+            }
+        }
         for bad in [
             &["--datastore-endpoint", "mysql://u@h/db"][..],
             &["--https-listen-port", "0"],

@@ -398,3 +398,53 @@ pub fn error_of(status: StatusCode, body: &Value) -> ClientError {
         message: body["message"].as_str().unwrap_or("").to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_settings_are_checked_before_connecting() {
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+            .expect("certificate")
+            .cert
+            .pem();
+        assert!(Client::remote("https://127.0.0.1:6443", ca.as_bytes(), "t", "m").is_ok());
+        assert!(Client::remote("https://[::1]:6443", ca.as_bytes(), "t", "m").is_ok());
+        for (url, pem, why) in [
+            ("http://127.0.0.1:6443", ca.as_str(), "https://"),
+            ("127.0.0.1:6443", ca.as_str(), "https://"),
+            (
+                "https://127.0.0.1:6443",
+                "not a certificate",
+                "no certificate",
+            ),
+            ("https://:6443", ca.as_str(), "server URL"),
+        ] {
+            let err = Client::remote(url, pem.as_bytes(), "t", "m").expect_err(url);
+            assert!(err.message.contains(why), "{url}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_transport_error() {
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+            .expect("certificate")
+            .cert
+            .pem();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let client = Client::remote(
+            &format!("https://127.0.0.1:{port}"),
+            ca.as_bytes(),
+            "t",
+            "m",
+        )
+        .expect("client");
+        let err = client.get("/api").await.expect_err("nobody listens");
+        assert_eq!(err.code, 0);
+        assert!(err.message.contains("connecting"), "{err}");
+    }
+}

@@ -114,7 +114,9 @@ impl NodeAgent {
         let mut node = self.register_until_done().await;
         self.event("Starting", "Starting cairn agent.").await;
         let mut lease = lease::Lease::new(self.client.clone(), &self.config.node_name, uid(&node));
-        let mut lease_tick = tokio::time::interval(self.config.lease_interval);
+        // A zero interval would spin (and `interval` refuses it).
+        let floor = Duration::from_millis(100);
+        let mut lease_tick = tokio::time::interval(self.config.lease_interval.max(floor));
         lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_status = tokio::time::Instant::now();
         loop {
@@ -144,7 +146,7 @@ impl NodeAgent {
                     if uid(&node) != lease_uid(&lease) {
                         lease = lease::Lease::new(self.client.clone(), &self.config.node_name, uid(&node));
                     }
-                    let wait = if settled { self.config.status_interval } else { CONVERGING };
+                    let wait = if settled { self.config.status_interval.max(floor) } else { CONVERGING };
                     next_status = tokio::time::Instant::now() + wait;
                 }
             }
