@@ -14,7 +14,14 @@
 //! - [`network`]: the CNI configuration for the node's pod CIDR.
 //!
 //! [`run`] starts the loops; `cairn server` runs it with the in-process
-//! client, `cairn agent` with a remote one.
+//! client (as `system:node:<node>` in `system:nodes`), `cairn agent` with a
+//! remote one (HTTPS, the server token: user `node`).
+//!
+//! # Current limitations
+//! Nothing marks a Node whose Lease expired NotReady or taints it (that is
+//! the node lifecycle controller's job, not written yet); no resources are
+//! reserved for the system (allocatable is capacity less the eviction
+//! thresholds); IPv4 pod networking only.
 //!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
