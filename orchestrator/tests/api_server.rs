@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use common::{Server, acknowledged_writes, path_str, stored};
+use common::{Server, acknowledged_writes, json, path_str, stored};
 
 /// Runs `cairn server` with `args`, expecting it to exit at once.
 fn server_exits(args: &[&str]) -> (i32, String) {
@@ -250,4 +250,136 @@ fn acknowledged_writes_survive_kill_9() {
     let dir = server.stop(); // SIGKILL: no shutdown, no checkpoint
     let server = Server::start_in(dir);
     assert_eq!(stored(&server), written);
+}
+
+/// `kubectl create token`: a signed service account token that
+/// authenticates, too short a duration refused, a token bound to a pod, and
+/// tokens that stop working when their service account or pod is deleted
+/// or when they are tampered with.
+#[test]
+fn service_account_tokens_from_kubectl_create_token() {
+    let server = Server::start();
+    let kubeconfig = tokenless_kubeconfig(&server);
+    server.kubectl(&["create", "serviceaccount", "builder"]);
+    let token = server.kubectl(&["create", "token", "builder"]);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let works = |token: &str| {
+        let out = kubectl_with(
+            &kubeconfig,
+            &[&format!("--token={token}"), "get", "ns", "-o", "name"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), err)
+    };
+    let (ok, err) = works(token);
+    assert!(ok, "a fresh token authenticates: {err}");
+    // Who the token is: `kubectl auth whoami` (SelfSubjectReview) and a TokenReview.
+    let whoami = kubectl_with(
+        &kubeconfig,
+        &[
+            &format!("--token={token}"),
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username} {.status.userInfo.groups}",
+        ],
+    );
+    let whoami = String::from_utf8_lossy(&whoami.stdout).into_owned();
+    assert!(
+        whoami.starts_with("system:serviceaccount:default:builder "),
+        "{whoami}"
+    );
+    assert!(
+        whoami.contains("system:serviceaccounts:default"),
+        "{whoami}"
+    );
+    let review = server.write(
+        "review.json",
+        &format!(
+            r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{token}"}}}}"#
+        ),
+    );
+    // (--raw: `kubectl create -f` of a review kind still wants --validate=false here.)
+    let tokenreviews = "/apis/authentication.k8s.io/v1/tokenreviews";
+    let reviewed =
+        json(&server.kubectl(&["create", "--raw", tokenreviews, "-f", path_str(&review)]));
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+    assert_eq!(
+        reviewed["status"]["user"]["username"],
+        "system:serviceaccount:default:builder"
+    );
+    let bogus = server.write(
+        "bogus.json",
+        r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"nope"}}"#,
+    );
+    let reviewed =
+        json(&server.kubectl(&["create", "--raw", tokenreviews, "-f", path_str(&bogus)]));
+    assert_eq!(reviewed["status"]["authenticated"], false, "{reviewed}");
+    // Access reviews answer what the server enforces today: everything.
+    assert_eq!(
+        server.kubectl(&["auth", "can-i", "create", "pods"]).trim(),
+        "yes"
+    );
+    let listed = server.kubectl(&["auth", "can-i", "--list"]);
+    assert!(listed.contains("*.*"), "{listed}");
+    assert_eq!(
+        server.kubectl(&[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}"
+        ]),
+        "cairn-admin"
+    );
+    // A changed payload breaks the signature.
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    parts[1].insert(4, 'x');
+    let (ok, err) = works(&parts.join("."));
+    assert!(!ok && err.contains("Unauthorized"), "tampered token: {err}");
+
+    let err = server.kubectl_fails(&["create", "token", "builder", "--duration=5m"]);
+    assert!(
+        err.contains("may not specify a duration less than 10 minutes"),
+        "{err}"
+    );
+    let err = server.kubectl_fails(&["create", "token", "nobody"]);
+    assert!(
+        err.contains("serviceaccounts \"nobody\" not found"),
+        "{err}"
+    );
+
+    // Bound to a pod: dies with the pod.
+    server.kubectl(&["run", "holder", "--image=busybox", "--restart=Never"]);
+    let bound = server.kubectl(&[
+        "create",
+        "token",
+        "builder",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=holder",
+    ]);
+    assert!(works(bound.trim()).0, "a pod-bound token authenticates");
+    server.kubectl(&[
+        "delete",
+        "pod",
+        "holder",
+        "--wait=false",
+        "--grace-period=0",
+        "--force",
+    ]);
+    let (ok, err) = works(bound.trim());
+    assert!(
+        !ok && err.contains("Unauthorized"),
+        "token of a deleted pod: {err}"
+    );
+
+    // Dies with its service account, even one re-created under the same name.
+    server.kubectl(&["delete", "serviceaccount", "builder"]);
+    server.kubectl(&["create", "serviceaccount", "builder"]);
+    let (ok, err) = works(token);
+    assert!(
+        !ok && err.contains("Unauthorized"),
+        "token of a deleted account: {err}"
+    );
+    assert!(works(server.kubectl(&["create", "token", "builder"]).trim()).0);
 }

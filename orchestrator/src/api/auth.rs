@@ -14,6 +14,11 @@
 //!     `system:nodes`, what `cairn agent` will present. Give people their
 //!     own token in `tokens.csv` (with group `system:masters` for admins).
 //!
+//! - Service account tokens (JWTs the server signed, [`super::tokens`]):
+//!   user `system:serviceaccount:<ns>:<name>` in groups
+//!   `system:serviceaccounts` and `system:serviceaccounts:<ns>`; the
+//!   objects the token names are checked against the store by the router.
+//!
 //! Every authenticated user also gets the group `system:authenticated`, as
 //! upstream. A request that proves nothing gets 401, as does a bearer token
 //! nobody issued. Authorization (RBAC) is a later issue: it will decide from
@@ -43,6 +48,9 @@ pub struct User {
     pub uid: String,
     /// Groups, `system:authenticated` last.
     pub groups: Vec<String>,
+    /// For a service account token: the objects it names, which must still
+    /// exist with these uids.
+    pub bound: Option<super::tokens::Binding>,
 }
 
 impl User {
@@ -54,6 +62,7 @@ impl User {
             name: name.into(),
             uid: uid.into(),
             groups,
+            bound: None,
         }
     }
 
@@ -104,6 +113,7 @@ pub enum AuthError {
 #[derive(Debug, Default)]
 pub struct Authenticator {
     tokens: HashMap<String, User>,
+    signer: Option<super::tokens::Signer>,
 }
 
 impl Authenticator {
@@ -132,7 +142,21 @@ impl Authenticator {
                 User::new(NODE_USER, NODE_USER, vec![NODES_GROUP.to_owned()]),
             );
         }
-        Ok(Authenticator { tokens })
+        Ok(Authenticator {
+            tokens,
+            signer: None,
+        })
+    }
+
+    /// Also issues and accepts service account tokens signed with `signer`.
+    pub fn with_signer(mut self, signer: super::tokens::Signer) -> Authenticator {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// The service account token signer, when the server has one.
+    pub fn signer(&self) -> Option<&super::tokens::Signer> {
+        self.signer.as_ref()
     }
 
     /// The user of a request: its client certificate's, else its bearer
@@ -142,11 +166,22 @@ impl Authenticator {
             return Some(user.clone());
         }
         let token = bearer_token(headers)?;
-        let user = self.tokens.get(token);
-        if user.is_none() {
-            warn!("unknown bearer token");
+        if let Some(user) = self.tokens.get(token) {
+            return Some(user.clone());
         }
-        user.cloned()
+        let now = jiff::Timestamp::now().as_second();
+        if let Some(claims) = self.signer.as_ref().and_then(|s| s.verify(token, now)) {
+            let binding = claims.kubernetes;
+            let mut user = User::new(
+                super::tokens::user_name(&binding.namespace, &binding.serviceaccount.name),
+                binding.serviceaccount.uid.clone(),
+                super::tokens::groups(&binding.namespace),
+            );
+            user.bound = Some(binding);
+            return Some(user);
+        }
+        warn!("unknown bearer token");
+        None
     }
 }
 

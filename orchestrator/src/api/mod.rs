@@ -51,6 +51,7 @@ pub mod patch;
 pub mod pki;
 pub mod query;
 pub mod resources;
+pub mod reviews;
 pub mod selector;
 pub mod server;
 pub mod shape;
@@ -58,6 +59,8 @@ pub mod status;
 pub mod strategy;
 pub mod subresources;
 pub mod table;
+pub mod token_request;
+pub mod tokens;
 pub mod validation;
 pub mod watch;
 pub mod x509;
@@ -109,6 +112,9 @@ pub enum ServerError {
     /// The token file is unusable.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// The service account signing key is unusable.
+    #[error(transparent)]
+    TokenKey(#[from] tokens::TokenKeyError),
     /// The listen address could not be bound.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -367,6 +373,12 @@ impl Api {
             let Some(user) = self.auth.authenticate(certificate, req.headers()) else {
                 return error_response(&ApiError::unauthorized());
             };
+            if let Some(binding) = &user.bound
+                && !self.bound_objects_exist(binding).await
+            {
+                tracing::warn!(user = %user.name, "service account token names deleted objects");
+                return error_response(&ApiError::unauthorized());
+            }
             tracing::debug!(user = %user.name, "authenticated");
             // The user travels with the request: authorization (RBAC) and
             // handlers that record who acted read it from the extensions.
@@ -380,6 +392,35 @@ impl Api {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether the service account (and pod or secret) a token names still
+    /// exist with the uids it carries: a token dies with its objects.
+    async fn bound_objects_exist(&self, binding: &tokens::Binding) -> bool {
+        let snapshot = self.snapshot();
+        let exists = async |plural: &str, r: &tokens::Ref| {
+            let Some(rt) = snapshot.registry.find("", "v1", plural) else {
+                return false;
+            };
+            match self
+                .store
+                .get(&rt.key(Some(&binding.namespace), &r.name))
+                .await
+            {
+                Ok(Some(kv)) => serde_json::from_slice::<serde_json::Value>(&kv.value)
+                    .is_ok_and(|o| o["metadata"]["uid"] == r.uid.as_str()),
+                _ => false,
+            }
+        };
+        exists("serviceaccounts", &binding.serviceaccount).await
+            && match &binding.pod {
+                Some(pod) => exists("pods", pod).await,
+                None => true,
+            }
+            && match &binding.secret {
+                Some(secret) => exists("secrets", secret).await,
+                None => true,
+            }
     }
 
     /// `/livez`, `/readyz`, `/healthz` as upstream answers them: `ok`, or
@@ -450,6 +491,11 @@ impl Api {
         };
         let target =
             target(registry, group, version, rest).ok_or_else(|| ApiError::no_route(&path))?;
+        if target.rt.is_review() {
+            let user = parts.extensions.get::<User>();
+            return reviews::create(self, &parts.method, target.rt, user, &parts.headers, body)
+                .await;
+        }
         if parts.method == Method::PATCH && target.rt.custom.is_some() {
             crd::refuse_strategic_patch(&parts.headers)?;
         }
@@ -521,7 +567,9 @@ pub async fn run(
         path: data_dir.clone(),
         source,
     })?;
-    let auth = auth::Authenticator::load(&data_dir.join("tokens.csv"), config.token.as_deref())?;
+    let signer = tokens::Signer::load_or_create(&data_dir.join("pki/service-account.key"))?;
+    let auth = auth::Authenticator::load(&data_dir.join("tokens.csv"), config.token.as_deref())?
+        .with_signer(signer);
     let store = match &config.datastore {
         Endpoint::Sqlite => Store::open_sqlite(data_dir.join("state.db")).await?,
         Endpoint::Postgres(url) => Store::open_postgres(url).await?,

@@ -257,9 +257,11 @@ fn document(
             );
         }
         let list_name = format!("{name}List");
-        schemas.insert(list_name.clone(), list_schema(rt, name, &list_meta));
         kinds.push((rt.kind, name.clone()));
-        kinds.push((rt.list_kind, list_name.clone()));
+        if !rt.is_review() {
+            schemas.insert(list_name.clone(), list_schema(rt, name, &list_meta));
+            kinds.push((rt.list_kind, list_name.clone()));
+        }
         let names = OperationSchemas {
             kind: name,
             list: &list_name,
@@ -438,6 +440,24 @@ pub(crate) fn add_paths(
             "Watch for changes to the described resources and return them as a stream of add, update, and remove notifications.",
         ),
     ];
+    if rt.is_review() {
+        // Created and answered, never stored: only POST.
+        paths.insert(
+            prefix,
+            json!({
+                "parameters": scope_params,
+                "post": op("create", "post", json!({
+                    "parameters": write_params(),
+                    "requestBody": body,
+                    "responses": {
+                        "200": ok(kind_ref.clone()),
+                        "201": ok(kind_ref.clone()),
+                    },
+                })),
+            }),
+        );
+        return;
+    }
     paths.insert(
         prefix.clone(),
         json!({

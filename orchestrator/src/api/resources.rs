@@ -7,6 +7,10 @@
 //! `pkg/registry/<group>/<kind>/storage/storage.go`, not in the types).
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenReview};
+use k8s_openapi::api::authorization::v1::{
+    LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -45,6 +49,10 @@ pub const CRUD_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 
+/// The verbs of a review kind (`TokenReview`, `SelfSubjectAccessReview`...):
+/// created, answered at once, never stored.
+pub const REVIEW_VERBS: &[&str] = &["create"];
+
 /// The `all` category: what `kubectl get all` lists.
 const ALL: &[&str] = &["all"];
 
@@ -59,15 +67,19 @@ pub enum Subresource {
     Binding,
     /// Pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod.
     Eviction,
+    /// ServiceAccount `token`: POST an `authentication.k8s.io/v1`
+    /// `TokenRequest`, get a signed token back.
+    Token,
 }
 
 impl Subresource {
     /// Every subresource, for parsing.
-    const ALL: [Subresource; 4] = [
+    const ALL: [Subresource; 5] = [
         Subresource::Status,
         Subresource::Scale,
         Subresource::Binding,
         Subresource::Eviction,
+        Subresource::Token,
     ];
 
     /// The path segment.
@@ -77,6 +89,7 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
+            Subresource::Token => "token",
         }
     }
 
@@ -89,7 +102,7 @@ impl Subresource {
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
-            Subresource::Binding | Subresource::Eviction => &["create"],
+            Subresource::Binding | Subresource::Eviction | Subresource::Token => &["create"],
         }
     }
 
@@ -100,6 +113,7 @@ impl Subresource {
             Subresource::Scale => ("autoscaling", "v1", "Scale"),
             Subresource::Binding => ("", "v1", "Binding"),
             Subresource::Eviction => ("policy", "v1", "Eviction"),
+            Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         }
     }
 }
@@ -184,6 +198,35 @@ impl ResourceType {
         }
     }
 
+    /// Describes the review kind `K` ([`REVIEW_VERBS`]; no list kind).
+    pub fn review<K>() -> Self
+    where
+        K: k8s_openapi::Resource + JsonSchema,
+        K::Scope: Scope,
+    {
+        ResourceType {
+            group: K::GROUP,
+            version: K::VERSION,
+            api_version: K::API_VERSION,
+            kind: K::KIND,
+            list_kind: "",
+            plural: K::URL_PATH_SEGMENT,
+            singular: K::KIND.to_ascii_lowercase(),
+            namespaced: <K::Scope as Scope>::NAMESPACED,
+            short_names: &[],
+            verbs: REVIEW_VERBS,
+            categories: &[],
+            subresources: &[],
+            schema: SchemaFn(|generator| generator.subschema_for::<K>()),
+            custom: None,
+        }
+    }
+
+    /// Whether this is a review kind, answered by `api::reviews`.
+    pub fn is_review(&self) -> bool {
+        self.verbs == REVIEW_VERBS
+    }
+
     /// With kubectl short names.
     pub fn short(mut self, names: &'static [&'static str]) -> Self {
         self.short_names = names;
@@ -254,7 +297,7 @@ pub struct Registry {
 impl Registry {
     /// The built-in resources of this release.
     pub fn builtin() -> Registry {
-        use Subresource::{Binding, Eviction, Scale, Status};
+        use Subresource::{Binding, Eviction, Scale, Status, Token};
         type R = ResourceType;
         Registry {
             types: vec![
@@ -271,7 +314,9 @@ impl Registry {
                 R::of::<Endpoints>().short(&["ep"]),
                 R::of::<ConfigMap>().short(&["cm"]),
                 R::of::<Secret>(),
-                R::of::<ServiceAccount>().short(&["sa"]),
+                R::of::<ServiceAccount>()
+                    .short(&["sa"])
+                    .subresources(&[Token]),
                 R::of::<Node>().short(&["no"]).subresources(&[Status]),
                 R::of::<Event>().short(&["ev"]),
                 R::of::<PersistentVolume>()
@@ -316,6 +361,13 @@ impl Registry {
                 R::of::<RoleBinding>(),
                 R::of::<ClusterRole>(),
                 R::of::<ClusterRoleBinding>(),
+                // authentication.k8s.io/v1, authorization.k8s.io/v1: reviews
+                R::review::<TokenReview>(),
+                R::review::<SelfSubjectReview>(),
+                R::review::<SubjectAccessReview>(),
+                R::review::<SelfSubjectAccessReview>(),
+                R::review::<LocalSubjectAccessReview>(),
+                R::review::<SelfSubjectRulesReview>(),
                 R::of::<PodDisruptionBudget>()
                     .short(&["pdb"])
                     .subresources(&[Status]),

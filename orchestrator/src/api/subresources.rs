@@ -8,6 +8,7 @@
 //! - pod `binding`: POST a `Binding` to set `spec.nodeName` once (409 if
 //!   the pod is bound already), as the scheduler does.
 //! - pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod.
+//! - serviceaccount `token`: POST a `TokenRequest` ([`super::token_request`]).
 //!
 //! Writes go to the store with compare-and-swap on the object's revision
 //! and are retried when a concurrent write moved it, unless the client
@@ -21,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Response};
 use serde_json::{Value, json};
 
+use super::codec;
 use super::crd;
 use super::handlers::{Target, from_kv, read_body, to_value_bytes};
 use super::patch::{self, PatchType};
@@ -76,6 +78,14 @@ pub async fn handle(
         }
         (Subresource::Eviction, &Method::POST) => {
             evict(api, target, name, json_body(body).await?).await
+        }
+        (Subresource::Token, &Method::POST) => {
+            let content_type = headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let format = codec::Format::from_content_type(content_type)?;
+            let request = codec::decode_untyped(format, &read_body(body).await?)?;
+            super::token_request::create(api, target, name, request).await
         }
         _ => Err(ApiError::method_not_allowed(method.as_str())),
     }
