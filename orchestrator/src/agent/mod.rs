@@ -118,14 +118,10 @@ pub const MANAGER: &str = "cairn-agent";
 /// The user a node's agent acts as (`system:node:<node>` in `system:nodes`),
 /// for the in-process client.
 pub fn node_user(node_name: &str) -> User {
-    User {
-        name: format!("system:node:{node_name}"),
-        uid: String::new(),
-        groups: vec![
-            crate::api::auth::NODES_GROUP.to_owned(),
-            crate::api::auth::AUTHENTICATED.to_owned(),
-        ],
-    }
+    let mut user = User::internal(&format!("system:node:{node_name}"));
+    user.groups
+        .insert(0, crate::api::auth::NODES_GROUP.to_owned());
+    user
 }
 
 /// What every part of the agent shares.
@@ -151,4 +147,22 @@ pub async fn run(config: Config, client: Client, shutdown: impl std::future::Fut
     info!(node = %context.config.node_name, "stopping the node agent");
     loops.abort_all();
     while loops.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_user() {
+        let user = node_user("n1");
+        assert_eq!(user.name, "system:node:n1");
+        assert_eq!(
+            user.groups,
+            [
+                crate::api::auth::NODES_GROUP,
+                crate::api::auth::AUTHENTICATED
+            ]
+        );
+    }
 }
