@@ -9,6 +9,12 @@
 //!
 //! # Layout
 //! - [`cri`]: the CRI runtime and image services on containerd's socket.
+//! - [`logs`]: CRI log files read as `kubectl logs` asks; [`server`]: the
+//!   agent HTTPS API (the kubelet port); [`streams`]: logs, exec, attach and
+//!   port-forward through CRI and containerd's stream server.
+//! - [`probes`]: liveness, readiness and startup probe workers.
+//! - [`volumes`]: pod volumes on the host (emptyDir, hostPath, configMap,
+//!   secret, downwardAPI, projected, local-path PVCs).
 //! - [`node`]: the Node object (registration, status, Lease) and what it
 //!   reports about the machine.
 //! - [`network`]: the CNI configuration for the node's pod CIDR.
@@ -17,17 +23,17 @@
 //! client (as `system:node:<node>` in `system:nodes`), `cairn agent` with a
 //! remote one (HTTPS, the server token: user `node`).
 //!
-//! # Current limitations
-//! Nothing marks a Node whose Lease expired NotReady or taints it (that is
-//! the node lifecycle controller's job, not written yet); no resources are
-//! reserved for the system (allocatable is capacity less the eviction
-//! thresholds); IPv4 pod networking only.
-//!
 //! Each concern below follows the control-loop shape of
 //! `../shared/STYLE.md` (watch, cache, queue, reconcile): the agent
 //! compares the pods the API wants on this node with what containerd
 //! reports, and requeues on a timer because containerd can change
 //! underneath it.
+//!
+//! # Current limitations
+//! Nothing marks a Node whose Lease expired NotReady or taints it (that is
+//! the node lifecycle controller's job, not written yet); no resources are
+//! reserved for the system (allocatable is capacity less the eviction
+//! thresholds); IPv4 pod networking only.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -39,8 +45,13 @@ use crate::api::User;
 use crate::controllers::client::Client;
 
 pub mod cri;
+pub mod logs;
 pub mod network;
 pub mod node;
+pub mod probes;
+pub mod server;
+pub mod streams;
+pub mod volumes;
 
 /// What the agent needs to know about its node and its machine.
 #[derive(Debug, Clone)]

@@ -413,7 +413,18 @@ mod tests {
             .iter()
             .filter_map(|s| s["subresource"].as_str())
             .collect();
-        assert_eq!(subs, ["status", "binding", "eviction"]);
+        assert_eq!(
+            subs,
+            [
+                "status",
+                "binding",
+                "eviction",
+                "log",
+                "exec",
+                "attach",
+                "portforward"
+            ]
+        );
         let apis = aggregated(&registry, false, "v2");
         let groups: Vec<&str> = apis["items"]
             .as_array()

@@ -15,7 +15,8 @@
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
 //! - `strategy`: per-kind defaults, validation and allocation on writes.
 //! - `subresources`: `scale`, pod `binding` and `eviction` (`status` goes
-//!   through the generic handlers).
+//!   through the generic handlers); `proxy`: pod `log`, `exec`, `attach`
+//!   and `portforward`, proxied to the node agent.
 //! - `query`: query parameters, resourceVersion rules; `selector`: label
 //!   and field selectors. `status`: `Status` errors.
 //! - `table`: `meta.k8s.io/v1` Table output for `kubectl get`.
@@ -49,6 +50,7 @@ pub mod openapi;
 pub mod options;
 pub mod patch;
 pub mod pki;
+pub mod proxy;
 pub mod query;
 pub mod resources;
 pub mod reviews;
@@ -214,6 +216,8 @@ pub struct Api {
     /// The built-in kinds' documents (what `validation` checks bodies against).
     openapi: openapi::Documents,
     services: strategy::ServiceNetwork,
+    /// TLS towards node agents (logs, exec...): set once the PKI is loaded.
+    agent_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 /// Builds a JSON response.
@@ -255,6 +259,7 @@ impl Api {
             dynamic: Arc::new(crd::Dynamic::new(registry, openapi.clone())),
             openapi,
             services: strategy::ServiceNetwork::default(),
+            agent_tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -491,6 +496,9 @@ impl Api {
         };
         let target =
             target(registry, group, version, rest).ok_or_else(|| ApiError::no_route(&path))?;
+        if let Some(sub) = target.subresource.filter(|s| proxy::proxied(*s)) {
+            return proxy::serve(self, &target, sub, &query, parts).await;
+        }
         if target.rt.is_review() {
             let user = parts.extensions.get::<User>();
             return reviews::create(self, &parts.method, target.rt, user, &parts.headers, body)
@@ -605,6 +613,9 @@ pub async fn run(
         pki::write_kubeconfig(&pki, path, *mode)?;
     }
     let tls = server::tls_config(&pki)?;
+    let agent_tls = proxy::agent_tls(&pki.kubelet_client_cert, &pki.kubelet_client_key)
+        .map_err(server::TlsError::Config)?;
+    let _ = api.agent_tls.set(Arc::new(agent_tls));
     info!(
         addr = %local,
         kubeconfig = %pki.kubeconfig.display(),

@@ -1,7 +1,8 @@
 //! The cluster PKI under `<data-dir>/pki`: a CA (generated on first start
 //! unless `ca.crt`/`ca.key` were put there before), the server's serving
-//! certificate and the admin client certificate (`CN=cairn-admin,
-//! O=system:masters`), plus the admin kubeconfig.
+//! certificate, the admin client certificate (`CN=cairn-admin,
+//! O=system:masters`) and the client certificate the API server shows node
+//! agents (`CN=kube-apiserver-kubelet-client`), plus the admin kubeconfig.
 //!
 //! Files that exist are reused, so clients keep trusting the server across
 //! restarts. Each leaf has a `<name>.issued` note: a digest of the CA and of
@@ -95,6 +96,12 @@ pub struct Pki {
     pub kubeconfig_yaml: String,
     /// The names in the serving certificate.
     pub server_names: Vec<String>,
+    /// The client certificate the API server shows node agents
+    /// (`CN=kube-apiserver-kubelet-client`, no group: agents accept it by
+    /// name, and it grants nothing more on the API).
+    pub kubelet_client_cert: String,
+    /// Its key.
+    pub kubelet_client_key: String,
 }
 
 /// What the PKI is built for.
@@ -362,6 +369,21 @@ pub fn ensure(data_dir: &Path, settings: &Settings) -> Result<Pki, PkiError> {
         Ok(params)
     })?;
 
+    let (kubelet_client_cert, kubelet_client_key) = leaf(
+        &dir,
+        "kubelet-client",
+        &ca,
+        "kube-apiserver-kubelet-client",
+        || {
+            let mut params = CertificateParams::default();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            Ok(params)
+        },
+    )?;
+
     let kubeconfig = data_dir.join("admin.kubeconfig");
     let kubeconfig_yaml = kubeconfig_yaml(&ca.cert, &settings.server_url, &admin_cert, &admin_key);
     write(&kubeconfig, &kubeconfig_yaml, 0o600)?;
@@ -372,6 +394,8 @@ pub fn ensure(data_dir: &Path, settings: &Settings) -> Result<Pki, PkiError> {
         kubeconfig,
         kubeconfig_yaml,
         server_names,
+        kubelet_client_cert,
+        kubelet_client_key,
     })
 }
 

@@ -67,6 +67,14 @@ pub enum Subresource {
     Binding,
     /// Pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod.
     Eviction,
+    /// Pod `log`: a container's log, proxied to the node (`api::proxy`).
+    Log,
+    /// Pod `exec`: a command in a container, streamed through the node.
+    Exec,
+    /// Pod `attach`: a container's own streams, through the node.
+    Attach,
+    /// Pod `portforward`: TCP to the pod's ports, through the node.
+    PortForward,
     /// ServiceAccount `token`: POST an `authentication.k8s.io/v1`
     /// `TokenRequest`, get a signed token back.
     Token,
@@ -74,11 +82,15 @@ pub enum Subresource {
 
 impl Subresource {
     /// Every subresource, for parsing.
-    const ALL: [Subresource; 5] = [
+    const ALL: [Subresource; 9] = [
         Subresource::Status,
         Subresource::Scale,
         Subresource::Binding,
         Subresource::Eviction,
+        Subresource::Log,
+        Subresource::Exec,
+        Subresource::Attach,
+        Subresource::PortForward,
         Subresource::Token,
     ];
 
@@ -89,6 +101,10 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
             Subresource::Token => "token",
         }
     }
@@ -103,6 +119,10 @@ impl Subresource {
         match self {
             Subresource::Status | Subresource::Scale => &["get", "patch", "update"],
             Subresource::Binding | Subresource::Eviction | Subresource::Token => &["create"],
+            Subresource::Log => &["get"],
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward => {
+                &["create", "get"]
+            }
         }
     }
 
@@ -113,6 +133,10 @@ impl Subresource {
             Subresource::Scale => ("autoscaling", "v1", "Scale"),
             Subresource::Binding => ("", "v1", "Binding"),
             Subresource::Eviction => ("policy", "v1", "Eviction"),
+            Subresource::Log => ("", "v1", "Pod"),
+            Subresource::Exec => ("", "v1", "PodExecOptions"),
+            Subresource::Attach => ("", "v1", "PodAttachOptions"),
+            Subresource::PortForward => ("", "v1", "PodPortForwardOptions"),
             Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         }
     }
@@ -297,7 +321,9 @@ pub struct Registry {
 impl Registry {
     /// The built-in resources of this release.
     pub fn builtin() -> Registry {
-        use Subresource::{Binding, Eviction, Scale, Status, Token};
+        use Subresource::{
+            Attach, Binding, Eviction, Exec, Log, PortForward, Scale, Status, Token,
+        };
         type R = ResourceType;
         Registry {
             types: vec![
@@ -306,7 +332,7 @@ impl Registry {
                 R::of::<Pod>()
                     .short(&["po"])
                     .categories(ALL)
-                    .subresources(&[Status, Binding, Eviction]),
+                    .subresources(&[Status, Binding, Eviction, Log, Exec, Attach, PortForward]),
                 R::of::<Service>()
                     .short(&["svc"])
                     .categories(ALL)
@@ -493,6 +519,7 @@ mod tests {
             Subresource::from_name("eviction"),
             Some(Subresource::Eviction)
         );
-        assert_eq!(Subresource::from_name("log"), None);
+        assert_eq!(Subresource::from_name("log"), Some(Subresource::Log));
+        assert_eq!(Subresource::from_name("proxy"), None);
     }
 }

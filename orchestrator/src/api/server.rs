@@ -1,6 +1,7 @@
 //! The HTTPS listener: rustls (ring provider) with client certificates
 //! verified against the cluster CA, hyper 1 (HTTP/1.1 and HTTP/2 by ALPN)
-//! on each connection, and a shutdown future that stops accepting.
+//! on each connection (HTTP/1.1 upgrades allowed: exec, attach and
+//! port-forward streams), and a shutdown future that stops accepting.
 //!
 //! A client certificate is optional at the TLS layer so that a request
 //! without one gets a proper 401 `Status` rather than a handshake failure;
@@ -113,7 +114,7 @@ pub async fn serve(
                 async move { Ok::<_, std::convert::Infallible>(api.handle(req, user.as_deref()).await) }
             });
             if let Err(err) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
             {
                 debug!(%peer, ?err, "connection ended with an error");

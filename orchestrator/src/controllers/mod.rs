@@ -26,7 +26,8 @@
 //!   reflectors and loops, so servers sharing a PostgreSQL act once. A
 //!   leader that cannot renew steps down and stops its loops.
 //! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`],
-//!   [`nodeipam`] (and the scheduler).
+//!   [`nodeipam`], [`localpath`] (PVCs of the default StorageClass
+//!   `local-path`) and the scheduler.
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
@@ -41,6 +42,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod leader;
+pub mod localpath;
 pub mod nodeipam;
 pub mod objects;
 pub mod queue;
@@ -130,6 +132,7 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     loops.spawn(
         nodeipam::NodeIpam::new(client.clone(), nodes.clone(), nodeipam::CLUSTER_CIDR).run(),
     );
+    loops.spawn(localpath::run(client.clone(), WORKERS));
     for reflector in [pods, nodes, sets, deployments, namespaces, services] {
         loops.spawn(reflector.run(client.clone()));
     }
