@@ -165,6 +165,13 @@ struct NodeArgs {
     /// Where the agent writes the CNI configuration containerd reads [default: /run/cairn/cni/net.d].
     #[arg(long, value_name = "DIR")]
     cni_conf_dir: Option<PathBuf>,
+    /// Port of the agent API the API server reaches for logs, exec, attach
+    /// and port-forward (0: any free port, reported in the Node's status).
+    #[arg(long, value_name = "PORT", default_value_t = 10250)]
+    agent_port: u16,
+    /// Image archives imported at every start (the pause image).
+    #[arg(long, hide = true, value_name = "DIR")]
+    system_images_dir: Option<PathBuf>,
     /// How often the node's status is checked (written only when it changed).
     #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
     node_status_update_frequency: Duration,
@@ -189,6 +196,10 @@ impl NodeArgs {
             config.cni_conf_dir = dir.clone();
         }
         config.node_ip = self.node_ip;
+        config.agent_port = self.agent_port;
+        if let Some(dir) = &self.system_images_dir {
+            config.system_images_dir = dir.clone();
+        }
         config.control_plane = control_plane;
         let floor = Duration::from_millis(100);
         config.status_interval = self.node_status_update_frequency.max(floor);
@@ -290,7 +301,12 @@ fn server(args: Server) -> anyhow::Result<()> {
         retain: i64::from(args.datastore_compact_retain),
     };
     config.controllers = !args.disable_controllers;
-    config.agent = (!args.disable_agent).then(|| args.node.config(true));
+    config.agent = (!args.disable_agent).then(|| {
+        let mut agent = args.node.config(true);
+        // The API server's kubelet-client certificate is signed by this CA.
+        agent.client_ca_file = Some(data_dir.join("pki").join("ca.crt"));
+        agent
+    });
     if let Some(dir) = args.images_dir {
         let options = cairn::images::Options {
             socket: args.node.container_runtime_endpoint.clone(),
@@ -326,7 +342,8 @@ fn agent(args: Agent) -> anyhow::Result<()> {
         cairn::agent::MANAGER,
     )
     .with_context(|| format!("server {}", args.server))?;
-    let config = args.node.config(false);
+    let mut config = args.node.config(false);
+    config.client_ca_file = Some(args.ca_file.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

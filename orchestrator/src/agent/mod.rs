@@ -39,7 +39,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::User;
 use crate::controllers::client::Client;
@@ -92,6 +92,12 @@ pub struct Config {
     pub status_interval: Duration,
     /// How often the node's Lease is renewed.
     pub lease_interval: Duration,
+    /// The CA whose certificates may call the agent API (the API server's
+    /// `kube-apiserver-kubelet-client`); without it the agent API is off.
+    pub client_ca_file: Option<PathBuf>,
+    /// Image archives imported at every start before any pod runs (the
+    /// root filesystem's pause image).
+    pub system_images_dir: PathBuf,
 }
 
 impl Config {
@@ -115,6 +121,8 @@ impl Config {
             control_plane: false,
             status_interval: Duration::from_secs(10),
             lease_interval: Duration::from_secs(10),
+            client_ca_file: None,
+            system_images_dir: PathBuf::from("/").join(cairn_image::layout::ROOT_IMAGES_DIR),
         }
     }
 }
@@ -144,20 +152,90 @@ pub struct Context {
     pub client: Client,
 }
 
-/// Runs the agent until `shutdown` completes: the node loop (registration,
-/// status, Lease, pod network).
-pub async fn run(config: Config, client: Client, shutdown: impl std::future::Future<Output = ()>) {
-    let context = Context { config, client };
-    info!(node = %context.config.node_name, "starting the node agent");
+/// Runs the agent until `shutdown` completes: waits for containerd,
+/// imports the system images (the pause image), opens the agent API, then
+/// runs the node loop (registration, status, Lease, pod network).
+pub async fn run(
+    mut config: Config,
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    info!(node = %config.node_name, "starting the node agent");
+    tokio::pin!(shutdown);
+    let cri = tokio::select! {
+        cri = connect(&config) => cri,
+        () = &mut shutdown => return,
+    };
+    let options = crate::images::Options {
+        socket: config.runtime_endpoint.clone(),
+        ..Default::default()
+    };
+    if let Err(error) = crate::images::import_dir(&config.system_images_dir, &options).await {
+        warn!(%error, dir = %config.system_images_dir.display(), "system images not imported");
+    }
     let mut loops = tokio::task::JoinSet::new();
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(api) = agent_api(&mut config, cri.clone()).await {
+        loops.spawn(api.serve(async move {
+            let _ = api_stopped.await;
+        }));
+    }
+    let context = Context { config, client };
     loops.spawn(node::NodeAgent::new(context.config.clone(), context.client.clone()).run());
     tokio::select! {
         () = shutdown => {}
         _ = loops.join_next() => {}
     }
     info!(node = %context.config.node_name, "stopping the node agent");
+    let _ = stop_api.send(());
     loops.abort_all();
     while loops.join_next().await.is_some() {}
+}
+
+/// containerd's CRI, once it answers (retried every second, logged once).
+async fn connect(config: &Config) -> cri::Cri {
+    let mut logged = false;
+    loop {
+        match cri::Cri::connect(&config.runtime_endpoint).await {
+            Ok(cri) => return cri,
+            Err(error) => {
+                if !logged {
+                    warn!(%error, "waiting for the container runtime");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Binds the agent API (logs, exec, attach, port-forward) and records the
+/// port it got in `config.agent_port` (port 0 picks one), or `None` when it
+/// cannot be served (logged).
+async fn agent_api(config: &mut Config, cri: cri::Cri) -> Option<server::AgentServer> {
+    let Some(ca_file) = config.client_ca_file.clone() else {
+        warn!("no client CA: the agent API (logs, exec, port-forward) is off");
+        return None;
+    };
+    let ca = match std::fs::read_to_string(&ca_file) {
+        Ok(ca) => ca,
+        Err(error) => {
+            warn!(%error, path = %ca_file.display(), "the agent API is off: cannot read the client CA");
+            return None;
+        }
+    };
+    match server::AgentServer::bind(config, cri, &ca).await {
+        Ok(api) => {
+            if let Ok(addr) = api.local_addr() {
+                config.agent_port = addr.port();
+            }
+            Some(api)
+        }
+        Err(error) => {
+            warn!(%error, "the agent API is off");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
