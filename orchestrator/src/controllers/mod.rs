@@ -26,8 +26,8 @@
 //!   reflectors and loops, so servers sharing a PostgreSQL act once. A
 //!   leader that cannot renew steps down and stops its loops.
 //! - Controllers: [`replicaset`], [`deployment`], [`gc`], [`endpoints`],
-//!   [`localpath`] (PVCs of the default StorageClass `local-path`) and the
-//!   scheduler.
+//!   [`nodeipam`], [`localpath`] (PVCs of the default StorageClass
+//!   `local-path`) and the scheduler.
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
@@ -43,6 +43,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod leader;
 pub mod localpath;
+pub mod nodeipam;
 pub mod objects;
 pub mod queue;
 pub mod reflector;
@@ -128,6 +129,9 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     loops.spawn(collector.run());
     let endpoints = endpoints::Endpoints::new(client.clone(), services.clone(), pods.clone());
     loops.spawn(endpoints.run(WORKERS));
+    loops.spawn(
+        nodeipam::NodeIpam::new(client.clone(), nodes.clone(), nodeipam::CLUSTER_CIDR).run(),
+    );
     loops.spawn(localpath::run(client.clone(), WORKERS));
     for reflector in [pods, nodes, sets, deployments, namespaces, services] {
         loops.spawn(reflector.run(client.clone()));

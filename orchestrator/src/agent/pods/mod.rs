@@ -420,6 +420,16 @@ pub async fn run(config: Config, client: Client, shutdown: impl std::future::Fut
             }
         }
     };
+    run_on(cri, config, client, shutdown).await;
+}
+
+/// [`run`] on a runtime already connected (the agent's `run` has one).
+pub async fn run_on(
+    cri: Cri,
+    config: Config,
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     Arc::new(Pods::new(config, client, cri).with_parts())
         .run(shutdown)
         .await;
