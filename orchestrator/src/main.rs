@@ -169,6 +169,12 @@ struct NodeArgs {
     /// and port-forward (0: any free port, reported in the Node's status).
     #[arg(long, value_name = "PORT", default_value_t = 10250)]
     agent_port: u16,
+    /// Where container logs go [default: /var/log/pods].
+    #[arg(long, hide = true, value_name = "DIR")]
+    pod_log_dir: Option<PathBuf>,
+    /// The pod network's bridge [default: cni0].
+    #[arg(long, hide = true, value_name = "NAME")]
+    cni_bridge: Option<String>,
     /// Image archives imported at every start (the pause image).
     #[arg(long, hide = true, value_name = "DIR")]
     system_images_dir: Option<PathBuf>,
@@ -197,6 +203,12 @@ impl NodeArgs {
         }
         config.node_ip = self.node_ip;
         config.agent_port = self.agent_port;
+        if let Some(dir) = &self.pod_log_dir {
+            config.pod_log_dir = dir.clone();
+        }
+        if let Some(bridge) = &self.cni_bridge {
+            config.cni_bridge = bridge.clone();
+        }
         if let Some(dir) = &self.system_images_dir {
             config.system_images_dir = dir.clone();
         }
