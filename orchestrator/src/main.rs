@@ -1,8 +1,14 @@
-//! `cairn`: the cluster binary (`cairn server`; `cairn agent` comes with the
-//! node agent). Thin: arguments, logging, then the library's `run`.
+//! `cairn`: the cluster binary (`cairn server`, `cairn agent`). Thin:
+//! arguments, logging, then the library's `run`.
 //!
-//! `cairn server`'s flags follow K3s' spelling. A bad flag value is a usage
-//! error (exit status 2), reported before anything starts.
+//! `cairn server` runs the API server, the controllers and the node agent
+//! (this machine's kubelet) in one process; `cairn agent` runs only the
+//! agent, joining a server over HTTPS with the server token (`--token`,
+//! the server's `--token`) and the cluster CA (`--ca-file`, the server's
+//! `<data-dir>/pki/ca.crt`) to verify it.
+//!
+//! Flags follow K3s' spelling. A bad flag value is a usage error (exit
+//! status 2), reported before anything starts.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -18,7 +24,7 @@ use cairn::store::Endpoint;
 #[command(
     name = "cairn",
     version,
-    about = "Cairn cluster: API server and datastore"
+    about = "Cairn cluster: API server, datastore, controllers and node agent"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,8 +33,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API server.
+    /// Run the API server (and the node agent, unless --disable-agent).
     Server(Server),
+    /// Run the node agent, joining a server.
+    Agent(Agent),
     /// Ask the local server for a health endpoint (exit 0 when it answers 200).
     Healthz {
         /// The server's data dir (its `pki/` holds the CA and admin certificate).
@@ -83,7 +91,7 @@ struct Server {
     /// Mode of the --write-kubeconfig file, in octal.
     #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
     write_kubeconfig_mode: u32,
-    /// Run without the node agent (the only mode so far).
+    /// Run without the node agent (an API server only).
     #[arg(long)]
     disable_agent: bool,
     /// Datastore: empty for the embedded SQLite in the data dir, or
@@ -115,13 +123,101 @@ struct Server {
     /// Import every *.tar image archive in this directory into containerd at start.
     #[arg(long, value_name = "DIR")]
     images_dir: Option<PathBuf>,
-    /// containerd's socket, for --images-dir.
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Args)]
+struct Agent {
+    /// The server to join (https://HOST:6443).
+    #[arg(long, env = "CAIRN_URL", value_name = "URL")]
+    server: String,
+    /// The server token (the server's --token).
+    #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The cluster CA certificate (PEM) to verify the server with: the
+    /// server's <data-dir>/pki/ca.crt.
+    #[arg(long, value_name = "PATH")]
+    ca_file: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// The node agent's settings, in `cairn server` and `cairn agent`.
+#[derive(Args)]
+struct NodeArgs {
+    /// This node's name [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// The address to report for this node [default: the first non-loopback IPv4 address].
+    #[arg(long, value_name = "IP")]
+    node_ip: Option<IpAddr>,
+    /// containerd's socket.
     #[arg(
         long,
         value_name = "PATH",
         default_value = "/run/containerd/containerd.sock"
     )]
     container_runtime_endpoint: PathBuf,
+    /// The agent's state directory [default: /var/lib/cairn/agent].
+    #[arg(long, value_name = "DIR")]
+    root_dir: Option<PathBuf>,
+    /// Where the agent writes the CNI configuration containerd reads [default: /run/cairn/cni/net.d].
+    #[arg(long, value_name = "DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// Port of the agent API the API server reaches for logs, exec, attach
+    /// and port-forward (0: any free port, reported in the Node's status).
+    #[arg(long, value_name = "PORT", default_value_t = 10250)]
+    agent_port: u16,
+    /// Where container logs go [default: /var/log/pods].
+    #[arg(long, hide = true, value_name = "DIR")]
+    pod_log_dir: Option<PathBuf>,
+    /// The pod network's bridge [default: cni0].
+    #[arg(long, hide = true, value_name = "NAME")]
+    cni_bridge: Option<String>,
+    /// Image archives imported at every start (the pause image).
+    #[arg(long, hide = true, value_name = "DIR")]
+    system_images_dir: Option<PathBuf>,
+    /// How often the node's status is checked (written only when it changed).
+    #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
+    node_status_update_frequency: Duration,
+    /// How often the node's Lease is renewed.
+    #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
+    node_lease_renew_interval: Duration,
+}
+
+impl NodeArgs {
+    /// The agent's configuration; `control_plane` inside a server.
+    fn config(&self, control_plane: bool) -> cairn::agent::Config {
+        let name = self
+            .node_name
+            .clone()
+            .unwrap_or_else(cairn::agent::node::machine::hostname);
+        let mut config = cairn::agent::Config::new(name);
+        config.runtime_endpoint = self.container_runtime_endpoint.clone();
+        if let Some(dir) = &self.root_dir {
+            config.root_dir = dir.clone();
+        }
+        if let Some(dir) = &self.cni_conf_dir {
+            config.cni_conf_dir = dir.clone();
+        }
+        config.node_ip = self.node_ip;
+        config.agent_port = self.agent_port;
+        if let Some(dir) = &self.pod_log_dir {
+            config.pod_log_dir = dir.clone();
+        }
+        if let Some(bridge) = &self.cni_bridge {
+            config.cni_bridge = bridge.clone();
+        }
+        if let Some(dir) = &self.system_images_dir {
+            config.system_images_dir = dir.clone();
+        }
+        config.control_plane = control_plane;
+        let floor = Duration::from_millis(100);
+        config.status_interval = self.node_status_update_frequency.max(floor);
+        config.lease_interval = self.node_lease_renew_interval.max(floor);
+        config
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -150,6 +246,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Server(args) => server(args),
+        Command::Agent(args) => agent(args),
         Command::ImportImages {
             container_runtime_endpoint,
             namespace,
@@ -196,9 +293,6 @@ fn server(args: Server) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    if !args.disable_agent {
-        anyhow::bail!("the node agent is not implemented yet: pass --disable-agent");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -219,9 +313,15 @@ fn server(args: Server) -> anyhow::Result<()> {
         retain: i64::from(args.datastore_compact_retain),
     };
     config.controllers = !args.disable_controllers;
+    config.agent = (!args.disable_agent).then(|| {
+        let mut agent = args.node.config(true);
+        // The API server's kubelet-client certificate is signed by this CA.
+        agent.client_ca_file = Some(data_dir.join("pki").join("ca.crt"));
+        agent
+    });
     if let Some(dir) = args.images_dir {
         let options = cairn::images::Options {
-            socket: args.container_runtime_endpoint,
+            socket: args.node.container_runtime_endpoint.clone(),
             ..Default::default()
         };
         runtime.spawn(cairn::images::import_at_start(
@@ -238,6 +338,30 @@ fn server(args: Server) -> anyhow::Result<()> {
     runtime
         .block_on(cairn::api::run(config, shutdown_signal()))
         .with_context(|| format!("cairn server (data dir {})", data_dir.display()))
+}
+
+/// `cairn agent`: the node agent alone, joining `--server`.
+fn agent(args: Agent) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let ca = std::fs::read(&args.ca_file)
+        .with_context(|| format!("reading the CA file {}", args.ca_file.display()))?;
+    let client = cairn::controllers::client::Client::remote(
+        &args.server,
+        &ca,
+        &args.token,
+        cairn::agent::MANAGER,
+    )
+    .with_context(|| format!("server {}", args.server))?;
+    let mut config = args.node.config(false);
+    config.client_ca_file = Some(args.ca_file.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(cairn::agent::run(config, client, shutdown_signal()));
+    Ok(())
 }
 
 /// `cairn import-images`: every archive named or in a named directory;
@@ -333,6 +457,47 @@ mod tests {
         assert_eq!(s.https_listen_port, 7443);
         assert_eq!(s.tls_san, ["a.example", "10.0.0.1", "b.example"]);
         assert!(matches!(s.datastore_endpoint, Endpoint::Postgres(_)));
+        let cli = Cli::try_parse_from([
+            "cairn",
+            "agent",
+            "--server",
+            "https://10.0.0.1:6443",
+            "--token",
+            "t",
+            "--ca-file",
+            "/ca.crt",
+            "--node-ip",
+            "10.0.0.2",
+        ])
+        .expect("parse");
+        let Command::Agent(a) = cli.command else {
+            panic!("not agent")
+        };
+        let config = a.node.config(false);
+        assert_eq!(config.node_ip, Some("10.0.0.2".parse().expect("ip")));
+        assert!(!config.control_plane);
+        assert_eq!(config.status_interval, Duration::from_secs(10));
+        for bad in [
+            &["--server", "https://s", "--token", "t"][..],
+            &[
+                "--server",
+                "https://s",
+                "--token",
+                "t",
+                "--ca-file",
+                "c",
+                "--node-ip",
+                "x",
+            ],
+            &["--token", "t", "--ca-file", "c"],
+        ] {
+            let mut argv = vec!["cairn", "agent"];
+            argv.extend_from_slice(bad);
+            // CAIRN_URL and CAIRN_TOKEN could fill in the missing flags.
+            if std::env::var_os("CAIRN_URL").is_none() {
+                assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?}");
+            }
+        }
         for bad in [
             &["--datastore-endpoint", "mysql://u@h/db"][..],
             &["--https-listen-port", "0"],

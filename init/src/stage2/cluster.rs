@@ -1,6 +1,7 @@
-//! The cluster service: `cairn server` (API server and datastore; the node
-//! agent joins it in its own issue) under the supervisor, started with the
-//! `[cluster]` settings, and the readiness check that waits for its API.
+//! The cluster service: `cairn server` (API server, datastore, controllers
+//! and this machine's node agent, named after the host) under the
+//! supervisor, started with the `[cluster]` settings, and the readiness
+//! check that waits for its API and then for the Node to be Ready.
 //!
 //! From `config.toml`, in K3s' flag spelling: `--tls-san` for the host name,
 //! the static addresses and `cluster.tls_san`; `--datastore-endpoint`; the
@@ -18,7 +19,8 @@
 //! the one through its API and imports the other into containerd, started
 //! before it.
 //!
-//! Readiness runs `cairn healthz` (a real HTTPS request to `/readyz` with
+//! Readiness runs `cairn healthz` (a real HTTPS request to `/readyz`, then
+//! to the Node, with
 //! the admin certificate the server created in its data dir) rather than
 //! speaking TLS from PID 1: init stays small and the check goes through the
 //! same TLS, authentication and routing any client uses.
@@ -83,7 +85,8 @@ pub fn spec(config: &Config, env: Vec<(String, String)>) -> Option<ServiceSpec> 
         "server",
         "--data-dir",
         DATA_DIR,
-        "--disable-agent",
+        "--node-name",
+        config.host.hostname.as_str(),
         "--manifests-dir",
         MANIFESTS_DIR,
         "--images-dir",
@@ -198,24 +201,29 @@ pub fn write_kubeconfig(config: &Config) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// The readiness probe's command line.
-fn probe() -> Command {
+/// The readiness probe's command line: the API's `/readyz`, and with
+/// `node` that Node's `Ready` condition too.
+fn probe(node: Option<&str>) -> Command {
     let mut cmd = Command::new(PROGRAM);
     cmd.args(["healthz", "--data-dir", DATA_DIR, "--port"])
-        .arg(PORT.to_string())
-        .env_clear()
+        .arg(PORT.to_string());
+    if let Some(node) = node {
+        cmd.args(["--node", node]);
+    }
+    cmd.env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd
 }
 
-/// Runs `cairn healthz` until it succeeds; returns how many tries it took.
-pub async fn wait_ready() -> u32 {
+/// Runs `cairn healthz` until it succeeds (with `node`: until that Node is
+/// Ready as well); returns how many tries it took.
+pub async fn wait_ready(node: Option<&str>) -> u32 {
     let mut tries = 0;
     loop {
         tries += 1;
-        match reaper::run(&mut probe()).await {
+        match reaper::run(&mut probe(node)).await {
             Ok(exit) if exit.code() == Some(0) => return tries,
             Ok(_) => {}
             Err(error) => tracing::debug!(%error, "cannot run the API probe"),
@@ -242,7 +250,8 @@ mod tests {
                 "server",
                 "--data-dir",
                 "/var/lib/cairn/server",
-                "--disable-agent",
+                "--node-name",
+                "cairn",
                 "--manifests-dir",
                 "/run/cairn/config/manifests",
                 "--images-dir",
@@ -252,7 +261,7 @@ mod tests {
             ]
         );
         assert!(!s.env.iter().any(|(k, _)| k == "CAIRN_TOKEN"));
-        let probe = probe();
+        let probe = probe(Some("cairn"));
         let args: Vec<_> = probe.get_args().collect();
         assert_eq!(
             args,
@@ -261,7 +270,9 @@ mod tests {
                 "--data-dir",
                 "/var/lib/cairn/server",
                 "--port",
-                "6443"
+                "6443",
+                "--node",
+                "cairn"
             ]
         );
     }

@@ -130,7 +130,9 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
             config.cluster.role.as_str()
         ));
     }
-    let cluster = cluster_spec.is_some();
+    let cluster = cluster_spec
+        .is_some()
+        .then(|| config.host.hostname.to_string());
     let start_cluster = move |supervisor: &Supervisor, config: &cairn_image::config::Config| {
         if let Some(spec) = cluster_spec {
             match cluster::install_credentials(config, Path::new(cluster::DATA_DIR)) {
@@ -181,7 +183,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         .map_or(HEALTH_TIMEOUT, Duration::from_secs);
     let unhealthy = tx.clone();
     tokio::spawn(async move {
-        let write_kubeconfig = config.cluster.write_kubeconfig;
+        let write_kubeconfig = config.cluster.write_kubeconfig && cluster.is_some();
         if tokio::time::timeout(health_timeout, readiness(slot, boot_disk, cluster))
             .await
             .is_err()
@@ -195,7 +197,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
             let _ = unhealthy.send(PowerAction::Reboot);
             return;
         }
-        if write_kubeconfig && cluster {
+        if write_kubeconfig {
             let written =
                 tokio::task::spawn_blocking(move || cluster::write_kubeconfig(&config)).await;
             match written {
@@ -236,17 +238,19 @@ fn serial_shell(supervisor: &Supervisor) {
     }
 }
 
-/// Waits for containerd and (when `cluster`) the API, marks the slot good,
-/// prints `cairn: ready`.
-async fn readiness(slot: Option<Slot>, boot_disk: Option<String>, cluster: bool) {
+/// Waits for containerd and (when `cluster` names this node) the API and
+/// the Node's Ready condition, marks the slot good, prints `cairn: ready`.
+async fn readiness(slot: Option<Slot>, boot_disk: Option<String>, cluster: Option<String>) {
     let containerd = async {
         let version = containerd::wait_ready().await;
         tracing::info!(%version, "containerd answered");
     };
     let api = async {
-        if cluster {
-            let probes = cluster::wait_ready().await;
+        if let Some(node) = cluster {
+            let probes = cluster::wait_ready(None).await;
             tracing::info!(probes, "API answered");
+            let probes = cluster::wait_ready(Some(&node)).await;
+            tracing::info!(probes, node, "node Ready");
         }
     };
     tokio::join!(containerd, api);

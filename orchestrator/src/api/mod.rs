@@ -146,6 +146,9 @@ pub struct Config {
     pub compaction: Compaction,
     /// Run the controller manager and scheduler (`--disable-controllers`: no).
     pub controllers: bool,
+    /// Run the node agent in this process, with these settings
+    /// (`--disable-agent`: none).
+    pub agent: Option<crate::agent::Config>,
 }
 
 impl std::fmt::Debug for Config {
@@ -160,6 +163,7 @@ impl std::fmt::Debug for Config {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("compaction", &self.compaction)
             .field("controllers", &self.controllers)
+            .field("agent", &self.agent.as_ref().map(|a| &a.node_name))
             .finish()
     }
 }
@@ -178,6 +182,7 @@ impl Config {
             token: None,
             compaction: Compaction::default(),
             controllers: true,
+            agent: None,
         }
     }
 }
@@ -624,8 +629,18 @@ pub async fn run(
             tokio::spawn(crate::controllers::run(api.clone(), stopped)),
         )
     });
+    let agent = config.agent.clone().map(|agent| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let user = crate::agent::node_user(&agent.node_name);
+        let client =
+            crate::controllers::client::Client::with_user(api.clone(), user, crate::agent::MANAGER);
+        let task = tokio::spawn(crate::agent::run(agent, client, async move {
+            let _ = stopped.await;
+        }));
+        (stop, task)
+    });
     server::serve(listener, tls, api, shutdown).await;
-    if let Some((stop, task)) = controllers {
+    for (stop, task) in agent.into_iter().chain(controllers) {
         let _ = stop.send(());
         let abort = task.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), task)

@@ -28,8 +28,9 @@
 //!   reflectors and loops, so servers sharing a PostgreSQL act once. A
 //!   leader that cannot renew steps down and stops its loops.
 //! - Controllers: [`replicaset`], [`deployment`], [`daemonset`],
-//!   [`statefulset`], [`job`], [`cronjob`], [`gc`], [`endpoints`] (and the
-//!   scheduler).
+//!   [`statefulset`], [`job`], [`cronjob`], [`gc`], [`endpoints`],
+//!   [`nodeipam`], [`localpath`] (PVCs of the default StorageClass
+//!   `local-path`) and the scheduler.
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
@@ -47,6 +48,8 @@ pub mod events;
 pub mod gc;
 pub mod job;
 pub mod leader;
+pub mod localpath;
+pub mod nodeipam;
 pub mod objects;
 pub mod queue;
 pub mod reflector;
@@ -160,6 +163,10 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     loops.spawn(collector.run());
     let endpoints = endpoints::Endpoints::new(client.clone(), services.clone(), pods.clone());
     loops.spawn(endpoints.run(WORKERS));
+    loops.spawn(
+        nodeipam::NodeIpam::new(client.clone(), nodes.clone(), nodeipam::CLUSTER_CIDR).run(),
+    );
+    loops.spawn(localpath::run(client.clone(), WORKERS));
     for reflector in [
         pods,
         nodes,

@@ -139,6 +139,9 @@ pub type Handler = Box<dyn Fn(Option<&Value>, Option<&Value>) + Send + Sync>;
 /// The cache of one kind and the handlers told of its changes.
 pub struct Reflector {
     kind: Kind,
+    /// A `fieldSelector` on the list and watch (the agent's
+    /// `spec.nodeName=<node>`), none by default.
+    field_selector: Option<String>,
     cache: RwLock<HashMap<String, Arc<Value>>>,
     handlers: RwLock<Vec<Handler>>,
     version: watch::Sender<i64>,
@@ -163,8 +166,15 @@ enum WatchEnd {
 impl Reflector {
     /// An empty reflector of `kind`.
     pub fn new(kind: Kind) -> Arc<Reflector> {
+        Reflector::with_field_selector(kind, None)
+    }
+
+    /// A reflector of only the objects of `kind` matching `selector`
+    /// (a `fieldSelector`, e.g. `spec.nodeName=node1`).
+    pub fn with_field_selector(kind: Kind, selector: Option<String>) -> Arc<Reflector> {
         Arc::new(Reflector {
             kind,
+            field_selector: selector,
             cache: RwLock::new(HashMap::new()),
             handlers: RwLock::new(Vec::new()),
             version: watch::channel(0).0,
@@ -269,7 +279,11 @@ impl Reflector {
 
     /// Lists the kind and replaces the cache, telling handlers what changed.
     async fn relist(&self, client: &Client) -> Result<i64, super::client::ClientError> {
-        let list = client.get(&self.kind.collection(None)).await?;
+        let path = match &self.field_selector {
+            Some(selector) => format!("{}?fieldSelector={selector}", self.kind.collection(None)),
+            None => self.kind.collection(None),
+        };
+        let list = client.get(&path).await?;
         let items = match list["items"].as_array() {
             Some(items) => items.clone(),
             None => Vec::new(),
@@ -301,10 +315,14 @@ impl Reflector {
     /// One watch from the current version, applying its events.
     async fn watch(&self, client: &Client) -> WatchEnd {
         let from = *self.version.borrow();
-        let path = format!(
+        let mut path = format!(
             "{}?watch=true&allowWatchBookmarks=true&timeoutSeconds=290&resourceVersion={from}",
             self.kind.collection(None)
         );
+        if let Some(selector) = &self.field_selector {
+            path.push_str("&fieldSelector=");
+            path.push_str(selector);
+        }
         let response = match client.send(Method::GET, &path, "", None).await {
             Ok(response) => response,
             Err(err) => {

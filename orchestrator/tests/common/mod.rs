@@ -12,6 +12,8 @@
 // the rest would be reported as dead code in that crate.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod cri;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};
