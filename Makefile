@@ -91,6 +91,7 @@ bench: images
 	cargo build --release -p cairn --bin cairn --example api_load
 	/usr/bin/python3 tests/bench.py
 	/usr/bin/python3 tests/bench_api.py
+	$(CAIRN_VENV)/bin/python tests/bench_agent.py
 
 clean:
 	rm -rf out

@@ -157,7 +157,8 @@ pub struct Context {
 
 /// Runs the agent until `shutdown` completes: waits for containerd,
 /// imports the system images (the pause image), opens the agent API, then
-/// runs the node loop (registration, status, Lease, pod network).
+/// runs the node loop (registration, status, Lease, pod network) and the
+/// pods loop (sandboxes, containers, volumes, probes, status).
 pub async fn run(
     mut config: Config,
     client: Client,
@@ -185,6 +186,12 @@ pub async fn run(
     }
     let context = Context { config, client };
     loops.spawn(node::NodeAgent::new(context.config.clone(), context.client.clone()).run());
+    loops.spawn(pods::run_on(
+        cri,
+        context.config.clone(),
+        context.client.clone(),
+        std::future::pending(),
+    ));
     tokio::select! {
         () = shutdown => {}
         _ = loops.join_next() => {}

@@ -9,6 +9,11 @@
 //!   through the bridge, reservations under `<root_dir>/cni/networks`;
 //! - `portmap` for `hostPort`s (capability `portMappings`).
 //!
+//! Masquerading and `portmap` need `iptables`; on a machine without it
+//! (the device images carry none yet) the list has neither, so pods still
+//! get addresses and reach the node and each other, but not beyond the
+//! node, and `hostPort`s are not mapped (logged once).
+//!
 //! containerd adds the loopback interface itself. cniVersion 1.0.0 is what
 //! the CNI plugins (1.1) and containerd 1.6 agree on. The file is replaced
 //! atomically (a temporary file renamed over it), since containerd watches
@@ -27,9 +32,16 @@ pub const CONFLIST: &str = "10-cairn.conflist";
 /// The network's name.
 pub const NETWORK: &str = "cairn";
 
-/// The network list for `pod_cidr`.
-pub fn conflist(config: &Config, pod_cidr: &str) -> Value {
-    json!({
+/// Whether an `iptables` program is on the `PATH` the CNI plugins see.
+pub fn have_iptables() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).any(|dir| dir.join("iptables").is_file())
+}
+
+/// The network list for `pod_cidr` (`iptables`: masquerading and host
+/// ports are possible).
+pub fn conflist(config: &Config, pod_cidr: &str, iptables: bool) -> Value {
+    let mut list = json!({
         "cniVersion": "1.0.0",
         "name": NETWORK,
         "plugins": [
@@ -37,7 +49,7 @@ pub fn conflist(config: &Config, pod_cidr: &str) -> Value {
                 "type": "bridge",
                 "bridge": config.cni_bridge,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": iptables,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
@@ -51,7 +63,11 @@ pub fn conflist(config: &Config, pod_cidr: &str) -> Value {
                 "capabilities": {"portMappings": true},
             },
         ],
-    })
+    });
+    if !iptables && let Some(plugins) = list["plugins"].as_array_mut() {
+        plugins.retain(|p| p["type"] != "portmap");
+    }
+    list
 }
 
 /// Writes the network list for `pod_cidr` into `config.cni_conf_dir`
@@ -60,8 +76,17 @@ pub fn write_conflist(config: &Config, pod_cidr: &str) -> std::io::Result<PathBu
     let dir = &config.cni_conf_dir;
     std::fs::create_dir_all(dir)?;
     let path = dir.join(CONFLIST);
-    let mut text =
-        serde_json::to_string_pretty(&conflist(config, pod_cidr)).map_err(std::io::Error::other)?;
+    let iptables = have_iptables();
+    if !iptables {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            tracing::warn!(
+                "no iptables: pods get no masquerading beyond the node and hostPorts are not mapped"
+            );
+        });
+    }
+    let mut text = serde_json::to_string_pretty(&conflist(config, pod_cidr, iptables))
+        .map_err(std::io::Error::other)?;
     text.push('\n');
     if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
         return Ok(path);
@@ -80,6 +105,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn without_iptables_no_masquerading_and_no_portmap() {
+        let config = Config::new("n1");
+        let with = conflist(&config, "10.42.0.0/24", true);
+        assert_eq!(with["plugins"][0]["ipMasq"], true);
+        assert_eq!(with["plugins"][1]["type"], "portmap");
+        let without = conflist(&config, "10.42.0.0/24", false);
+        assert_eq!(without["plugins"][0]["ipMasq"], false);
+        assert_eq!(without["plugins"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
     fn writes_once_and_atomically() {
         let dir = tempfile::tempdir().expect("dir");
         let mut config = Config::new("n1");
@@ -93,7 +129,9 @@ mod tests {
         assert_eq!(bridge["type"], "bridge");
         assert_eq!(bridge["bridge"], "cni0");
         assert_eq!(bridge["ipam"]["ranges"][0][0]["subnet"], "10.42.3.0/24");
-        assert_eq!(written["plugins"][1]["capabilities"]["portMappings"], true);
+        if have_iptables() {
+            assert_eq!(written["plugins"][1]["capabilities"]["portMappings"], true);
+        }
         let modified = std::fs::metadata(&path)
             .expect("meta")
             .modified()

@@ -1,0 +1,158 @@
+"""The node agent end to end in the booted image (x86_64): a config made by
+`cairn-image config init`, a busybox image (built here from the host's static
+busybox with `cairn-image oci`) dropped into the CAIRN partition's `images/`
+as an air-gapped user would, then with stock kubectl through the forwarded
+API port: the node is Ready (`cairn: ready` waits for it), a Deployment of
+that image rolls out with pod IPs from the node's podCIDR, `kubectl logs`
+shows the container's output, `kubectl exec` runs a command in it, and a pod
+with an image that exists nowhere reports ErrImagePull/ImagePullBackOff while
+the others keep running.
+
+aarch64 is not covered here: the test image is made from the host's busybox
+(x86_64); the aarch64 image boots the same agent code in test_boot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+import harness
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: httpd
+        image: localhost/test/busybox:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "echo serving from $(hostname); exec httpd -f -p 8080 -h /etc"]
+        ports:
+        - containerPort: 8080
+        readinessProbe:
+          tcpSocket: {port: 8080}
+          periodSeconds: 2
+"""
+
+MISSING = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: missing
+spec:
+  containers:
+  - name: c
+    image: localhost:5999/nowhere/missing:1
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kubectl(kubeconfig, *args, stdin=None, timeout=90) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout", "30s", *args],
+        capture_output=True, text=True, input=stdin, timeout=timeout,
+    )
+
+
+def poll(what: str, check, timeout: float, log) -> object:
+    deadline = time.time() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.time() < deadline, f"{what} ({log})"
+        time.sleep(2)
+
+
+@pytest.mark.boots(1)
+def test_deployment_logs_exec_and_bad_image(arch, image, workdir):
+    if arch != "x86_64":
+        pytest.skip("the test image is built from the host's x86_64 busybox")
+    busybox = shutil.which("busybox")
+    if harness.which("kubectl") or not busybox:
+        pytest.fail("kubectl and busybox-static must be installed (make deps)")
+    port = free_port()
+    out = workdir / "cfg"
+    harness.tool("config", "init", "--server", f"https://127.0.0.1:{port}", out)
+    kubeconfig = out / "kubeconfig.yaml"
+    harness.tool("config", "write", image, out / "config.toml")
+    archive = workdir / "busybox.tar"
+    links = [f"--link=bin/{a}=busybox" for a in ("sh", "httpd", "cat", "hostname", "sleep")]
+    harness.tool(
+        "oci", "--name", "localhost/test/busybox:1", "--arch", arch,
+        "--entrypoint", "/bin/sh", f"--file={busybox}=bin/busybox", *links, archive,
+    )
+    offset = harness.partitions(image)["config"]["offset"]
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    harness.run(["mmd", "-i", f"{image}@@{offset}", "::images"], env=env, check=False)
+    harness.mcopy_to_partition(image, "config", archive, "images/busybox.tar")
+
+    log = workdir / "console.log"
+    vm = harness.boot(arch, image, log, forwards=[(port, 6443)], memory=1024)
+    try:
+        vm.wait_for(harness.READY, harness.ready_timeout(arch) + 60)
+        nodes = kubectl(kubeconfig, "get", "nodes", "-o", "json")
+        assert nodes.returncode == 0, nodes
+        node = json.loads(nodes.stdout)["items"][0]
+        ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+        assert ready.get("Ready") == "True", node["status"]
+        assert "Cairn" in node["status"]["nodeInfo"]["osImage"], node["status"]["nodeInfo"]
+        pod_cidr = node["spec"]["podCIDR"]
+
+        applied = kubectl(kubeconfig, "apply", "-f", "-", stdin=DEPLOYMENT)
+        assert applied.returncode == 0, applied
+        rolled = kubectl(kubeconfig, "rollout", "status", "deployment/web", "--timeout=240s",
+                         timeout=260)
+        assert rolled.returncode == 0, f"{rolled} ({log})"
+        pods = json.loads(kubectl(kubeconfig, "get", "pods", "-l", "app=web", "-o", "json").stdout)
+        prefix = pod_cidr.rsplit(".", 1)[0] + "."
+        for pod in pods["items"]:
+            assert pod["status"]["phase"] == "Running", pod["status"]
+            assert pod["status"]["podIP"].startswith(prefix), (pod["status"], pod_cidr)
+        name = pods["items"][0]["metadata"]["name"]
+
+        logs = poll("kubectl logs shows the container's output",
+                    lambda: (r := kubectl(kubeconfig, "logs", name)).returncode == 0
+                    and "serving from" in r.stdout and r, 60, log)
+        assert name in logs.stdout, logs
+        got = kubectl(kubeconfig, "exec", name, "--", "cat", "/etc/hostname")
+        assert got.returncode == 0 and got.stdout.strip() == name, got
+        code = kubectl(kubeconfig, "exec", name, "--", "sh", "-c", "exit 3")
+        assert code.returncode == 3, code
+
+        assert kubectl(kubeconfig, "apply", "-f", "-", stdin=MISSING).returncode == 0
+        reason = poll(
+            "a pod with a missing image reports ErrImagePull or ImagePullBackOff",
+            lambda: re.search(r"ErrImagePull|ImagePullBackOff",
+                              kubectl(kubeconfig, "get", "pod", "missing").stdout),
+            120, log,
+        )
+        assert reason
+        still = kubectl(kubeconfig, "get", "deployment", "web", "-o",
+                        "jsonpath={.status.readyReplicas}")
+        assert still.stdout == "2", still
+        harness.power_off(vm)
+    finally:
+        vm.kill()
