@@ -39,8 +39,7 @@ use super::client::Client;
 use super::deployment::template_hash;
 use super::events::{self, Type};
 use super::objects::{
-    controlled_by, controller_ref, is_deleting, name, namespace, owner_ref, pod_available,
-    pod_ready, uid,
+    controlled_by, is_deleting, name, namespace, owner_ref, pod_available, pod_ready, uid,
 };
 use super::queue::Queue;
 use super::reflector::{DAEMONSETS, PODS, Reflector, key_of, rv_of};
@@ -174,22 +173,8 @@ impl DaemonSets {
         nodes: Arc<Reflector>,
     ) -> DaemonSets {
         let queue = Queue::new();
-        let q = queue.clone();
-        sets.on_change(Box::new(move |old, new| {
-            if let Some(obj) = new.or(old) {
-                q.add(key_of(obj));
-            }
-        }));
-        let q = queue.clone();
-        pods.on_change(Box::new(move |old, new| {
-            for pod in [old, new].into_iter().flatten() {
-                if let Some(r) = controller_ref(pod).filter(|r| r["kind"] == "DaemonSet")
-                    && let Some(owner) = r["name"].as_str()
-                {
-                    q.add(format!("{}/{owner}", namespace(pod)));
-                }
-            }
-        }));
+        queue.follow(&sets);
+        queue.follow_owned(&pods, "DaemonSet");
         let (q, all) = (queue.clone(), sets.clone());
         nodes.on_change(Box::new(move |old, new| {
             let changed = match (old, new) {

@@ -43,6 +43,31 @@ impl Queue {
         Queue::default()
     }
 
+    /// Queues the key of every object of `reflector` that changes.
+    pub fn follow(&self, reflector: &super::reflector::Reflector) {
+        let q = self.clone();
+        reflector.on_change(Box::new(move |old, new| {
+            if let Some(obj) = new.or(old) {
+                q.add(super::reflector::key_of(obj));
+            }
+        }));
+    }
+
+    /// Queues the owner (`<namespace>/<name>`) of every object of
+    /// `reflector` that changes and whose controller is a `kind`.
+    pub fn follow_owned(&self, reflector: &super::reflector::Reflector, kind: &'static str) {
+        let q = self.clone();
+        reflector.on_change(Box::new(move |old, new| {
+            for obj in [old, new].into_iter().flatten() {
+                if let Some(r) = super::objects::controller_ref(obj).filter(|r| r["kind"] == kind)
+                    && let Some(owner) = r["name"].as_str()
+                {
+                    q.add(format!("{}/{owner}", super::objects::namespace(obj)));
+                }
+            }
+        }));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

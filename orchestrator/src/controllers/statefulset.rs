@@ -42,8 +42,7 @@ use super::client::Client;
 use super::deployment::template_hash;
 use super::events::{self, Type};
 use super::objects::{
-    controlled_by, controller_ref, is_deleting, name, namespace, owner_ref, pod_available,
-    pod_ready, uid,
+    controlled_by, is_deleting, name, namespace, owner_ref, pod_available, pod_ready, uid,
 };
 use super::queue::Queue;
 use super::reflector::{PODS, Reflector, STATEFULSETS, key_of, rv_of};
@@ -159,22 +158,8 @@ impl StatefulSets {
     /// Registers the controller's handlers on the reflectors.
     pub fn new(client: Client, sets: Arc<Reflector>, pods: Arc<Reflector>) -> StatefulSets {
         let queue = Queue::new();
-        let q = queue.clone();
-        sets.on_change(Box::new(move |old, new| {
-            if let Some(obj) = new.or(old) {
-                q.add(key_of(obj));
-            }
-        }));
-        let q = queue.clone();
-        pods.on_change(Box::new(move |old, new| {
-            for pod in [old, new].into_iter().flatten() {
-                if let Some(r) = controller_ref(pod).filter(|r| r["kind"] == "StatefulSet")
-                    && let Some(owner) = r["name"].as_str()
-                {
-                    q.add(format!("{}/{owner}", namespace(pod)));
-                }
-            }
-        }));
+        queue.follow(&sets);
+        queue.follow_owned(&pods, "StatefulSet");
         StatefulSets {
             client,
             sets,

@@ -35,7 +35,7 @@ use tracing::warn;
 use super::client::Client;
 use super::events::{self, Type};
 use super::job::{condition_true, finished};
-use super::objects::{controlled_by, controller_ref, is_deleting, name, namespace, owner_ref, uid};
+use super::objects::{controlled_by, is_deleting, name, namespace, owner_ref, uid};
 use super::queue::Queue;
 use super::reflector::{CRONJOBS, JOBS, Reflector, key_of, rv_of};
 pub use schedule::{Schedule, ScheduleError};
@@ -101,22 +101,8 @@ impl CronJobs {
     /// Registers the controller's handlers on the reflectors.
     pub fn new(client: Client, cronjobs: Arc<Reflector>, jobs: Arc<Reflector>) -> CronJobs {
         let queue = Queue::new();
-        let q = queue.clone();
-        cronjobs.on_change(Box::new(move |old, new| {
-            if let Some(obj) = new.or(old) {
-                q.add(key_of(obj));
-            }
-        }));
-        let q = queue.clone();
-        jobs.on_change(Box::new(move |old, new| {
-            for job in [old, new].into_iter().flatten() {
-                if let Some(r) = controller_ref(job).filter(|r| r["kind"] == "CronJob")
-                    && let Some(owner) = r["name"].as_str()
-                {
-                    q.add(format!("{}/{owner}", namespace(job)));
-                }
-            }
-        }));
+        queue.follow(&cronjobs);
+        queue.follow_owned(&jobs, "CronJob");
         CronJobs {
             client,
             cronjobs,

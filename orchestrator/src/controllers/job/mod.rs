@@ -44,9 +44,7 @@ use serde_json::{Value, json};
 
 use super::client::Client;
 use super::events::{self, Type};
-use super::objects::{
-    controlled_by, controller_ref, is_deleting, name, namespace, now, pod_active, pod_ready,
-};
+use super::objects::{controlled_by, is_deleting, name, namespace, now, pod_active, pod_ready};
 use super::queue::Queue;
 use super::reflector::{JOBS, PODS, Reflector, key_of, rv_of};
 
@@ -81,22 +79,8 @@ impl Jobs {
     /// Registers the controller's handlers on the reflectors.
     pub fn new(client: Client, jobs: Arc<Reflector>, pods: Arc<Reflector>) -> Jobs {
         let queue = Queue::new();
-        let q = queue.clone();
-        jobs.on_change(Box::new(move |old, new| {
-            if let Some(obj) = new.or(old) {
-                q.add(key_of(obj));
-            }
-        }));
-        let q = queue.clone();
-        pods.on_change(Box::new(move |old, new| {
-            for pod in [old, new].into_iter().flatten() {
-                if let Some(r) = controller_ref(pod).filter(|r| r["kind"] == "Job")
-                    && let Some(owner) = r["name"].as_str()
-                {
-                    q.add(format!("{}/{owner}", namespace(pod)));
-                }
-            }
-        }));
+        queue.follow(&jobs);
+        queue.follow_owned(&pods, "Job");
         Jobs {
             client,
             jobs,
