@@ -2,10 +2,18 @@
 //! (preconditions, propagation, dryRun), finalizers, `deletecollection`,
 //! and namespace termination.
 //!
+//! - A pod is deleted gracefully ([`graceful`]): bound to a node and not
+//!   finished, it gets `deletionTimestamp` = now + its grace period and
+//!   stays `Terminating` until its node agent stopped it and sends the
+//!   final delete (`gracePeriodSeconds: 0`); a later delete may only
+//!   shorten the grace. This holds for every path that deletes pods
+//!   (`DELETE`, `deletecollection`, namespace termination, eviction, and
+//!   the controllers and garbage collector, which delete through the API).
 //! - An object with finalizers is not removed: it gets `deletionTimestamp`
-//!   (and `deletionGracePeriodSeconds: 0`) and stays until an update
-//!   removes its last finalizer; that update deletes it ([`guard_update`]).
-//!   While it is being deleted, updates may not add finalizers.
+//!   (and `deletionGracePeriodSeconds: 0` unless a pod's grace runs) and
+//!   stays until an update removes its last finalizer; that update
+//!   deletes it ([`guard_update`]) once no grace is left. While it is
+//!   being deleted, updates may not add finalizers.
 //! - `propagationPolicy=Orphan` adds the `orphan` finalizer, `Foreground`
 //!   adds `foregroundDeletion` (and `Background` removes both), as
 //!   upstream does before the garbage collector handles them. Cairn has no
@@ -16,17 +24,19 @@
 //!   `Status` `Success` naming it, or the object for the kinds upstream
 //!   returns it for ([`RETURNS_DELETED_OBJECT`]).
 //! - A namespace is marked `Terminating` at once and its contents are
-//!   deleted in the same request (their finalizers respected); if
-//!   finalizers hold some, a background task checks every second until
-//!   they are gone. Then the `kubernetes` finalizer is dropped and the
+//!   deleted in the same request (their finalizers and pods' grace
+//!   respected); if some remain, a background task checks every second
+//!   until they are gone. Then the `kubernetes` finalizer is dropped and the
 //!   namespace deleted. Creates in a terminating namespace are 403
 //!   Forbidden with the `NamespaceTerminating` cause.
 //! - Every object actually removed goes through the kind's
 //!   [`strategy::after_delete`] (a Service's ClusterIP is released).
 //!
 //! # Current limitations
-//! - `gracePeriodSeconds` is parsed but deletes are immediate: graceful
-//!   deletion only matters for pods, which the node agent will drive.
+//! - A pod bound to a node that has no agent (a Node object registered by
+//!   a client, an agent that is down) stays `Terminating` until it is
+//!   deleted with `gracePeriodSeconds: 0`, as upstream; nothing here
+//!   force-deletes pods of lost nodes yet (upstream's pod GC does).
 //! - A namespace cleanup interrupted by a restart resumes when the server
 //!   starts again ([`resume_terminating_namespaces`]). The background task
 //!   holds only the store: an object that slipped into the namespace while
@@ -39,6 +49,7 @@ use hyper::{HeaderMap, Response};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
+use super::graceful::{self, Grace};
 use super::handlers::{Target, from_kv, read_body, to_value_bytes};
 use super::options::{DeleteOptions, Propagation, finalizers};
 use super::query::Query;
@@ -47,7 +58,7 @@ use super::selector::Filter;
 use super::status::{ApiError, Cause, FieldCauses};
 use super::strategy;
 use super::{Api, Body, json_response};
-use crate::store::{KeyValue, Store, StoreError};
+use crate::store::{KeyValue, Revision, Store, StoreError};
 
 /// Kinds whose delete answers with the deleted object, not a `Status`
 /// (`ReturnDeletedObject` in upstream's registries), by plural.
@@ -65,7 +76,7 @@ const ATTEMPTS: usize = 5;
 
 /// What a delete did to one object.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     /// Gone; the object as it was last stored.
     Deleted(Value),
     /// Still there, being deleted (finalizers, a terminating namespace).
@@ -85,17 +96,31 @@ pub(super) async fn delete(
     let body = read_body(body).await?;
     let options = DeleteOptions::from_request(query, headers, &body)?;
     let key = rt.key(target.namespace.as_deref(), name);
+    let outcome = delete_named(api, rt, &key, name, &options).await?;
+    Ok(respond(rt, outcome))
+}
+
+/// Deletes the object at `key` with `options` (gracefully for pods,
+/// finalizers respected), retrying when it races a write; what the
+/// `DELETE` of one object and a pod eviction do.
+pub(super) async fn delete_named(
+    api: &Api,
+    rt: &ResourceType,
+    key: &str,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Outcome, ApiError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let kv = match api.store.get(&key).await {
+        let kv = match api.store.get(key).await {
             Ok(Some(kv)) => kv,
             Ok(None) => return Err(ApiError::not_found(rt.plural, name)),
             Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
         };
         let obj = from_kv(&kv)?;
-        check_preconditions(&options, &obj, rt, name)?;
-        match delete_object(&api.store, rt, &kv, obj, &options).await {
+        check_preconditions(options, &obj, rt, name)?;
+        match delete_object(&api.store, rt, &kv, obj, options).await {
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. })
                 if attempt < ATTEMPTS =>
             {
@@ -112,7 +137,7 @@ pub(super) async fn delete(
                         Outcome::Pending(_) => {}
                     }
                 }
-                return Ok(respond(rt, outcome));
+                return Ok(outcome);
             }
         }
     }
@@ -252,8 +277,8 @@ fn finalizers_for(current: &[String], propagation: Option<Propagation>) -> Vec<S
 }
 
 /// Deletes one object read at `kv`'s revision, or marks it as being
-/// deleted when finalizers hold it. Store conflicts are for the caller to
-/// retry.
+/// deleted when its grace period ([`graceful`]) or finalizers hold it.
+/// Store conflicts are for the caller to retry.
 async fn delete_object(
     store: &Store,
     rt: &ResourceType,
@@ -261,13 +286,22 @@ async fn delete_object(
     mut obj: Value,
     options: &DeleteOptions,
 ) -> Result<Outcome, StoreError> {
+    let grace = graceful::before_delete(rt, &mut obj, options.grace, jiff::Timestamp::now());
+    if grace == Grace::Pending {
+        // As upstream, finalizers cannot change once the grace runs.
+        return Ok(Outcome::Pending(obj));
+    }
     let current = finalizers(&obj);
     let wanted = finalizers_for(&current, options.propagation);
     let namespace_pending = rt.kind == "Namespace"
         && obj["spec"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-    if wanted.is_empty() && !namespace_pending {
+    let held = !wanted.is_empty() || namespace_pending;
+    if let Grace::Marked(period) = grace {
+        return mark_graceful(store, kv, obj, &current, wanted, period, options.dry_run).await;
+    }
+    if !held {
         if options.dry_run {
             return Ok(Outcome::Deleted(obj));
         }
@@ -292,14 +326,57 @@ async fn delete_object(
     if (marked && wanted == current) || options.dry_run {
         return Ok(Outcome::Pending(obj));
     }
+    store_marked(store, kv, &mut obj).await?;
+    Ok(Outcome::Pending(obj))
+}
+
+/// Stores an object [`graceful::before_delete`] marked with `period`
+/// (and the finalizers the delete wants); with no grace left and no
+/// finalizer, removes it right after, as upstream does (watchers see the
+/// marked object, then its deletion).
+async fn mark_graceful(
+    store: &Store,
+    kv: &KeyValue,
+    mut obj: Value,
+    current: &[String],
+    wanted: Vec<String>,
+    period: i64,
+    dry_run: bool,
+) -> Result<Outcome, StoreError> {
+    let remove = period == 0 && wanted.is_empty();
+    if wanted != current {
+        obj["metadata"]["finalizers"] = json!(wanted);
+    }
+    if dry_run {
+        return Ok(match remove {
+            true => Outcome::Deleted(obj),
+            false => Outcome::Pending(obj),
+        });
+    }
+    let revision = store_marked(store, kv, &mut obj).await?;
+    if !remove {
+        return Ok(Outcome::Pending(obj));
+    }
+    match store.delete(&kv.key, Some(revision)).await {
+        Ok(last) => Ok(Outcome::Deleted(from_kv(&last).unwrap_or(obj))),
+        // Someone else (the agent, another delete) removed it meanwhile:
+        // as upstream, that is this delete's success.
+        Err(StoreError::NotFound { .. }) => Ok(Outcome::Deleted(obj)),
+        Err(err) => Err(err),
+    }
+}
+
+/// Writes `obj` over `kv` (its revision as precondition); returns and
+/// sets the new resourceVersion.
+async fn store_marked(store: &Store, kv: &KeyValue, obj: &mut Value) -> Result<Revision, StoreError> {
     if let Some(meta) = obj["metadata"].as_object_mut() {
         meta.remove("resourceVersion");
     }
     let revision = store
-        .update(&kv.key, to_value_bytes(&obj), kv.mod_revision)
+        .update(&kv.key, to_value_bytes(obj), kv.mod_revision)
         .await?;
     obj["metadata"]["resourceVersion"] = revision.to_string().into();
-    Ok(Outcome::Pending(obj))
+    Ok(revision)
 }
 
 /// Checks an update of an object against its `stored` state: the deletion
@@ -347,7 +424,12 @@ pub(super) fn guard_update(
         && obj["spec"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-    Ok(finalizers(obj).is_empty() && !namespace_pending)
+    // A pod whose grace still runs stays for its node agent's final
+    // delete (upstream deletes on update only at grace 0).
+    let grace_left = stored["metadata"]["deletionGracePeriodSeconds"]
+        .as_i64()
+        .is_some_and(|g| g != 0);
+    Ok(finalizers(obj).is_empty() && !namespace_pending && !grace_left)
 }
 
 /// 403 when `namespace` is being deleted: nothing new may be created in
@@ -574,6 +656,12 @@ mod tests {
         assert_eq!(fewer["metadata"]["deletionTimestamp"], "T");
         let mut none = json!({"metadata": {"name": "x"}});
         assert!(guard_update(cm, "x", &stored, &mut none).expect("ok"));
+        // A pod whose grace still runs waits for its agent's final delete.
+        let pods = registry.find("", "v1", "pods").expect("pods");
+        let terminating = json!({"metadata": {"name": "x", "deletionTimestamp": "T",
+            "deletionGracePeriodSeconds": 30, "finalizers": ["a"]}});
+        let mut none = json!({"metadata": {"name": "x"}});
+        assert!(!guard_update(pods, "x", &terminating, &mut none).expect("ok"));
         // Not being deleted: a client cannot set deletionTimestamp.
         let live = json!({"metadata": {"name": "x"}});
         let mut sneaky = json!({"metadata": {"name": "x", "deletionTimestamp": "T"}});

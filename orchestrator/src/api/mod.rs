@@ -26,7 +26,8 @@
 //!   `fieldset`: `FieldsV1` paths for `managed` and `apply`.
 //! - `codec`: request bodies in JSON, YAML and Kubernetes protobuf.
 //! - `options`: dryRun, fieldManager and DeleteOptions; `delete`: deletes,
-//!   finalizers, deletecollection and namespace termination; `managed`:
+//!   finalizers, deletecollection and namespace termination; `graceful`:
+//!   the grace period of pod deletes; `managed`:
 //!   `metadata.managedFields`.
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
@@ -43,6 +44,7 @@ pub mod crd;
 pub mod delete;
 pub mod discovery;
 pub mod fieldset;
+pub mod graceful;
 pub mod handlers;
 pub mod lists;
 pub mod managed;
