@@ -179,6 +179,8 @@ fn deployment_rolls_out_scales_updates_and_undoes() {
             node("n3", "4", "8Gi", ""),
         ],
     );
+    // No agent runs: a stand-in finishes the pods deleted on these nodes.
+    let _kubelet = server.fake_kubelet();
     server.kubectl(&[
         "create",
         "deployment",
@@ -377,6 +379,8 @@ fn garbage_collection_and_leadership() {
     let server = Server::start();
     create_namespace_t(&server);
     register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
+    // No agent runs: a stand-in finishes the pods deleted on these nodes.
+    let _kubelet = server.fake_kubelet();
     // The leader holds the Lease; every namespace gets its default ServiceAccount.
     let lease = wait_for(20, "controller lease", &server, || {
         let out = server.try_kubectl(&[
@@ -649,6 +653,8 @@ fn services_get_endpoints_and_slices_from_ready_pods() {
     let server = Server::start();
     create_namespace_t(&server);
     register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
+    // No agent runs: a stand-in finishes the pods deleted on these nodes.
+    let _kubelet = server.fake_kubelet();
     server.kubectl(&[
         "create",
         "deployment",
