@@ -653,8 +653,6 @@ fn services_get_endpoints_and_slices_from_ready_pods() {
     let server = Server::start();
     create_namespace_t(&server);
     register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
-    // No agent runs: a stand-in finishes the pods deleted on these nodes.
-    let _kubelet = server.fake_kubelet();
     server.kubectl(&[
         "create",
         "deployment",
@@ -722,7 +720,9 @@ fn services_get_endpoints_and_slices_from_ready_pods() {
         let e = get_json(&server, &["get", "endpoints", "web", "-n", "t"]);
         (e["subsets"][0]["addresses"].as_array().map(Vec::len) == Some(2)).then_some(())
     });
-    server.kubectl(&["delete", "pod", &names[0], "-n", "t"]);
+    // A deleted pod leaves the Endpoints at once; the slice keeps it,
+    // terminating, until its node has stopped it.
+    server.kubectl(&["delete", "pod", &names[0], "-n", "t", "--wait=false"]);
     wait_for(20, "deleted pod dropped", &server, || {
         let e = get_json(&server, &["get", "endpoints", "web", "-n", "t"]);
         let ips: Vec<&str> = e["subsets"][0]["addresses"]
@@ -732,6 +732,36 @@ fn services_get_endpoints_and_slices_from_ready_pods() {
             .filter_map(|a| a["ip"].as_str())
             .collect();
         (ips == ["10.42.0.11"]).then_some(())
+    });
+    let slice_endpoints = || {
+        let slices = get_json(
+            &server,
+            &[
+                "get",
+                "endpointslices",
+                "-n",
+                "t",
+                "-l",
+                "kubernetes.io/service-name=web",
+            ],
+        );
+        slices["items"][0]["endpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let leaving = wait_for(20, "a terminating endpoint", &server, || {
+        slice_endpoints()
+            .into_iter()
+            .find(|e| e["addresses"][0] == "10.42.0.10" && e["conditions"]["terminating"] == true)
+    });
+    assert_eq!(leaving["conditions"]["ready"], false, "{leaving}");
+    assert_eq!(leaving["conditions"]["serving"], true, "{leaving}");
+    // No agent runs: a stand-in finishes the pod on its node.
+    let _kubelet = server.fake_kubelet();
+    wait_for(20, "the finished pod leaves the slice", &server, || {
+        let eps = slice_endpoints();
+        (eps.len() == 1 && eps[0]["addresses"][0] == "10.42.0.11").then_some(())
     });
     // Deleting the Service removes both.
     server.kubectl(&["delete", "service", "web", "-n", "t"]);
