@@ -931,7 +931,10 @@ spec:
     assert_eq!(events.lines().collect::<Vec<_>>(), ["prestop", "sigterm"]);
     assert!(env.cluster.pod("default", "trap").await.is_none());
     assert_eq!(env.in_cri(&uids[0]).await, 0);
-    assert!(took < Duration::from_secs(15), "SIGTERM not honoured: {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "SIGTERM not honoured: {took:?}"
+    );
 
     let started = std::time::Instant::now();
     env.kubectl(&["delete", "pod", "stubborn", "--timeout=60s"]);

@@ -261,7 +261,15 @@ fn finalizers_and_grace_both_hold_a_pod() {
     let pod = get_pod(&server, "f").expect("grace still runs");
     assert_eq!(pod["metadata"]["deletionGracePeriodSeconds"], 30);
     // The final delete (grace 0) removes it.
-    server.kubectl(&["delete", "pod", "f", "-n", "t", "--grace-period=0", "--force"]);
+    server.kubectl(&[
+        "delete",
+        "pod",
+        "f",
+        "-n",
+        "t",
+        "--grace-period=0",
+        "--force",
+    ]);
     assert!(get_pod(&server, "f").is_none());
 
     // Grace 0 with a finalizer: marked, removed with the finalizer.
@@ -321,7 +329,8 @@ fn every_delete_path_is_graceful() {
     assert!(get_pod(&server, "b").is_none(), "unscheduled: gone");
 
     create_pod(&server, "e", Some("n1"), 30);
-    let eviction = br#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"e","namespace":"t"},
+    let eviction =
+        br#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"e","namespace":"t"},
 "deleteOptions":{"gracePeriodSeconds":7}}"#;
     let (code, body) = server.curl(
         "POST",

@@ -272,7 +272,10 @@ pub fn try_curl_at(
     }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').ok_or("no status line")?;
-    let code = code.trim().parse().map_err(|_| format!("http code {code:?}"))?;
+    let code = code
+        .trim()
+        .parse()
+        .map_err(|_| format!("http code {code:?}"))?;
     Ok((code, body.to_owned()))
 }
 
