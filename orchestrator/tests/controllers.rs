@@ -374,6 +374,47 @@ fn unschedulable_pods_say_why_and_are_retried() {
     );
 }
 
+/// A terminating pod still holds its node (its containers run out their
+/// grace period there); a pod waiting for the room is bound once it is gone.
+#[test]
+fn terminating_pods_hold_their_node_until_gone() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    register_nodes(&server, &[node("small", "1", "2Gi", "")]);
+    let create = |name: &str| {
+        let pod = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"t"}},
+"spec":{{"containers":[{{"name":"c","image":"busybox","resources":{{"requests":{{"cpu":"800m"}}}}}}]}}}}"#
+        );
+        let file = server.write(&format!("{name}.json"), &pod);
+        server.kubectl(&["create", "-f", common::path_str(&file)]);
+    };
+    let bound = |name: &str| {
+        let pod = get_json(&server, &["get", "pod", name, "-n", "t"]);
+        (pod["spec"]["nodeName"] == "small").then_some(())
+    };
+    create("old");
+    wait_for(20, "old bound", &server, || bound("old"));
+    server.kubectl(&["delete", "pod", "old", "-n", "t", "--wait=false"]);
+    create("new");
+    let waiting = wait_for(20, "new unschedulable", &server, || {
+        let pod = get_json(&server, &["get", "pod", "new", "-n", "t"]);
+        pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+            .cloned()
+    });
+    assert_eq!(
+        waiting["message"], "0/1 nodes are available: 1 Insufficient cpu.",
+        "{waiting}"
+    );
+    // The node's stand-in kubelet finishes the old pod: the new one fits.
+    let _kubelet = server.fake_kubelet();
+    wait_for(20, "new bound once old is gone", &server, || bound("new"));
+}
+
 #[test]
 fn garbage_collection_and_leadership() {
     let server = Server::start();
