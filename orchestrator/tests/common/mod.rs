@@ -260,13 +260,9 @@ pub fn try_curl_at(
         .stderr(Stdio::piped())
         .spawn()
         .expect("curl must be on the PATH");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body)
-        .map_err(|err| err.to_string())?;
+    let written = child.stdin.take().expect("stdin").write_all(body);
     let out = child.wait_with_output().map_err(|err| err.to_string())?;
+    written.map_err(|err| err.to_string())?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
