@@ -82,6 +82,12 @@ fn a_scheduled_pod_terminates_with_its_grace_period() {
         .expect("rv")
         .to_owned();
 
+    // A dry run marks nothing.
+    let out = server.kubectl(&["delete", "pod", "p", "-n", "t", "--dry-run=server"]);
+    assert!(out.contains("server dry run"), "{out}");
+    let pod = get_pod(&server, "p").expect("pod");
+    assert!(pod["metadata"]["deletionTimestamp"].is_null(), "{pod}");
+
     let before = jiff::Timestamp::now();
     let out = server.kubectl(&["delete", "pod", "p", "-n", "t", "--wait=false"]);
     assert!(out.contains("pod \"p\" deleted"), "{out}");

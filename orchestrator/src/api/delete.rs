@@ -338,11 +338,11 @@ async fn mark_graceful(
     if wanted != current {
         obj["metadata"]["finalizers"] = json!(wanted);
     }
+    if dry_run && remove {
+        return Ok(Outcome::Deleted(obj));
+    }
     if dry_run {
-        return Ok(match remove {
-            true => Outcome::Deleted(obj),
-            false => Outcome::Pending(obj),
-        });
+        return Ok(Outcome::Pending(obj));
     }
     let revision = store_marked(store, kv, &mut obj).await?;
     if !remove {
