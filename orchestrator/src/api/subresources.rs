@@ -7,7 +7,8 @@
 //!   which is what `kubectl scale` and the HPA use.
 //! - pod `binding`: POST a `Binding` to set `spec.nodeName` once (409 if
 //!   the pod is bound already), as the scheduler does.
-//! - pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod.
+//! - pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod,
+//!   gracefully as a `DELETE` does, with the eviction's `deleteOptions`.
 //! - serviceaccount `token`: POST a `TokenRequest` ([`super::token_request`]).
 //!
 //! Writes go to the store with compare-and-swap on the object's revision
@@ -16,7 +17,7 @@
 //!
 //! # Current limitations
 //! - Evictions do not consult PodDisruptionBudgets (nothing maintains
-//!   their status yet) and delete at once, without a grace period.
+//!   their status yet).
 
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Response};
@@ -24,7 +25,9 @@ use serde_json::{Value, json};
 
 use super::codec;
 use super::crd;
+use super::delete;
 use super::handlers::{Target, from_kv, read_body, to_value_bytes};
+use super::options::DeleteOptions;
 use super::patch::{self, PatchType};
 use super::query::Query;
 use super::resources::{ResourceType, Subresource};
@@ -378,12 +381,10 @@ async fn evict(
     {
         return Err(ApiError::conflict(rt.plural, name));
     }
-    let deleted = api
-        .store
-        .delete(&kv.key, Some(kv.mod_revision))
-        .await
-        .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
-    strategy::after_delete(api, rt, &from_kv(&deleted)?).await;
+    // The eviction's own DeleteOptions (grace period, dryRun), through
+    // the same graceful delete as a DELETE of the pod.
+    let options = DeleteOptions::from_value(&eviction["deleteOptions"])?;
+    delete::delete_named(api, rt, &kv.key, name, &options).await?;
     Ok(success(201))
 }
 
