@@ -146,7 +146,12 @@ pub fn spec(config: &Config, env: Vec<(String, String)>) -> ServiceSpec {
 /// The node agent's flags, in either role: the node's name, address,
 /// labels and taints.
 fn node_flags(config: &Config) -> Vec<String> {
-    let mut args = vec!["--node-name".to_string(), config.host.hostname.to_string()];
+    let mut args = vec![
+        "--node-name".to_string(),
+        config.host.hostname.to_string(),
+        "--config-status-file".to_string(),
+        super::config::STATUS_FILE.to_string(),
+    ];
     if let Some(ip) = config.cluster.node_ip {
         args.push("--node-ip".into());
         args.push(ip.to_string());
@@ -361,6 +366,8 @@ mod tests {
                 "/run/cairn/config/images",
                 "--node-name",
                 "cairn",
+                "--config-status-file",
+                "/run/cairn/config-status",
             ]
         );
         assert!(!s.env.iter().any(|(k, _)| k == "CAIRN_TOKEN"));
@@ -399,6 +406,8 @@ mod tests {
                 IMAGES_DIR,
                 "--node-name",
                 "edge2",
+                "--config-status-file",
+                "/run/cairn/config-status",
                 "--node-ip",
                 "10.0.0.2",
                 "--node-label",
