@@ -81,9 +81,20 @@ pub(super) async fn delete(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let rt = target.rt;
     let body = read_body(body).await?;
     let options = DeleteOptions::from_request(query, headers, &body)?;
+    delete_with(api, target, name, &options).await
+}
+
+/// Deletes one object as `options` say: a `DELETE`, or the delete an
+/// eviction makes (`api::eviction`) once the pod's budget allows it.
+pub(super) async fn delete_with(
+    api: &Api,
+    target: &Target<'_>,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Response<Body>, ApiError> {
+    let rt = target.rt;
     let key = rt.key(target.namespace.as_deref(), name);
     let mut attempt = 0;
     loop {
@@ -94,8 +105,8 @@ pub(super) async fn delete(
             Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
         };
         let obj = from_kv(&kv)?;
-        check_preconditions(&options, &obj, rt, name)?;
-        match delete_object(&api.store, rt, &kv, obj, &options).await {
+        check_preconditions(options, &obj, rt, name)?;
+        match delete_object(&api.store, rt, &kv, obj, options).await {
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. })
                 if attempt < ATTEMPTS =>
             {
@@ -374,6 +385,7 @@ pub(super) fn forbid_terminating(
             message: why,
             field: "metadata.namespace".into(),
         }],
+        ..FieldCauses::default()
     }));
     Err(err)
 }
