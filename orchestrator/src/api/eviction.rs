@@ -64,7 +64,7 @@ pub(super) async fn evict(
     let pod = loop {
         attempt += 1;
         let pod = read(api, &pod_key, "pods", name).await?;
-        if !disrupts(&pod) {
+        if disrupts(&pod) {
             break pod;
         }
         // Nothing to guard: delete it, unless it changed meanwhile.
