@@ -265,6 +265,22 @@ fn budgets_are_served_kept_and_honoured_by_eviction() {
     );
     assert_eq!(lines[1][..4], ["web-min", "2", "N/A", "1"], "{table}");
 
+    let described = server.kubectl(&["describe", "pdb", "web-min", "-n", "t"]);
+    let value = |key: &str| {
+        described
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{key} in {described}"))
+            .to_owned()
+    };
+    assert_eq!(value("Min available:"), "2");
+    assert_eq!(value("Selector:"), "app=web");
+    assert_eq!(value("Allowed disruptions:"), "1");
+    assert_eq!(value("Current:"), "3");
+    assert_eq!(value("Desired:"), "2");
+    assert_eq!(value("Total:"), "3");
+
     // A percentage scales from the Deployment's replicas; an integer
     // minAvailable from the pods selected (an unmanaged one included).
     server.kubectl(&[
@@ -319,9 +335,26 @@ fn budgets_are_served_kept_and_honoured_by_eviction() {
         &[("expectedPods", 3), ("disruptionsAllowed", 1)],
     );
 
-    // Eviction: granted while the budget allows one, then 429.
+    // Eviction: granted while the budget allows one, then 429; a dry
+    // run changes nothing.
     drop(agent);
     let web = pods(&server, "app=web");
+    let path = format!(
+        "/api/v1/namespaces/t/pods/{}/eviction?dryRun=All",
+        name_of(&web[0])
+    );
+    let body = format!(
+        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{}"}}}}"#,
+        name_of(&web[0])
+    );
+    let (code, answer) = server.curl("POST", &path, "application/json", body.as_bytes());
+    assert_eq!(code, 201, "{answer}");
+    assert_eq!(
+        pods(&server, "app=web").len(),
+        3,
+        "a dry run deletes nothing"
+    );
+    assert_eq!(pdb_status(&server, "web-min")["disruptionsAllowed"], 1);
     let (code, answer) = evict(&server, name_of(&web[0]));
     assert_eq!(code, 201, "{answer}");
     assert_eq!(answer["status"], "Success");

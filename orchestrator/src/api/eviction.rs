@@ -91,8 +91,10 @@ pub(super) async fn evict(
         ));
     }
     let mut guard_readiness = false;
+    let mut budget = None;
     if let Some(kv) = budgets.into_iter().next() {
         let pdb = from_kv(&kv)?;
+        budget = pdb["metadata"]["name"].as_str().map(str::to_owned);
         let status = &pdb["status"];
         let count = |field: &str| status[field].as_i64().unwrap_or(0);
         let always = pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow";
@@ -111,9 +113,9 @@ pub(super) async fn evict(
     }
     match delete_pod(api, target, name, &pod_key, &delete_options).await {
         Ok(()) => Ok(success()),
-        Err(err) if err.code == 409 && guard_readiness && !pinned => Err(still_processing(
-            pod_budget_name(api, &pod).await.as_deref(),
-        )),
+        Err(err) if err.code == 409 && guard_readiness && !pinned => {
+            Err(still_processing(budget.as_deref()))
+        }
         Err(err) => Err(err),
     }
 }
@@ -203,13 +205,6 @@ async fn budgets_of(api: &Api, pod: &Value) -> Result<Vec<KeyValue>, ApiError> {
 
 fn budget_prefix(namespace: &str) -> String {
     format!("/registry/policy/poddisruptionbudgets/{namespace}/")
-}
-
-/// The name of the one budget of `pod`, for a message.
-async fn pod_budget_name(api: &Api, pod: &Value) -> Option<String> {
-    let budgets = budgets_of(api, pod).await.ok()?;
-    let pdb = from_kv(budgets.first()?).ok()?;
-    pdb["metadata"]["name"].as_str().map(str::to_owned)
 }
 
 /// Upstream's `checkAndDecrement`, retried on conflict with the budget
