@@ -238,6 +238,13 @@ fn budgets_are_served_kept_and_honoured_by_eviction() {
             ("observedGeneration", 1),
         ],
     );
+    // Nothing changes, nothing is written.
+    let version = |s: &Server| {
+        get_json(s, &["get", "pdb", "web-min", "-n", "t"])["metadata"]["resourceVersion"].clone()
+    };
+    let before = version(&server);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(version(&server), before, "an idle budget is not rewritten");
     let condition = &status["conditions"][0];
     assert_eq!(condition["type"], "DisruptionAllowed");
     assert_eq!(condition["status"], "True");

@@ -18,8 +18,9 @@
 //! # The runtime
 //! - [`reflector`]: one per watched kind (pods, nodes, namespaces,
 //!   services, replicasets, deployments, daemonsets, statefulsets, jobs,
-//!   cronjobs, poddisruptionbudgets): list, watch from the list's resourceVersion with
-//!   bookmarks, list again on 410, in-memory cache, change handlers.
+//!   cronjobs, poddisruptionbudgets): list, watch from the list's
+//!   resourceVersion with bookmarks, list again on 410, in-memory cache,
+//!   change handlers.
 //! - [`queue`]: per-controller work queues of object keys, de-duplicated,
 //!   never handed to two workers at once, retried with per-key exponential
 //!   back-off.
@@ -36,9 +37,9 @@
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
 //! # Current limitations
-//! Namespace lifecycle beyond the API's own, node lifecycle and ServiceAccount tokens
-//! have no controller yet; garbage collection
-//! covers what the reflected kinds own (see [`gc`]).
+//! Namespace lifecycle beyond the API's own, node lifecycle and
+//! ServiceAccount tokens have no controller yet; garbage collection covers
+//! what the reflected kinds own (see [`gc`]).
 
 pub mod client;
 pub mod cronjob;
