@@ -6,8 +6,9 @@
 //! when the budget allows it and times out when it does not.
 //!
 //! There is no node agent here (`--disable-agent`): nodes are registered
-//! through the API, and the tests mark pods Running and Ready through the
-//! status subresource, as the agent would.
+//! through the API, and a thread plays the agent: it marks bound pods
+//! Running and Ready through the status subresource and makes the final
+//! delete of pods being deleted, as the agent would.
 
 mod common;
 
@@ -124,18 +125,32 @@ fn set_pod(server: &Server, name: &str, ready: bool) {
     ]);
 }
 
-/// Marks every bound, not yet Ready pod of `t` Running and Ready.
-fn mark_bound_pods_ready(server: &Server) {
-    for pod in pods(server, "") {
+/// Plays the node agent: finishes pods being deleted (the final delete,
+/// `gracePeriodSeconds: 0`, once their containers would have stopped) and,
+/// with `ready_too`, marks every bound pod Running and Ready.
+fn play_agent(server: &Server, ready_too: bool) {
+    let all = get_json(server, &["get", "pods", "-n", "t"]);
+    for pod in all["items"].as_array().into_iter().flatten() {
         let bound = pod["spec"]["nodeName"]
             .as_str()
             .is_some_and(|n| !n.is_empty());
-        if bound && !ready(&pod) {
-            // A pod deleted meanwhile makes the patch fail: fine.
+        // A pod deleted meanwhile makes these fail: fine.
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            let _ = server.try_kubectl(&[
+                "delete",
+                "pod",
+                name_of(pod),
+                "-n",
+                "t",
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ]);
+        } else if ready_too && bound && !ready(pod) {
             let _ = server.try_kubectl(&[
                 "patch",
                 "pod",
-                name_of(&pod),
+                name_of(pod),
                 "-n",
                 "t",
                 "--subresource=status",
@@ -147,26 +162,34 @@ fn mark_bound_pods_ready(server: &Server) {
     }
 }
 
-/// Plays the node agent (pods become Ready once bound) until dropped.
+/// Runs [`play_agent`] every 300 ms until dropped.
 struct Agent {
     stop: Arc<AtomicBool>,
+    ready: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
     fn start(server: &Arc<Server>) -> Agent {
         let stop = Arc::new(AtomicBool::new(false));
-        let (server, flag) = (server.clone(), stop.clone());
+        let ready = Arc::new(AtomicBool::new(true));
+        let (server, flag, ready_too) = (server.clone(), stop.clone(), ready.clone());
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                mark_bound_pods_ready(&server);
+                play_agent(&server, ready_too.load(Ordering::Relaxed));
                 std::thread::sleep(Duration::from_millis(300));
             }
         });
         Agent {
             stop,
+            ready,
             thread: Some(thread),
         }
+    }
+
+    /// From now on, pods stay as they are (not Ready).
+    fn stop_readying(&self) {
+        self.ready.store(false, Ordering::Relaxed);
     }
 }
 
@@ -344,7 +367,7 @@ fn budgets_are_served_kept_and_honoured_by_eviction() {
 
     // Eviction: granted while the budget allows one, then 429; a dry
     // run changes nothing.
-    drop(agent);
+    agent.stop_readying();
     let web = pods(&server, "app=web");
     let path = format!(
         "/api/v1/namespaces/t/pods/{}/eviction?dryRun=All",
@@ -365,8 +388,10 @@ fn budgets_are_served_kept_and_honoured_by_eviction() {
     let (code, answer) = evict(&server, name_of(&web[0]));
     assert_eq!(code, 201, "{answer}");
     assert_eq!(answer["status"], "Success");
-    let out = server.try_kubectl(&["get", "pod", name_of(&web[0]), "-n", "t"]);
-    assert!(!out.status.success(), "the evicted pod is gone");
+    wait_for(30, "the evicted pod to go", &server, || {
+        let out = server.try_kubectl(&["get", "pod", name_of(&web[0]), "-n", "t"]);
+        (!out.status.success()).then_some(())
+    });
     let (code, answer) = evict(&server, name_of(&web[1]));
     assert_eq!(code, 429, "{answer}");
     assert_eq!(answer["reason"], "TooManyRequests");

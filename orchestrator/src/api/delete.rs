@@ -65,7 +65,7 @@ const ATTEMPTS: usize = 5;
 
 /// What a delete did to one object.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     /// Gone; the object as it was last stored.
     Deleted(Value),
     /// Still there, being deleted (finalizers, a terminating namespace).
@@ -81,25 +81,28 @@ pub(super) async fn delete(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
+    let rt = target.rt;
     let body = read_body(body).await?;
     let options = DeleteOptions::from_request(query, headers, &body)?;
-    delete_with(api, target, name, &options).await
+    let key = rt.key(target.namespace.as_deref(), name);
+    let outcome = delete_named(api, rt, &key, name, &options).await?;
+    Ok(respond(rt, outcome))
 }
 
-/// Deletes one object as `options` say: a `DELETE`, or the delete an
-/// eviction makes (`api::eviction`) once the pod's budget allows it.
-pub(super) async fn delete_with(
+/// Deletes the object at `key` with `options` (finalizers respected),
+/// retrying when it races a write; what the `DELETE` of one object and a
+/// pod eviction do.
+pub(super) async fn delete_named(
     api: &Api,
-    target: &Target<'_>,
+    rt: &ResourceType,
+    key: &str,
     name: &str,
     options: &DeleteOptions,
-) -> Result<Response<Body>, ApiError> {
-    let rt = target.rt;
-    let key = rt.key(target.namespace.as_deref(), name);
+) -> Result<Outcome, ApiError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let kv = match api.store.get(&key).await {
+        let kv = match api.store.get(key).await {
             Ok(Some(kv)) => kv,
             Ok(None) => return Err(ApiError::not_found(rt.plural, name)),
             Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
@@ -123,7 +126,7 @@ pub(super) async fn delete_with(
                         Outcome::Pending(_) => {}
                     }
                 }
-                return Ok(respond(rt, outcome));
+                return Ok(outcome);
             }
         }
     }

@@ -17,7 +17,7 @@
 //!   `status.disruptedPods` (compare-and-swap on the budget, retried on
 //!   conflict), and the disruption controller
 //!   ([`crate::controllers::disruption`]) recomputes from there.
-//! - The delete itself is the ordinary one ([`super::delete::delete_with`])
+//! - The delete itself is the ordinary one ([`super::delete::delete_named`])
 //!   with the eviction's `deleteOptions`, after the pod gets the
 //!   `DisruptionTarget` condition as upstream adds it.
 //!
@@ -319,7 +319,7 @@ async fn delete_pod(
             }
         }
     }
-    delete::delete_with(api, target, name, &options).await?;
+    delete::delete_named(api, target.rt, key, name, &options).await?;
     Ok(())
 }
 
