@@ -22,6 +22,7 @@ pub mod etc;
 pub mod host;
 pub mod input;
 pub mod mounts;
+pub mod registries;
 pub mod shutdown;
 pub mod sntp;
 pub mod stats;
@@ -103,7 +104,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     let service_env = host::service_env(&config);
 
     let supervisor = Supervisor::new();
-    match containerd::prepare() {
+    match containerd::prepare(&config.cluster.registries) {
         Ok(()) => {
             let mut spec = containerd::spec();
             spec.env.extend(service_env.iter().cloned());

@@ -17,13 +17,13 @@
 //!   `status.disruptedPods` (compare-and-swap on the budget, retried on
 //!   conflict), and the disruption controller
 //!   ([`crate::controllers::disruption`]) recomputes from there.
-//! - The delete itself is the ordinary one ([`super::delete::delete_named`])
-//!   with the eviction's `deleteOptions`, after the pod gets the
-//!   `DisruptionTarget` condition as upstream adds it.
+//! - The delete itself is the ordinary one ([`super::delete::delete_named`],
+//!   graceful for a pod on a node) with the eviction's `deleteOptions`,
+//!   after the pod gets the `DisruptionTarget` condition as upstream adds it.
 //!
 //! `dryRun` (query or `deleteOptions`) checks everything and writes nothing.
 
-use hyper::{HeaderMap, Response};
+use hyper::Response;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -54,7 +54,7 @@ pub(super) async fn evict(
     query: &Query,
     eviction: &Value,
 ) -> Result<Response<Body>, ApiError> {
-    let mut options = delete_options(&eviction["deleteOptions"])?;
+    let mut options = DeleteOptions::from_value(&eviction["deleteOptions"])?;
     if query.all("dryRun").contains(&"All") {
         options.dry_run = true;
     }
@@ -118,16 +118,6 @@ pub(super) async fn evict(
         }
         Err(err) => Err(err),
     }
-}
-
-/// The eviction's `deleteOptions`, read as a DELETE's body would be.
-fn delete_options(value: &Value) -> Result<DeleteOptions, ApiError> {
-    let body = if value.is_object() {
-        to_value_bytes(value)
-    } else {
-        Vec::new()
-    };
-    DeleteOptions::from_request(&Query::default(), &HeaderMap::new(), &body)
 }
 
 async fn read(api: &Api, key: &str, plural: &str, name: &str) -> Result<Value, ApiError> {

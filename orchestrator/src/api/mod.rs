@@ -29,15 +29,17 @@
 //!   `fieldset`: `FieldsV1` paths for `managed` and `apply`.
 //! - `codec`: request bodies in JSON, YAML and Kubernetes protobuf.
 //! - `options`: dryRun, fieldManager and DeleteOptions; `delete`: deletes,
-//!   finalizers, deletecollection and namespace termination; `managed`:
+//!   finalizers and deletecollection; `graceful`: the grace period of pod
+//!   deletes; `namespaces`: namespace termination; `managed`:
 //!   `metadata.managedFields`.
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
 //! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`,
-//! `validation`, `codec`, `delete` and `managed`. Also: no OpenAPI v2, no
-//! protobuf responses, and no authorization: every authenticated user may
-//! do everything; the `kubernetes` Service has no Endpoints yet.
+//! `validation`, `codec`, `delete`, `namespaces` and `managed`. Also: no
+//! OpenAPI v2, no protobuf responses, and no authorization: every
+//! authenticated user may do everything; the `kubernetes` Service has no
+//! Endpoints yet.
 
 pub mod apply;
 pub mod auth;
@@ -47,9 +49,11 @@ pub mod delete;
 pub mod discovery;
 pub mod eviction;
 pub mod fieldset;
+pub mod graceful;
 pub mod handlers;
 pub mod lists;
 pub mod managed;
+pub mod namespaces;
 pub mod openapi;
 pub mod options;
 pub mod patch;
@@ -612,7 +616,7 @@ pub async fn run(
     };
     api.bootstrap(port).await?;
     api.serve_crds().await?;
-    delete::resume_terminating_namespaces(&api).await;
+    namespaces::resume_terminating_namespaces(&api).await;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {

@@ -7,8 +7,9 @@
 //!   which is what `kubectl scale` and the HPA use.
 //! - pod `binding`: POST a `Binding` to set `spec.nodeName` once (409 if
 //!   the pod is bound already), as the scheduler does.
-//! - pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod as
-//!   its PodDisruptionBudget allows ([`super::eviction`]).
+//! - pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod
+//!   (gracefully, as a `DELETE` does) as its PodDisruptionBudget allows
+//!   ([`super::eviction`]).
 //! - serviceaccount `token`: POST a `TokenRequest` ([`super::token_request`]).
 //!
 //! Writes go to the store with compare-and-swap on the object's revision
