@@ -17,7 +17,8 @@
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
 //! - `strategy`: per-kind defaults, validation and allocation on writes.
 //! - `subresources`: `scale`, pod `binding` and `eviction` (`status` goes
-//!   through the generic handlers); `proxy`: pod `log`, `exec`, `attach`
+//!   through the generic handlers); `eviction`: evictions honouring
+//!   PodDisruptionBudgets; `proxy`: pod `log`, `exec`, `attach`
 //!   and `portforward`, proxied to the node agent.
 //! - `query`: query parameters, resourceVersion rules; `selector`: label
 //!   and field selectors. `status`: `Status` errors.
@@ -46,6 +47,7 @@ pub mod codec;
 pub mod crd;
 pub mod delete;
 pub mod discovery;
+pub mod eviction;
 pub mod fieldset;
 pub mod graceful;
 pub mod handlers;
@@ -243,7 +245,13 @@ pub fn json_response(code: u16, value: &impl serde::Serialize) -> Response<Body>
 }
 
 fn error_response(err: &ApiError) -> Response<Body> {
-    json_response(err.code, &err.to_status())
+    let mut response = json_response(err.code, &err.to_status());
+    if let Some(seconds) = err.retry_after() {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, seconds.into());
+    }
+    response
 }
 
 fn text_response(text: impl Into<Bytes>) -> Response<Body> {

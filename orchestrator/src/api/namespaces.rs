@@ -54,6 +54,7 @@ pub(super) fn forbid_terminating(
             message: why,
             field: "metadata.namespace".into(),
         }],
+        ..FieldCauses::default()
     }));
     Err(err)
 }

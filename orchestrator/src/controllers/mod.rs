@@ -18,8 +18,9 @@
 //! # The runtime
 //! - [`reflector`]: one per watched kind (pods, nodes, namespaces,
 //!   services, replicasets, deployments, daemonsets, statefulsets, jobs,
-//!   cronjobs): list, watch from the list's resourceVersion with
-//!   bookmarks, list again on 410, in-memory cache, change handlers.
+//!   cronjobs, poddisruptionbudgets): list, watch from the list's
+//!   resourceVersion with bookmarks, list again on 410, in-memory cache,
+//!   change handlers.
 //! - [`queue`]: per-controller work queues of object keys, de-duplicated,
 //!   never handed to two workers at once, retried with per-key exponential
 //!   back-off.
@@ -30,19 +31,21 @@
 //! - Controllers: [`replicaset`], [`deployment`], [`daemonset`],
 //!   [`statefulset`], [`job`], [`cronjob`], [`gc`], [`endpoints`],
 //!   [`nodeipam`], [`localpath`] (PVCs of the default StorageClass
-//!   `local-path`) and the scheduler.
+//!   `local-path`), [`disruption`] (PodDisruptionBudget status, which
+//!   the API's eviction honours) and the scheduler.
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
 //! # Current limitations
-//! Namespace lifecycle beyond the API's own, node lifecycle, ServiceAccount tokens
-//! and PodDisruptionBudgets have no controller yet; garbage collection
-//! covers what the reflected kinds own (see [`gc`]).
+//! Namespace lifecycle beyond the API's own, node lifecycle and
+//! ServiceAccount tokens have no controller yet; garbage collection covers
+//! what the reflected kinds own (see [`gc`]).
 
 pub mod client;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
@@ -65,7 +68,7 @@ use crate::api::Api;
 use crate::scheduler::Scheduler;
 use client::Client;
 use reflector::{
-    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PODS, REPLICASETS, Reflector,
+    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PDBS, PODS, REPLICASETS, Reflector,
     SERVICES, STATEFULSETS,
 };
 
@@ -128,6 +131,7 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     let cronjobs = Reflector::new(CRONJOBS);
     let daemonsets = Reflector::new(DAEMONSETS);
     let statefulsets = Reflector::new(STATEFULSETS);
+    let pdbs = Reflector::new(PDBS);
     let mut loops = JoinSet::new();
     let rs = replicaset::ReplicaSets::new(client.clone(), sets.clone(), pods.clone());
     loops.spawn(rs.run(WORKERS));
@@ -145,6 +149,17 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     loops.spawn(dss.run(WORKERS));
     let sts = statefulset::StatefulSets::new(client.clone(), statefulsets.clone(), pods.clone());
     loops.spawn(sts.run(WORKERS));
+    let disruption = disruption::Disruption::new(
+        client.clone(),
+        pdbs.clone(),
+        pods.clone(),
+        disruption::Controllers {
+            sets: sets.clone(),
+            deployments: deployments.clone(),
+            statefulsets: statefulsets.clone(),
+        },
+    );
+    loops.spawn(disruption.run(WORKERS));
     let scheduler = Scheduler::new(scheduler_client, pods.clone(), nodes.clone());
     loops.spawn(scheduler.run(WORKERS));
     let collector = gc::Collector::new(
@@ -178,6 +193,7 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
         cronjobs,
         daemonsets,
         statefulsets,
+        pdbs,
     ] {
         loops.spawn(reflector.run(client.clone()));
     }

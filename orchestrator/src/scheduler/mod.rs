@@ -315,7 +315,13 @@ impl Scheduler {
             "lastTransitionTime": now(),
         }));
         let path = format!("{}/status", PODS.path(&key_of(pod)));
-        let patch = json!({"status": {"conditions": conditions}});
+        // The conditions come from the cache: a pod changed meanwhile (its
+        // agent marked it Ready) is a conflict, retried on the newer pod,
+        // rather than a lost update.
+        let patch = json!({
+            "metadata": {"resourceVersion": pod["metadata"]["resourceVersion"]},
+            "status": {"conditions": conditions},
+        });
         match self.client.merge_patch(&path, &patch).await {
             Ok(_) => {}
             Err(err) if err.is_not_found() => return Ok(()),
