@@ -287,16 +287,23 @@ impl Cluster {
                 }
             }
         }
-        for (name, cidr) in [
-            ("pod_cidr", self.pod_cidr),
-            ("service_cidr", self.service_cidr),
+        // Each node gets a /24 of the pod network; the service network is
+        // at most a /12 (upstream's limit) and leaves room for Services.
+        for (name, cidr, min, max) in [
+            ("pod_cidr", self.pod_cidr, 8, 24),
+            ("service_cidr", self.service_cidr, 12, 28),
         ] {
-            let max = if cidr.addr.is_ipv4() { 30 } else { 126 };
-            if cidr.prefix > max || cidr.prefix < 8 {
+            if !cidr.addr.is_ipv4() {
+                return Err((
+                    format!("cluster.{name}"),
+                    format!("cluster.{name} = \"{cidr}\": expected an IPv4 network (IPv6 pod and service networks are not supported yet)"),
+                ));
+            }
+            if cidr.prefix > max || cidr.prefix < min {
                 return Err((
                     format!("cluster.{name}"),
                     format!(
-                        "cluster.{name} = \"{cidr}\": expected a network of prefix /8 to /{max}"
+                        "cluster.{name} = \"{cidr}\": expected a network of prefix /{min} to /{max}"
                     ),
                 ));
             }

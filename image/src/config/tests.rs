@@ -544,7 +544,19 @@ fn cluster_keys_and_errors() {
         &bad("[cluster]\nservice_cidr = \"10.43.0.0/31\"\n"),
         "cluster.service_cidr",
         3,
-        "/8 to /30",
+        "/12 to /28",
+    );
+    assert_err(
+        &bad("[cluster]\npod_cidr = \"10.42.0.0/25\"\n"),
+        "cluster.pod_cidr",
+        3,
+        "/8 to /24",
+    );
+    assert_err(
+        &bad("[cluster]\npod_cidr = \"fd00:42::/56\"\n"),
+        "cluster.pod_cidr",
+        3,
+        "expected an IPv4 network",
     );
     assert_err(
         &bad("[cluster]\ncluster_domain = \"bad domain\"\n"),
