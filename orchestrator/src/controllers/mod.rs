@@ -18,7 +18,7 @@
 //! # The runtime
 //! - [`reflector`]: one per watched kind (pods, nodes, namespaces,
 //!   services, replicasets, deployments, daemonsets, statefulsets, jobs,
-//!   cronjobs): list, watch from the list's resourceVersion with
+//!   cronjobs, and the Leases in `kube-node-lease`): list, watch from the list's resourceVersion with
 //!   bookmarks, list again on 410, in-memory cache, change handlers.
 //! - [`queue`]: per-controller work queues of object keys, de-duplicated,
 //!   never handed to two workers at once, retried with per-key exponential
