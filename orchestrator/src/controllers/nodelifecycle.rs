@@ -474,10 +474,8 @@ impl NodeLifecycle {
                         );
                         node = updated;
                     }
-                    Err(err) => {
-                        warn!(node = node_name, %err, "marking the node Unknown failed");
-                        continue;
-                    }
+                    // Changed meanwhile: the next pass looks again.
+                    Err(err) => warn!(node = node_name, %err, "marking the node Unknown failed"),
                 }
             }
             current.push(node);

@@ -240,9 +240,10 @@ impl TaintEviction {
     /// Upstream's `addConditionAndDeletePod`.
     async fn evict(&self, key: &str, pod: &Value) -> Result<(), String> {
         let path = format!("/api/v1/namespaces/{}/pods/{}", namespace(pod), name(pod));
-        self.event(pod, &format!("Marking for deletion Pod {key}"))
-            .await;
         if pod_condition(pod, "DisruptionTarget").is_none() {
+            // Once per eviction, not per retry of its delete.
+            self.event(pod, &format!("Marking for deletion Pod {key}"))
+                .await;
             let mut conditions = pod["status"]["conditions"]
                 .as_array()
                 .cloned()
