@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API server (and the node agent, unless --disable-agent).
-    Server(Server),
+    Server(Box<Server>),
     /// Run the node agent, joining a server.
     Agent(Agent),
     /// Ask the local server for a health endpoint (exit 0 when it answers 200).
@@ -258,7 +258,7 @@ fn main() -> anyhow::Result<()> {
             println!("cairn {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Server(args) => server(args),
+        Command::Server(args) => server(*args),
         Command::Agent(args) => agent(args),
         Command::ImportImages {
             container_runtime_endpoint,

@@ -315,7 +315,9 @@ pub fn desired_taints(node: &Value, policy: NoExecute, now: &str) -> Option<Vec<
         no_schedule.push(UNSCHEDULABLE);
     }
     let managed = |key: &str| key == UNSCHEDULABLE || CONDITION_TAINTS.iter().any(|t| t.2 == key);
-    let (mut add, mut remove): (Vec<(&str, &str)>, Vec<(&str, &str)>) = (Vec::new(), Vec::new());
+    // (key, effect) pairs.
+    let mut add: Vec<(&str, &str)> = Vec::new();
+    let mut remove: Vec<(&str, &str)> = Vec::new();
     for t in &current {
         let key = t["key"].as_str().unwrap_or("");
         if t["effect"] == "NoSchedule" && managed(key) && !no_schedule.contains(&key) {

@@ -80,6 +80,9 @@ pub fn decide(tolerations: &[Value], taints: &[(&Value, Timestamp)]) -> Eviction
     deadline.map_or(Eviction::Never, Eviction::At)
 }
 
+/// A taint of a node: (node, key, value).
+type TaintId = (String, String, String);
+
 /// The controller's state.
 #[derive(Debug, Clone)]
 pub struct TaintEviction {
@@ -87,8 +90,8 @@ pub struct TaintEviction {
     pods: Arc<Reflector>,
     nodes: Arc<Reflector>,
     queue: Queue,
-    /// When a taint without `timeAdded` was first seen: (node, key, value).
-    seen: Arc<Mutex<HashMap<(String, String, String), Timestamp>>>,
+    /// When a taint without `timeAdded` was first seen.
+    seen: Arc<Mutex<HashMap<TaintId, Timestamp>>>,
     /// Pods whose eviction is scheduled.
     scheduled: Arc<Mutex<HashSet<String>>>,
 }
@@ -299,11 +302,14 @@ mod tests {
         let for_a_while = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists",
             "effect": "NoExecute", "tolerationSeconds": 2});
         assert_eq!(
-            decide(&[for_a_while.clone()], &taints),
+            decide(std::slice::from_ref(&for_a_while), &taints),
             Eviction::At(ts("2026-01-01T00:00:02Z"))
         );
         let for_ever = json!({"operator": "Exists"});
-        assert_eq!(decide(&[for_ever.clone()], &taints), Eviction::Never);
+        assert_eq!(
+            decide(std::slice::from_ref(&for_ever), &taints),
+            Eviction::Never
+        );
         // The first matching toleration counts.
         assert_eq!(
             decide(&[for_ever, for_a_while.clone()], &taints),
@@ -317,7 +323,10 @@ mod tests {
         // Every taint must be tolerated; the earliest deadline wins.
         let other = json!({"key": "dedicated", "value": "x", "effect": "NoExecute"});
         let both = [(&unreachable, t0), (&other, ts("2026-01-01T00:00:01Z"))];
-        assert_eq!(decide(&[for_a_while.clone()], &both), Eviction::Now);
+        assert_eq!(
+            decide(std::slice::from_ref(&for_a_while), &both),
+            Eviction::Now
+        );
         let other_ok =
             json!({"key": "dedicated", "operator": "Equal", "value": "x", "tolerationSeconds": 1});
         assert_eq!(
