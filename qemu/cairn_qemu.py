@@ -253,6 +253,7 @@ class Vm:
         cpu: str | None = None,
         interactive: bool = False,
         echo: bool | None = None,
+        user_net: bool = True,
     ):
         qemu_binary(arch)
         self.image = Path(image)
@@ -267,6 +268,9 @@ class Vm:
         self.extra = list(extra)
         self.cpu = cpu
         self.interactive = interactive
+        # The user-mode NIC (eth0, DHCP, host forwards); off for a VM that
+        # only has the NICs in `extra` (a second machine on a socket link).
+        self.user_net = user_net
         # echo console lines to stdout as they arrive (env CAIRN_QEMU_ECHO=1)
         self.echo = os.environ.get("CAIRN_QEMU_ECHO") == "1" if echo is None else echo
         self.proc: subprocess.Popen | None = None
@@ -309,11 +313,12 @@ class Vm:
             "-drive", f"if=none,id=disk0,format=raw,file={self.image}",
             "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
         ]
-        netdev = "user,id=net0" + "".join(
-            f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in self.forwards
-        )
-        # romfile= : no iPXE option ROM; nothing here boots from the network.
-        cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]
+        if self.user_net:
+            netdev = "user,id=net0" + "".join(
+                f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in self.forwards
+            )
+            # romfile= : no iPXE option ROM; nothing here boots from the network.
+            cmd += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]
         cmd += ["-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         if self.interactive and self.log_path:
             # serial + monitor muxed on the terminal, serial output copied to the log
@@ -597,6 +602,17 @@ class Vm:
 
 
 KERNEL_TS = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
+
+
+def socket_link(name: str, port: int, listen: bool) -> list[str]:
+    """QEMU arguments for a NIC on a point-to-point Ethernet link between
+    two VMs over a host TCP socket: one VM listens on 127.0.0.1:`port`, the
+    other (started after it) connects."""
+    side = "listen" if listen else "connect"
+    return [
+        "-netdev", f"socket,id={name},{side}=127.0.0.1:{port}",
+        "-device", f"virtio-net-pci,netdev={name},romfile=",
+    ]
 
 
 def uptime_of(line: str) -> tuple[float, str] | None:

@@ -6,7 +6,9 @@ API port: the node is Ready (`cairn: ready` waits for it), a Deployment of
 that image rolls out with pod IPs from the node's podCIDR, `kubectl logs`
 shows the container's output, `kubectl exec` runs a command in it, and a pod
 with an image that exists nowhere reports ErrImagePull/ImagePullBackOff while
-the others keep running.
+the others keep running. An image only in a password-protected local
+registry, named under a registry host that does not exist, is pulled
+through the mirror and credentials of `[cluster.registries]`.
 
 aarch64 is not covered here: the test image is made from the host's busybox
 (x86_64); the aarch64 image boots the same agent code in test_boot.
@@ -22,9 +24,12 @@ import socket
 import subprocess
 import time
 
+import urllib.error
+
 import pytest
 
 import harness
+from registry import Registry
 
 DEPLOYMENT = """\
 apiVersion: apps/v1
@@ -49,6 +54,18 @@ spec:
         readinessProbe:
           tcpSocket: {port: 8080}
           periodSeconds: 2
+"""
+
+MIRRORED = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: mirrored
+spec:
+  containers:
+  - name: c
+    image: registry.example/test/busybox:2
+    command: ["/bin/sh", "-c", "echo pulled through the mirror; exec sleep 3600"]
 """
 
 MISSING = """\
@@ -86,8 +103,17 @@ def poll(what: str, check, timeout: float, log) -> object:
         time.sleep(2)
 
 
+@pytest.fixture
+def registry(workdir):
+    """A password-protected registry on the host (10.0.2.2 from the VM)."""
+    (workdir / "registry").mkdir()
+    r = Registry(workdir / "registry", "cairn", "pull-secret-1")
+    yield r
+    r.close()
+
+
 @pytest.mark.boots(1)
-def test_deployment_logs_exec_and_bad_image(arch, image, workdir):
+def test_deployment_logs_exec_and_bad_image(arch, image, workdir, registry):
     if arch != "x86_64":
         pytest.skip("the test image is built from the host's x86_64 busybox")
     busybox = shutil.which("busybox")
@@ -97,13 +123,27 @@ def test_deployment_logs_exec_and_bad_image(arch, image, workdir):
     out = workdir / "cfg"
     harness.tool("config", "init", "--server", f"https://127.0.0.1:{port}", out)
     kubeconfig = out / "kubeconfig.yaml"
-    harness.tool("config", "write", image, out / "config.toml")
     archive = workdir / "busybox.tar"
     links = [f"--link=bin/{a}=busybox" for a in ("sh", "httpd", "cat", "hostname", "sleep")]
     harness.tool(
         "oci", "--name", "localhost/test/busybox:1", "--arch", arch,
         "--entrypoint", "/bin/sh", f"--file={busybox}=bin/busybox", *links, archive,
     )
+    try:
+        registry.request("GET", "/v2/", auth=False)
+        pytest.fail("the registry must refuse anonymous requests")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401, e
+    registry.push_oci(archive, "test/busybox", "2")
+    with open(out / "config.toml", "a") as f:
+        f.write(
+            '\n[cluster.registries.mirrors."registry.example"]\n'
+            f'endpoints = ["http://10.0.2.2:{registry.port}"]\n'
+            f'[cluster.registries.configs."10.0.2.2:{registry.port}"]\n'
+            'username = "cairn"\npassword = "pull-secret-1"\n'
+        )
+    harness.tool("config", "validate", out / "config.toml")
+    harness.tool("config", "write", image, out / "config.toml")
     offset = harness.partitions(image)["config"]["offset"]
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
     harness.run(["mmd", "-i", f"{image}@@{offset}", "::images"], env=env, check=False)
@@ -153,6 +193,13 @@ def test_deployment_logs_exec_and_bad_image(arch, image, workdir):
         still = kubectl(kubeconfig, "get", "deployment", "web", "-o",
                         "jsonpath={.status.readyReplicas}")
         assert still.stdout == "2", still
+
+        assert kubectl(kubeconfig, "apply", "-f", "-", stdin=MIRRORED).returncode == 0
+        waited = kubectl(kubeconfig, "wait", "pod/mirrored", "--for=condition=Ready",
+                         "--timeout=180s", timeout=200)
+        assert waited.returncode == 0, (
+            f"{waited} {kubectl(kubeconfig, 'describe', 'pod', 'mirrored').stdout} ({log})"
+        )
         harness.power_off(vm)
     finally:
         vm.kill()

@@ -5,7 +5,9 @@
 //! (this machine's kubelet) in one process; `cairn agent` runs only the
 //! agent, joining a server over HTTPS with the server token (`--token`,
 //! the server's `--token`) and the cluster CA (`--ca-file`, the server's
-//! `<data-dir>/pki/ca.crt`) to verify it.
+//! `<data-dir>/pki/ca.crt`) to verify it. With a `K10<hash>::` join token
+//! the CA may be left out: the agent fetches it from the server's
+//! `/cacerts` and keeps it only if its hash is the token's.
 //!
 //! Flags follow K3s' spelling. A bad flag value is a usage error (exit
 //! status 2), reported before anything starts.
@@ -36,7 +38,7 @@ enum Command {
     /// Run the API server (and the node agent, unless --disable-agent).
     Server(Box<Server>),
     /// Run the node agent, joining a server.
-    Agent(Agent),
+    Agent(Box<Agent>),
     /// Ask the local server for a health endpoint (exit 0 when it answers 200).
     Healthz {
         /// The server's data dir (its `pki/` holds the CA and admin certificate).
@@ -51,6 +53,13 @@ enum Command {
         /// Also require this Node to be Ready (its agent up, runtime and pod network ready).
         #[arg(long, value_name = "NAME")]
         node: Option<String>,
+        /// Ask this server instead (an agent's), with the token in CAIRN_TOKEN
+        /// and the CA in --ca-file, rather than the local server's admin credentials.
+        #[arg(long, value_name = "URL", requires = "ca_file")]
+        server: Option<String>,
+        /// The cluster CA (PEM) to verify --server with.
+        #[arg(long, value_name = "PATH", requires = "server")]
+        ca_file: Option<PathBuf>,
     },
     /// Import image archives (OCI layout or docker-save *.tar) into containerd.
     ImportImages {
@@ -149,9 +158,14 @@ struct Agent {
     #[arg(long, env = "CAIRN_TOKEN", hide_env_values = true)]
     token: String,
     /// The cluster CA certificate (PEM) to verify the server with: the
-    /// server's <data-dir>/pki/ca.crt.
+    /// server's <data-dir>/pki/ca.crt. When the file is missing and the
+    /// token is a K10<hash>:: join token, the CA is fetched from the server,
+    /// checked against the hash and written there [default: <root-dir>/ca.crt].
     #[arg(long, value_name = "PATH")]
-    ca_file: PathBuf,
+    ca_file: Option<PathBuf>,
+    /// Import every *.tar image archive in this directory into containerd at start.
+    #[arg(long, value_name = "DIR")]
+    images_dir: Option<PathBuf>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -197,6 +211,12 @@ struct NodeArgs {
     /// How often the node's Lease is renewed.
     #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
     node_lease_renew_interval: Duration,
+    /// A label for this node, key=value (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    node_label: Vec<(String, String)>,
+    /// A taint for this node, key[=value]:Effect (repeatable).
+    #[arg(long, value_name = "TAINT", value_parser = parse_taint)]
+    node_taint: Vec<cairn_image::config::values::Taint>,
 }
 
 impl NodeArgs {
@@ -229,6 +249,8 @@ impl NodeArgs {
         let floor = Duration::from_millis(100);
         config.status_interval = self.node_status_update_frequency.max(floor);
         config.lease_interval = self.node_lease_renew_interval.max(floor);
+        config.node_labels = self.node_label.iter().cloned().collect();
+        config.node_taints = self.node_taint.clone();
         config
     }
 }
@@ -242,6 +264,22 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 fn parse_san(s: &str) -> Result<String, String> {
     cairn::api::pki::check_san(s).map_err(|e| e.to_string())
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    use cairn_image::config::values::{LabelKey, LabelValue};
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected key=value"))?;
+    key.parse::<LabelKey>().map_err(|e| format!("{s:?}: {e}"))?;
+    value
+        .parse::<LabelValue>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_taint(s: &str) -> Result<cairn_image::config::values::Taint, String> {
+    s.parse()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -259,7 +297,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Server(args) => server(*args),
-        Command::Agent(args) => agent(args),
+        Command::Agent(args) => agent(*args),
         Command::ImportImages {
             container_runtime_endpoint,
             namespace,
@@ -285,13 +323,24 @@ fn main() -> anyhow::Result<()> {
             port,
             path,
             node,
+            server,
+            ca_file,
         } => {
-            let mut probe = cairn::probe::Probe::readyz(&data_dir, port);
-            probe.path = path;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
+            if let (Some(server), Some(ca_file)) = (server, ca_file) {
+                let token = std::env::var("CAIRN_TOKEN").unwrap_or_default();
+                let ca = std::fs::read(&ca_file)
+                    .with_context(|| format!("reading the CA file {}", ca_file.display()))?;
+                let remote = cairn::probe::Remote::new(&server, &ca, &token)?;
+                let body = runtime.block_on(remote.run(&path, node.as_deref()))?;
+                println!("{body}");
+                return Ok(());
+            }
+            let mut probe = cairn::probe::Probe::readyz(&data_dir, port);
+            probe.path = path;
             let body = runtime.block_on(probe.run())?;
             println!("{body}");
             if let Some(node) = node {
@@ -366,8 +415,20 @@ fn agent(args: Agent) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let ca = std::fs::read(&args.ca_file)
-        .with_context(|| format!("reading the CA file {}", args.ca_file.display()))?;
+    let mut config = args.node.config(false);
+    let ca_file = args
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| config.root_dir.join("ca.crt"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let ca = runtime.block_on(cairn::agent::join::cluster_ca(
+        &args.server,
+        &args.token,
+        &ca_file,
+    ))?;
     let client = cairn::controllers::client::Client::remote(
         &args.server,
         &ca,
@@ -375,12 +436,18 @@ fn agent(args: Agent) -> anyhow::Result<()> {
         cairn::agent::MANAGER,
     )
     .with_context(|| format!("server {}", args.server))?;
-    let mut config = args.node.config(false);
-    config.client_ca_file = Some(args.ca_file.clone());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    config.client_ca_file = Some(ca_file);
+    if let Some(dir) = args.images_dir {
+        let options = cairn::images::Options {
+            socket: args.node.container_runtime_endpoint.clone(),
+            ..Default::default()
+        };
+        runtime.spawn(cairn::images::import_at_start(
+            dir,
+            options,
+            Duration::from_secs(120),
+        ));
+    }
     runtime.block_on(cairn::agent::run(config, client, shutdown_signal()));
     Ok(())
 }

@@ -7,6 +7,10 @@
 //! `cairn-init` runs it to decide that the device is ready: a real request
 //! through TLS, authentication and the router, not just an open port, and
 //! init itself stays free of a TLS stack.
+//!
+//! On an agent ([`Remote`]) the question goes to the server it joined,
+//! with the agent's join token and cluster CA: is the API there, and is
+//! this node Ready in it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -157,6 +161,68 @@ impl Probe {
                 body,
             })
         }
+    }
+}
+
+/// A probe of a remote server (an agent's), with its token and CA.
+#[derive(Debug)]
+pub struct Remote {
+    client: crate::controllers::client::Client,
+}
+
+impl Remote {
+    /// A probe of `server` trusting `ca_pem`, presenting `token`.
+    pub fn new(server: &str, ca_pem: &[u8], token: &str) -> Result<Remote, ProbeError> {
+        let client =
+            crate::controllers::client::Client::remote(server, ca_pem, token, "cairn-healthz")
+                .map_err(|e| ProbeError::Io {
+                    what: "configuring the client",
+                    source: std::io::Error::other(e.message),
+                })?;
+        Ok(Remote { client })
+    }
+
+    /// Asks for `path` (`/readyz`), then with `node` for that Node's
+    /// `Ready` condition; a line per answer on success.
+    pub async fn run(&self, path: &str, node: Option<&str>) -> Result<String, ProbeError> {
+        let timeout = Duration::from_secs(5);
+        tokio::time::timeout(timeout, self.exchange(path, node))
+            .await
+            .map_err(|_| ProbeError::Timeout(timeout))?
+    }
+
+    async fn exchange(&self, path: &str, node: Option<&str>) -> Result<String, ProbeError> {
+        let failed = |path: &str, e: crate::controllers::client::ClientError| ProbeError::Status {
+            path: path.to_owned(),
+            code: e.code,
+            body: e.message,
+        };
+        let response = self
+            .client
+            .send(hyper::Method::GET, path, "text/plain", None)
+            .await
+            .map_err(|e| failed(path, e))?;
+        let code = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        let body = String::from_utf8_lossy(&body).trim().to_owned();
+        if code != 200 {
+            return Err(ProbeError::Status {
+                path: path.to_owned(),
+                code,
+                body,
+            });
+        }
+        let Some(name) = node else {
+            return Ok(body);
+        };
+        let node_path = format!("/api/v1/nodes/{name}");
+        let object = self
+            .client
+            .get(&node_path)
+            .await
+            .map_err(|e| failed(&node_path, e))?;
+        check_node_ready(name, &object.to_string())?;
+        Ok(format!("{body}\nnode {name} Ready"))
     }
 }
 

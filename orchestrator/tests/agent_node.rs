@@ -676,3 +676,83 @@ fn cairn_agent_joins_a_server_over_https() {
         "{ca_log}"
     );
 }
+
+/// SHA-256 of `bytes`, lower-case hex (a join token's CA hash).
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn a_k10_token_pins_the_ca_the_agent_fetches() {
+    // The CA exists once the server ran; its token then pins it.
+    let first = AgentServer::start(tempfile::tempdir().expect("dir"), &[]);
+    let port = first.port;
+    let dir = first.terminate();
+    let ca = std::fs::read(dir.path().join("pki/ca.crt")).expect("ca");
+    let token = format!("K10{}::server:0123456789abcdef", sha256_hex(&ca));
+    let args: Vec<String> = vec!["--disable-agent".into(), "--token".into(), token.clone()];
+    let server = AgentServer::start_on(dir, port, &args);
+    let runtime = Containerd::start();
+    let root = tempfile::tempdir().expect("agent dir");
+
+    // A token pinning another CA: the agent refuses the server's at start.
+    let wrong = format!("K10{}::server:0123456789abcdef", "00".repeat(32));
+    let wrong_ca = root.path().join("wrong/ca.crt");
+    let exit = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "agent",
+            "--server",
+            &server.url(),
+            "--token",
+            &wrong,
+            "--ca-file",
+        ])
+        .arg(&wrong_ca)
+        .args(runtime.agent_args(&root.path().join("wrong")))
+        .output()
+        .expect("cairn agent");
+    let stderr = String::from_utf8_lossy(&exit.stderr);
+    assert!(!exit.status.success(), "{stderr}");
+    assert!(stderr.contains("different clusters"), "{stderr}");
+    assert!(!wrong_ca.exists(), "a CA that does not match is not kept");
+
+    // The right token, no CA file: fetched from /cacerts, checked, kept;
+    // the flags' labels and taint are on the Node.
+    let state = root.path().join("state");
+    let log_path = root.path().join("agent.log");
+    let agent = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["agent", "--server", &server.url(), "--node-name", "pinned"])
+        .args([
+            "--node-ip",
+            "192.0.2.21",
+            "--node-label",
+            "example.com/site=north",
+        ])
+        .args(["--node-taint", "dedicated=edge:NoSchedule"])
+        .args(runtime.agent_args(&state))
+        .env("CAIRN_TOKEN", &token)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("spawn cairn agent");
+    let _agent = Killed(agent);
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default() + &server.log();
+    let node = wait_ready(&server.kubeconfig(), "pinned", &logs);
+    assert_eq!(
+        std::fs::read(state.join("ca.crt")).expect("the CA kept in the root dir"),
+        ca
+    );
+    assert_eq!(
+        node["metadata"]["labels"]["example.com/site"], "north",
+        "{node:#}"
+    );
+    assert_eq!(
+        node["spec"]["taints"],
+        serde_json::json!([{"key": "dedicated", "value": "edge", "effect": "NoSchedule"}]),
+        "{node:#}"
+    );
+}

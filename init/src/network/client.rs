@@ -25,6 +25,8 @@ const RESTART_PAUSE: Duration = Duration::from_secs(10);
 /// What the task needs from the config.
 pub struct Settings {
     pub interface: Option<String>,
+    /// Interfaces configured on their own, never picked as the primary.
+    pub others: Vec<String>,
     /// DNS servers from the config; when set they replace the lease's.
     pub dns: Vec<IpAddr>,
     pub resolv_conf: PathBuf,
@@ -34,7 +36,7 @@ pub struct Settings {
 pub async fn run(nl: Netlink, settings: Settings) {
     let sys = Path::new(SYS_CLASS_NET);
     let wanted = settings.interface.as_deref();
-    let name = match super::iface::wait(sys, wanted, IFACE_WAIT).await {
+    let name = match super::iface::wait(sys, wanted, &settings.others, IFACE_WAIT).await {
         Ok(name) => name,
         Err(seen) => {
             warn!(
@@ -45,7 +47,7 @@ pub async fn run(nl: Netlink, settings: Settings) {
             // A NIC may still be hot-plugged (USB); look now and then.
             loop {
                 tokio::time::sleep(SLOW_POLL).await;
-                if let Some(name) = super::iface::scan(sys, wanted).chosen {
+                if let Some(name) = super::iface::scan(sys, wanted, &settings.others).chosen {
                     info!(interface = %name, "dhcp: interface appeared");
                     break name;
                 }

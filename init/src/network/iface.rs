@@ -17,10 +17,10 @@ pub struct Scan {
 }
 
 /// Looks once. `wanted` = a name from the config; else the first Ethernet
-/// interface: backed by a device (`device` link; veth, bridges, bonds and
-/// tunnels have none), ARPHRD_ETHER (`type` 1), and neither a bridge nor a
-/// wireless NIC.
-pub fn scan(sys_class_net: &Path, wanted: Option<&str>) -> Scan {
+/// interface not in `others` (configured on their own): backed by a device
+/// (`device` link; veth, bridges, bonds and tunnels have none),
+/// ARPHRD_ETHER (`type` 1), and neither a bridge nor a wireless NIC.
+pub fn scan(sys_class_net: &Path, wanted: Option<&str>, others: &[String]) -> Scan {
     let mut seen: Vec<String> = std::fs::read_dir(sys_class_net)
         .map(|dir| {
             dir.filter_map(Result::ok)
@@ -33,7 +33,7 @@ pub fn scan(sys_class_net: &Path, wanted: Option<&str>) -> Scan {
         Some(name) => seen.iter().find(|n| *n == name).cloned(),
         None => seen
             .iter()
-            .find(|n| is_ethernet(&sys_class_net.join(n)))
+            .find(|n| !others.contains(n) && is_ethernet(&sys_class_net.join(n)))
             .cloned(),
     };
     Scan { chosen, seen }
@@ -53,11 +53,12 @@ fn is_ethernet(dir: &Path) -> bool {
 pub async fn wait(
     sys_class_net: &Path,
     wanted: Option<&str>,
+    others: &[String],
     timeout: Duration,
 ) -> Result<String, Vec<String>> {
     let end = Instant::now() + timeout;
     loop {
-        let found = scan(sys_class_net, wanted);
+        let found = scan(sys_class_net, wanted, others);
         match found.chosen {
             Some(name) => return Ok(name),
             None if Instant::now() >= end => return Err(found.seen),
@@ -115,15 +116,17 @@ mod tests {
                 ("eth0", "1", true, &[]),
             ],
         );
-        let s = scan(&root, None);
+        let s = scan(&root, None, &[]);
         assert_eq!(s.chosen.as_deref(), Some("enp0s3"));
         assert_eq!(s.seen, ["br0", "enp0s3", "eth0", "lo", "veth1", "wlan0"]);
+        let s = scan(&root, None, &["enp0s3".to_string()]);
+        assert_eq!(s.chosen.as_deref(), Some("eth0"), "configured elsewhere");
         assert_eq!(
-            scan(&root, Some("veth1")).chosen.as_deref(),
+            scan(&root, Some("veth1"), &[]).chosen.as_deref(),
             Some("veth1"),
             "a named one is taken as is"
         );
-        assert_eq!(scan(&root, Some("eth9")).chosen, None);
+        assert_eq!(scan(&root, Some("eth9"), &[]).chosen, None);
         assert_eq!(mac(&root, "eth0"), Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
         fs::remove_dir_all(&root).expect("cleanup");
     }
@@ -131,7 +134,7 @@ mod tests {
     #[tokio::test]
     async fn wait_reports_what_it_saw() {
         let root = fake("wait", &[("lo", "772", false, &[])]);
-        let err = wait(&root, None, Duration::from_millis(150))
+        let err = wait(&root, None, &[], Duration::from_millis(150))
             .await
             .expect_err("no nic");
         assert_eq!(err, ["lo"]);

@@ -1,5 +1,6 @@
-//! Networking for stage 2: loopback and one Ethernet interface, configured
-//! statically or by DHCP, with `resolv.conf` to match.
+//! Networking for stage 2: loopback and the primary Ethernet interface,
+//! configured statically or by DHCP, with `resolv.conf` to match, and the
+//! static `[[network.interfaces]]` beside it.
 //!
 //! # Layout
 //! - [`iface`]: which interface (config name, else the first Ethernet NIC).
@@ -17,7 +18,10 @@
 //! DHCP is IPv4 (IPv6 comes from router advertisements).
 //!
 //! Current limitations: static IPv6 addresses are applied only with
-//! `dhcp = false`; one interface; no link-state tracking
+//! `dhcp = false`; DHCP on the primary interface only (a further interface
+//! with `dhcp = true` is reported and left down), and a further
+//! interface's `dns` is used only when the primary one is static; VLANs
+//! and Wi-Fi are validated, not configured; no link-state tracking
 //! (a cable pulled and replugged is noticed only at renewal); routers
 //! outside the leased subnet (on-link /32 leases) are not supported.
 
@@ -83,9 +87,39 @@ pub enum NetworkError {
 pub async fn start(config: &Network, resolv_conf: &Path) -> Result<(), NetworkError> {
     let nl = link::Netlink::connect()?;
     nl.up("lo")?;
+    let others: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
+    // The further interfaces first: a static primary returns early below.
+    for iface in &config.interfaces {
+        if iface.dhcp {
+            crate::log::console(&format!(
+                "cairn: config warning: network.interfaces {}: DHCP runs on the primary interface only; {} left down",
+                iface.name, iface.name
+            ));
+            continue;
+        }
+        let name = iface::wait(
+            Path::new(SYS_CLASS_NET),
+            Some(&iface.name),
+            &[],
+            STATIC_IFACE_WAIT,
+        )
+        .await
+        .map_err(|seen| NetworkError::NoInterface {
+            wanted: iface.name.clone(),
+            waited: STATIC_IFACE_WAIT,
+            seen,
+        })?;
+        let settings = Static {
+            addresses: iface.addresses.clone(),
+            gateway: iface.gateway,
+            gateway6: iface.gateway6,
+        };
+        settings.apply(&nl, &name)?;
+    }
     if config.dhcp {
         let settings = client::Settings {
             interface: config.interface.clone(),
+            others: others.clone(),
             dns: config.dns.clone(),
             resolv_conf: resolv_conf.to_path_buf(),
         };
@@ -94,47 +128,61 @@ pub async fn start(config: &Network, resolv_conf: &Path) -> Result<(), NetworkEr
         return Ok(());
     }
     let wanted = config.interface.as_deref();
-    let name = iface::wait(Path::new(SYS_CLASS_NET), wanted, STATIC_IFACE_WAIT)
+    let name = iface::wait(Path::new(SYS_CLASS_NET), wanted, &others, STATIC_IFACE_WAIT)
         .await
         .map_err(|seen| NetworkError::NoInterface {
             wanted: wanted.unwrap_or("Ethernet").to_string(),
             waited: STATIC_IFACE_WAIT,
             seen,
         })?;
-    configure_static(&nl, &name, config, resolv_conf)
-}
-
-fn configure_static(
-    nl: &link::Netlink,
-    name: &str,
-    config: &Network,
-    resolv_conf: &Path,
-) -> Result<(), NetworkError> {
-    let addresses = config.static_addresses();
-    if addresses.is_empty() {
-        return Err(NetworkError::NoStaticAddress {
-            interface: name.to_string(),
-        });
+    let settings = Static {
+        addresses: config.static_addresses(),
+        gateway: config.gateway,
+        gateway6: config.gateway6,
+    };
+    settings.apply(&nl, &name)?;
+    let mut dns: Vec<IpAddr> = config.dns.clone();
+    for iface in config.interfaces.iter().filter(|i| !i.dhcp) {
+        dns.extend(iface.dns.iter().filter(|d| !config.dns.contains(d)));
     }
-    let link = nl.up(name)?;
-    for cidr in &addresses {
-        nl.set_address(link, cidr.addr, cidr.prefix, None)?;
-    }
-    if let Some(gateway) = config.gateway {
-        nl.set_default_route(link, gateway, false)?;
-    }
-    if let Some(gateway) = config.gateway6 {
-        nl.set_default_route(link, gateway, false)?;
-    }
-    let dns: &[IpAddr] = &config.dns;
-    resolv::write_atomic(resolv_conf, &resolv::render(dns, None)).map_err(|source| {
+    resolv::write_atomic(resolv_conf, &resolv::render(&dns, None)).map_err(|source| {
         NetworkError::ResolvConf {
             path: resolv_conf.to_path_buf(),
             source,
         }
     })?;
-    let shown: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
-    info!(interface = %name, address = %shown.join(","), gateway = ?config.gateway,
-        gateway6 = ?config.gateway6, dns = ?config.dns, "network: static address set");
+    info!(dns = ?dns, "network: resolv.conf written");
     Ok(())
+}
+
+/// One interface's static settings.
+struct Static {
+    addresses: Vec<cairn_image::config::IpCidr>,
+    gateway: Option<std::net::Ipv4Addr>,
+    gateway6: Option<std::net::Ipv6Addr>,
+}
+
+impl Static {
+    /// Brings `name` up with these addresses and default routes.
+    fn apply(&self, nl: &link::Netlink, name: &str) -> Result<(), NetworkError> {
+        if self.addresses.is_empty() {
+            return Err(NetworkError::NoStaticAddress {
+                interface: name.to_string(),
+            });
+        }
+        let link = nl.up(name)?;
+        for cidr in &self.addresses {
+            nl.set_address(link, cidr.addr, cidr.prefix, None)?;
+        }
+        if let Some(gateway) = self.gateway {
+            nl.set_default_route(link, gateway, false)?;
+        }
+        if let Some(gateway) = self.gateway6 {
+            nl.set_default_route(link, gateway, false)?;
+        }
+        let shown: Vec<String> = self.addresses.iter().map(|a| a.to_string()).collect();
+        info!(interface = %name, address = %shown.join(","), gateway = ?self.gateway,
+            gateway6 = ?self.gateway6, "network: static address set");
+        Ok(())
+    }
 }

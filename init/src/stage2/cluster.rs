@@ -1,7 +1,8 @@
 //! The cluster service: `cairn server` (API server, datastore, controllers
-//! and this machine's node agent, named after the host) under the
-//! supervisor, started with the `[cluster]` settings, and the readiness
-//! check that waits for its API and then for the Node to be Ready.
+//! and this machine's node agent, named after the host) or `cairn agent`
+//! under the supervisor, started with the `[cluster]` settings, and the
+//! readiness check that waits for the API and then for the Node to be
+//! Ready.
 //!
 //! From `config.toml`, in K3s' flag spelling: `--tls-san` for the host name,
 //! the static addresses and `cluster.tls_san`; `--datastore-endpoint`; the
@@ -25,9 +26,16 @@
 //! speaking TLS from PID 1: init stays small and the check goes through the
 //! same TLS, authentication and routing any client uses.
 //!
-//! Current limitations: `role = "agent"` needs `cairn agent` (the node agent
-//! issue) and is reported, not started; pod/service CIDRs, cluster domain,
-//! node labels/taints and registries are validated and wait for the agent.
+//! With `role = "agent"` the service is `cairn agent` joining
+//! `cluster.server` with the join token (environment again) and the cluster
+//! CA: `cluster.ca_cert` when supplied (written to [`AGENT_CA`]), else the
+//! one the agent fetches from the server and checks against the hash a
+//! `K10` token pins. Its readiness asks the joined server, with the token.
+//! Node labels and taints (`cluster.node_labels`, `cluster.node_taints`)
+//! become the agent's `--node-label`/`--node-taint` in both roles.
+//!
+//! Current limitations: pod/service CIDRs, cluster domain and registries
+//! are validated and not applied yet.
 
 use crate::supervisor::{ServiceSpec, reaper};
 use cairn_image::config::{Config, Pem, Role};
@@ -45,6 +53,9 @@ pub const MANIFESTS_DIR: &str = "/run/cairn/config/manifests";
 pub const IMAGES_DIR: &str = "/run/cairn/config/images";
 /// The API's HTTPS port.
 pub const PORT: u16 = 6443;
+/// The cluster CA an agent trusts: supplied in `config.toml` or fetched
+/// by the agent (pinned by its join token).
+pub const AGENT_CA: &str = "/var/lib/cairn/agent/ca.crt";
 /// The kubeconfig written back to the config partition.
 pub const KUBECONFIG_FILE: &str = "kubeconfig.yaml";
 /// Where `cairn.log` is written.
@@ -59,14 +70,16 @@ pub fn present() -> bool {
 
 /// The subject names the serving certificate needs besides what the
 /// server adds itself (localhost, 127.0.0.1): host name, static
-/// addresses, `cluster.tls_san`.
+/// addresses (of every interface), `cluster.tls_san`.
 pub fn tls_sans(config: &Config) -> Vec<String> {
     let mut sans = vec![config.host.hostname.to_string()];
+    let further = config.network.interfaces.iter().filter(|i| !i.dhcp);
     sans.extend(
         config
             .network
             .static_addresses()
             .iter()
+            .chain(further.flat_map(|i| i.addresses.iter()))
             .map(|a| a.addr.to_string()),
     );
     sans.extend(config.cluster.tls_san.iter().map(|s| s.to_string()));
@@ -75,46 +88,91 @@ pub fn tls_sans(config: &Config) -> Vec<String> {
     sans
 }
 
-/// The supervised `cairn server`, or `None` for a role this build cannot
-/// run. `env` is the host's service environment (TZ, proxy).
-pub fn spec(config: &Config, env: Vec<(String, String)>) -> Option<ServiceSpec> {
-    if config.cluster.role != Role::Server {
-        return None;
-    }
-    let mut args: Vec<String> = [
-        "server",
-        "--data-dir",
-        DATA_DIR,
-        "--node-name",
-        config.host.hostname.as_str(),
-        "--manifests-dir",
-        MANIFESTS_DIR,
-        "--images-dir",
-        IMAGES_DIR,
-    ]
-    .map(String::from)
-    .to_vec();
-    for san in tls_sans(config) {
-        args.push("--tls-san".into());
-        args.push(san);
-    }
-    if let Some(endpoint) = &config.cluster.datastore_endpoint {
-        args.push("--datastore-endpoint".into());
-        args.push(endpoint.expose().to_string());
-    }
+/// The supervised cluster service: `cairn server` or, for
+/// `role = "agent"`, `cairn agent` joining `cluster.server`. `env` is the
+/// host's service environment (TZ, proxy).
+pub fn spec(config: &Config, env: Vec<(String, String)>) -> ServiceSpec {
+    let mut args: Vec<String> = match config.cluster.role {
+        Role::Server => {
+            let mut args: Vec<String> = [
+                "server",
+                "--data-dir",
+                DATA_DIR,
+                "--manifests-dir",
+                MANIFESTS_DIR,
+            ]
+            .map(String::from)
+            .to_vec();
+            for san in tls_sans(config) {
+                args.push("--tls-san".into());
+                args.push(san);
+            }
+            if let Some(endpoint) = &config.cluster.datastore_endpoint {
+                args.push("--datastore-endpoint".into());
+                args.push(endpoint.expose().to_string());
+            }
+            args
+        }
+        Role::Agent => {
+            let server = config
+                .cluster
+                .server
+                .as_ref()
+                .map(|u| u.as_str().to_owned())
+                .unwrap_or_default();
+            ["agent", "--server", &server, "--ca-file", AGENT_CA]
+                .map(String::from)
+                .to_vec()
+        }
+    };
+    args.extend(["--images-dir".into(), IMAGES_DIR.into()]);
+    args.extend(node_flags(config));
     // Plain log lines on the console and in the log file.
     let mut env_all = vec![("NO_COLOR".to_string(), "1".to_string())];
     env_all.extend(env);
     if let Some(token) = &config.cluster.token {
         env_all.push(("CAIRN_TOKEN".into(), token.expose().to_string()));
     }
-    Some(ServiceSpec {
+    ServiceSpec {
         name: "cairn".to_string(),
         program: PathBuf::from(PROGRAM),
         args,
         env: env_all,
         log_dir: Some(PathBuf::from(LOG_DIR)),
-    })
+    }
+}
+
+/// The node agent's flags, in either role: the node's name, labels and
+/// taints.
+fn node_flags(config: &Config) -> Vec<String> {
+    let mut args = vec!["--node-name".to_string(), config.host.hostname.to_string()];
+    for (key, value) in &config.cluster.node_labels {
+        args.push("--node-label".into());
+        args.push(format!("{}={}", key.as_str(), value.as_str()));
+    }
+    for taint in &config.cluster.node_taints {
+        args.push("--node-taint".into());
+        args.push(taint.to_string());
+    }
+    args
+}
+
+/// An agent's supplied cluster CA (`cluster.ca_cert`), written where the
+/// agent reads it; without one the agent fetches the CA its join token
+/// pins. Returns whether the file was (re)written.
+pub fn install_agent_ca(config: &Config) -> std::io::Result<bool> {
+    let Some(ca) = &config.cluster.ca_cert else {
+        return Ok(false);
+    };
+    let path = Path::new(AGENT_CA);
+    if std::fs::read_to_string(path).is_ok_and(|old| old == ca.as_str()) {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    super::config::write_atomic(path, ca.as_str().as_bytes(), 0o644)?;
+    Ok(true)
 }
 
 /// Copies the supplied CA and admin credentials into `data_dir/pki` where
@@ -201,34 +259,74 @@ pub fn write_kubeconfig(config: &Config) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// The readiness probe's command line: the API's `/readyz`, and with
-/// `node` that Node's `Ready` condition too.
-fn probe(node: Option<&str>) -> Command {
-    let mut cmd = Command::new(PROGRAM);
-    cmd.args(["healthz", "--data-dir", DATA_DIR, "--port"])
-        .arg(PORT.to_string());
-    if let Some(node) = node {
-        cmd.args(["--node", node]);
-    }
-    cmd.env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd
+/// What readiness asks, and whom.
+#[derive(Debug, Clone)]
+pub enum Readiness {
+    /// The server on this machine, with its admin credentials.
+    Local,
+    /// The server an agent joined, with its token and CA.
+    Joined {
+        /// `cluster.server`.
+        server: String,
+        /// The join token (passed in the environment).
+        token: String,
+    },
 }
 
-/// Runs `cairn healthz` until it succeeds (with `node`: until that Node is
-/// Ready as well); returns how many tries it took.
-pub async fn wait_ready(node: Option<&str>) -> u32 {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match reaper::run(&mut probe(node)).await {
-            Ok(exit) if exit.code() == Some(0) => return tries,
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%error, "cannot run the API probe"),
+impl Readiness {
+    /// How this configuration's readiness is asked.
+    pub fn of(config: &Config) -> Readiness {
+        match (config.cluster.role, &config.cluster.server) {
+            (Role::Agent, Some(server)) => Readiness::Joined {
+                server: server.as_str().to_owned(),
+                token: config
+                    .cluster
+                    .token
+                    .as_ref()
+                    .map(|t| t.expose().to_string())
+                    .unwrap_or_default(),
+            },
+            _ => Readiness::Local,
         }
-        tokio::time::sleep(POLL).await;
+    }
+
+    /// The probe's command line: the API's `/readyz`, and with `node`
+    /// that Node's `Ready` condition too.
+    fn probe(&self, node: Option<&str>) -> Command {
+        let mut cmd = Command::new(PROGRAM);
+        cmd.env_clear();
+        match self {
+            Readiness::Local => {
+                cmd.args(["healthz", "--data-dir", DATA_DIR, "--port"])
+                    .arg(PORT.to_string());
+            }
+            Readiness::Joined { server, token } => {
+                cmd.args(["healthz", "--server", server, "--ca-file", AGENT_CA])
+                    .env("CAIRN_TOKEN", token);
+            }
+        }
+        if let Some(node) = node {
+            cmd.args(["--node", node]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    }
+
+    /// Runs `cairn healthz` until it succeeds (with `node`: until that
+    /// Node is Ready as well); returns how many tries it took.
+    pub async fn wait(&self, node: Option<&str>) -> u32 {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match reaper::run(&mut self.probe(node)).await {
+                Ok(exit) if exit.code() == Some(0) => return tries,
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "cannot run the API probe"),
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 }
 
@@ -242,7 +340,7 @@ mod tests {
 
     #[test]
     fn default_server_runs_on_the_data_partition() {
-        let s = spec(&Config::default(), vec![]).expect("server");
+        let s = spec(&Config::default(), vec![]);
         assert_eq!(s.program, PathBuf::from("/usr/bin/cairn"));
         assert_eq!(
             s.args,
@@ -250,18 +348,18 @@ mod tests {
                 "server",
                 "--data-dir",
                 "/var/lib/cairn/server",
-                "--node-name",
-                "cairn",
                 "--manifests-dir",
                 "/run/cairn/config/manifests",
+                "--tls-san",
+                "cairn",
                 "--images-dir",
                 "/run/cairn/config/images",
-                "--tls-san",
-                "cairn"
+                "--node-name",
+                "cairn",
             ]
         );
         assert!(!s.env.iter().any(|(k, _)| k == "CAIRN_TOKEN"));
-        let probe = probe(Some("cairn"));
+        let probe = Readiness::of(&Config::default()).probe(Some("cairn"));
         let args: Vec<_> = probe.get_args().collect();
         assert_eq!(
             args,
@@ -278,11 +376,62 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_joins_its_server_and_asks_it_for_readiness() {
+        let token = "K10aaaa::server:0123456789abcdef0123";
+        let c = parse(&format!(
+            "version = 1\n[host]\nhostname = \"edge2\"\n[cluster]\nrole = \"agent\"\nserver = \"https://10.0.0.1:6443\"\ntoken = \"{token}\"\nnode_taints = [\"dedicated=edge:NoSchedule\"]\n[cluster.node_labels]\n\"example.com/site\" = \"north\"\n"
+        ));
+        let s = spec(&c, vec![]);
+        assert_eq!(
+            s.args,
+            [
+                "agent",
+                "--server",
+                "https://10.0.0.1:6443",
+                "--ca-file",
+                AGENT_CA,
+                "--images-dir",
+                IMAGES_DIR,
+                "--node-name",
+                "edge2",
+                "--node-label",
+                "example.com/site=north",
+                "--node-taint",
+                "dedicated=edge:NoSchedule",
+            ]
+        );
+        assert!(s.env.contains(&("CAIRN_TOKEN".into(), token.into())));
+        assert!(
+            !s.args.join(" ").contains(token),
+            "the token is not an argument"
+        );
+        let probe = Readiness::of(&c).probe(Some("edge2"));
+        let args: Vec<_> = probe.get_args().collect();
+        assert_eq!(
+            args,
+            [
+                "healthz",
+                "--server",
+                "https://10.0.0.1:6443",
+                "--ca-file",
+                AGENT_CA,
+                "--node",
+                "edge2"
+            ]
+        );
+        assert!(
+            probe
+                .get_envs()
+                .any(|(k, v)| k == "CAIRN_TOKEN" && v == Some(std::ffi::OsStr::new(token)))
+        );
+    }
+
+    #[test]
     fn cluster_settings_become_flags_and_environment() {
         let c = parse(
             "version = 1\n[host]\nhostname = \"edge1\"\n[network]\ndhcp = false\naddress = \"10.0.2.15/24\"\naddresses = [\"fd00::15/64\"]\n[cluster]\ntoken = \"0123456789abcdef0123\"\ndatastore_endpoint = \"postgres://u:p@db/cairn\"\ntls_san = [\"edge1.example.com\", \"edge1\"]\n",
         );
-        let s = spec(&c, vec![("TZ".into(), "UTC".into())]).expect("server");
+        let s = spec(&c, vec![("TZ".into(), "UTC".into())]);
         let args = s.args.join(" ");
         assert!(args.contains("--tls-san edge1 --tls-san 10.0.2.15 --tls-san fd00::15 --tls-san edge1.example.com --datastore-endpoint postgres://u:p@db/cairn"), "{args}");
         assert_eq!(args.matches("--tls-san edge1 ").count(), 1, "no duplicates");
@@ -295,11 +444,6 @@ mod tests {
                 .contains(&("CAIRN_TOKEN".into(), "0123456789abcdef0123".into()))
         );
         assert!(s.env.contains(&("TZ".into(), "UTC".into())));
-
-        let agent = parse(
-            "version = 1\n[cluster]\nrole = \"agent\"\nserver = \"https://s:6443\"\ntoken = \"0123456789abcdef0123\"\n",
-        );
-        assert!(spec(&agent, vec![]).is_none());
     }
 
     #[test]

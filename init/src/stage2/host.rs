@@ -48,11 +48,6 @@ pub fn apply(config: &Config, run_etc: &Path) {
             "cairn: config warning: network.addresses are applied with dhcp = false only in this build",
         );
     }
-    if !config.network.interfaces.is_empty() {
-        crate::log::console(
-            "cairn: config warning: network.interfaces beyond the first are validated but not applied by this build",
-        );
-    }
 }
 
 /// The environment every service gets from the host settings: `TZ`, and

@@ -22,6 +22,7 @@ pub mod etc;
 pub mod host;
 pub mod input;
 pub mod mounts;
+pub mod registries;
 pub mod shutdown;
 pub mod sntp;
 pub mod stats;
@@ -32,6 +33,7 @@ use crate::supervisor::{self, Supervisor};
 use crate::sys::clock::boottime;
 use crate::sys::power::{self, PowerAction};
 use anyhow::{Context, Result};
+use cairn_image::config::Role;
 use cairn_image::{Slot, layout};
 use std::convert::Infallible;
 use std::path::Path;
@@ -102,7 +104,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     let service_env = host::service_env(&config);
 
     let supervisor = Supervisor::new();
-    match containerd::prepare() {
+    match containerd::prepare(&config.cluster.registries) {
         Ok(()) => {
             let mut spec = containerd::spec();
             spec.env.extend(service_env.iter().cloned());
@@ -116,7 +118,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     let ntp: Vec<String> = config.host.ntp.iter().map(|s| s.to_string()).collect();
     let clock_first = sntp::clock_unset() && !ntp.is_empty();
     let cluster_spec = if cluster::present() {
-        cluster::spec(&config, service_env.clone())
+        Some(cluster::spec(&config, service_env.clone()))
     } else {
         tracing::warn!(
             program = cluster::PROGRAM,
@@ -124,26 +126,31 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         );
         None
     };
-    if cluster::present() && cluster_spec.is_none() {
-        crate::log::console(&format!(
-            "cairn: config warning: cluster.role = \"{}\" needs the node agent, which this build does not have; no cluster service started",
-            config.cluster.role.as_str()
-        ));
-    }
-    let cluster = cluster_spec
-        .is_some()
-        .then(|| config.host.hostname.to_string());
+    // What readiness waits for besides containerd: this node in the
+    // cluster, asked of the local server or of the one an agent joined.
+    let cluster = cluster_spec.is_some().then(|| {
+        (
+            config.host.hostname.to_string(),
+            cluster::Readiness::of(&config),
+        )
+    });
     let start_cluster = move |supervisor: &Supervisor, config: &cairn_image::config::Config| {
         if let Some(spec) = cluster_spec {
-            match cluster::install_credentials(config, Path::new(cluster::DATA_DIR)) {
-                Ok(files) if !files.is_empty() => {
-                    tracing::info!(files = ?files, "supplied cluster credentials installed")
-                }
-                Ok(_) => {}
+            let installed = match config.cluster.role {
+                Role::Server => cluster::install_credentials(config, Path::new(cluster::DATA_DIR))
+                    .map(|files| files.len()),
+                Role::Agent => cluster::install_agent_ca(config).map(usize::from),
+            };
+            match installed {
+                Ok(0) => {}
+                Ok(files) => tracing::info!(files, "supplied cluster credentials installed"),
                 Err(error) => tracing::error!(%error, "supplied cluster credentials not installed"),
             }
             supervisor.start(spec);
-            tracing::info!("cluster server started");
+            tracing::info!(
+                role = config.cluster.role.as_str(),
+                "cluster service started"
+            );
         }
     };
     let mut start_cluster = Some(start_cluster);
@@ -183,8 +190,19 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         .map_or(HEALTH_TIMEOUT, Duration::from_secs);
     let unhealthy = tx.clone();
     tokio::spawn(async move {
-        let write_kubeconfig = config.cluster.write_kubeconfig && cluster.is_some();
-        if tokio::time::timeout(health_timeout, readiness(slot, boot_disk, cluster))
+        let write_kubeconfig = config.cluster.write_kubeconfig
+            && config.cluster.role == Role::Server
+            && cluster.is_some();
+        // An agent's slot is judged on this machine alone (containerd): a
+        // server that is down must not roll agents back to the other slot.
+        // Its `cairn: ready` still waits until the server has it Ready.
+        let (gate, joined) = match cluster {
+            Some((node, cluster::Readiness::Local)) => {
+                (Some((node, cluster::Readiness::Local)), None)
+            }
+            other => (None, other),
+        };
+        if tokio::time::timeout(health_timeout, healthy(slot, boot_disk, gate))
             .await
             .is_err()
         {
@@ -197,6 +215,10 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
             let _ = unhealthy.send(PowerAction::Reboot);
             return;
         }
+        if let Some((node, readiness)) = &joined {
+            node_ready(node, readiness).await;
+        }
+        announce_ready();
         if write_kubeconfig {
             let written =
                 tokio::task::spawn_blocking(move || cluster::write_kubeconfig(&config)).await;
@@ -238,19 +260,28 @@ fn serial_shell(supervisor: &Supervisor) {
     }
 }
 
-/// Waits for containerd and (when `cluster` names this node) the API and
-/// the Node's Ready condition, marks the slot good, prints `cairn: ready`.
-async fn readiness(slot: Option<Slot>, boot_disk: Option<String>, cluster: Option<String>) {
+/// Waits for the API and then for this node's Ready condition in it.
+async fn node_ready(node: &str, readiness: &cluster::Readiness) {
+    let probes = readiness.wait(None).await;
+    tracing::info!(probes, "API answered");
+    let probes = readiness.wait(Some(node)).await;
+    tracing::info!(probes, node, "node Ready");
+}
+
+/// Waits for containerd and (when `cluster` names this node and how to
+/// ask) the API and the Node's Ready condition, then marks the slot good.
+async fn healthy(
+    slot: Option<Slot>,
+    boot_disk: Option<String>,
+    cluster: Option<(String, cluster::Readiness)>,
+) {
     let containerd = async {
         let version = containerd::wait_ready().await;
         tracing::info!(%version, "containerd answered");
     };
     let api = async {
-        if let Some(node) = cluster {
-            let probes = cluster::wait_ready(None).await;
-            tracing::info!(probes, "API answered");
-            let probes = cluster::wait_ready(Some(&node)).await;
-            tracing::info!(probes, node, "node Ready");
+        if let Some((node, readiness)) = &cluster {
+            node_ready(node, readiness).await;
         }
     };
     tokio::join!(containerd, api);
@@ -272,6 +303,10 @@ async fn readiness(slot: Option<Slot>, boot_disk: Option<String>, cluster: Optio
         }
         None => tracing::warn!("no cairn.slot= on the command line; grubenv left alone"),
     }
+}
+
+/// The ready figures in the log, and `cairn: ready` on the console.
+fn announce_ready() {
     let up = boottime();
     let (mem_used_kib, init_rss_kib, containerd_rss_kib) = stats::at_ready();
     tracing::info!(

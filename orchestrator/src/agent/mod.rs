@@ -20,6 +20,7 @@
 //! - [`node`]: the Node object (registration, status, Lease) and what it
 //!   reports about the machine.
 //! - [`network`]: the CNI configuration for the node's pod CIDR.
+//! - [`join`]: the cluster CA a joining agent trusts, pinned by its token.
 //!
 //! [`run`] starts the loops; `cairn server` runs it with the in-process
 //! client (as `system:node:<node>` in `system:nodes`), `cairn agent` with a
@@ -47,6 +48,7 @@ use crate::api::User;
 use crate::controllers::client::Client;
 
 pub mod cri;
+pub mod join;
 pub mod logs;
 pub mod network;
 pub mod node;
@@ -101,6 +103,11 @@ pub struct Config {
     /// Image archives imported at every start before any pod runs (the
     /// root filesystem's pause image).
     pub system_images_dir: PathBuf,
+    /// Labels the user asked for (`--node-label`), merged at every start.
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    /// Taints the user asked for (`--node-taint`), added at every start
+    /// where missing (never removed: taints are also the cluster's to set).
+    pub node_taints: Vec<cairn_image::config::values::Taint>,
 }
 
 impl Config {
@@ -126,6 +133,8 @@ impl Config {
             lease_interval: Duration::from_secs(10),
             client_ca_file: None,
             system_images_dir: PathBuf::from("/").join(cairn_image::layout::ROOT_IMAGES_DIR),
+            node_labels: Default::default(),
+            node_taints: Vec::new(),
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - `crd`: CustomResourceDefinitions; the served registry is a snapshot
 //!   (built-in kinds + every stored CRD's) each request takes once.
 //! - `discovery`: `/version`, `/api`, `/apis` and `APIResourceList`s.
+//!   This module also serves K3s' unauthenticated `/cacerts` (the cluster
+//!   CA, which agents pin with the hash in their join token).
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
 //! - `strategy`: per-kind defaults, validation and allocation on writes.
 //! - `subresources`: `scale`, pod `binding` and `eviction` (`status` goes
@@ -228,6 +230,8 @@ pub struct Api {
     agent_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
     /// The DefaultTolerationSeconds admission plugin's settings.
     default_tolerations: strategy::DefaultTolerations,
+    /// The cluster CA certificate (PEM), served at `/cacerts`.
+    ca_pem: std::sync::OnceLock<String>,
 }
 
 /// Builds a JSON response.
@@ -271,6 +275,7 @@ impl Api {
             services: strategy::ServiceNetwork::default(),
             agent_tls: std::sync::OnceLock::new(),
             default_tolerations: strategy::DefaultTolerations::default(),
+            ca_pem: std::sync::OnceLock::new(),
         }
     }
 
@@ -393,6 +398,14 @@ impl Api {
     ) -> Response<Body> {
         let span = info_span!("request", method = %req.method(), path = %req.uri().path());
         async move {
+            // K3s' `/cacerts`: the cluster CA for anyone, so that an agent
+            // holding a `K10<hash>` join token can fetch it and pin it.
+            if req.method() == Method::GET
+                && req.uri().path() == "/cacerts"
+                && let Some(ca) = self.ca_pem.get()
+            {
+                return text_response(ca.clone());
+            }
             let Some(user) = self.auth.authenticate(certificate, req.headers()) else {
                 return error_response(&ApiError::unauthorized());
             };
@@ -636,6 +649,7 @@ pub async fn run(
     let agent_tls = proxy::agent_tls(&pki.kubelet_client_cert, &pki.kubelet_client_key)
         .map_err(server::TlsError::Config)?;
     let _ = api.agent_tls.set(Arc::new(agent_tls));
+    let _ = api.ca_pem.set(pki.ca_cert.clone());
     info!(
         addr = %local,
         kubeconfig = %pki.kubeconfig.display(),

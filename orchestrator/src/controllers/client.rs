@@ -144,42 +144,62 @@ impl Client {
         token: &str,
         manager: &'static str,
     ) -> ClientResult<Client> {
-        let bad = |what: String| ClientError {
-            code: 0,
-            reason: "BadConfiguration".into(),
-            message: what,
-        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| bad_config(format!("CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad_config(format!("CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad_config("the CA file holds no certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad_config(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Client::remote_with(url, tls, token, manager)
+    }
+
+    /// A client of the server at `url` that does not verify the server's
+    /// certificate: only for fetching what is then checked another way
+    /// (the CA at `/cacerts`, against the hash in a join token).
+    pub fn remote_unverified(url: &str, manager: &'static str) -> ClientResult<Client> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad_config(format!("TLS: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(crate::api::proxy::AnyServer(provider)))
+            .with_no_client_auth();
+        Client::remote_with(url, tls, "", manager)
+    }
+
+    fn remote_with(
+        url: &str,
+        mut tls: rustls::ClientConfig,
+        token: &str,
+        manager: &'static str,
+    ) -> ClientResult<Client> {
         let uri: hyper::Uri = url
             .parse()
-            .map_err(|e| bad(format!("server URL {url:?}: {e}")))?;
+            .map_err(|e| bad_config(format!("server URL {url:?}: {e}")))?;
         if uri.scheme_str() != Some("https") {
-            return Err(bad(format!("server URL {url:?}: must start with https://")));
+            return Err(bad_config(format!(
+                "server URL {url:?}: must start with https://"
+            )));
         }
         let host = uri
             .host()
-            .ok_or_else(|| bad(format!("server URL {url:?} has no host")))?
+            .ok_or_else(|| bad_config(format!("server URL {url:?} has no host")))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let server_name = ServerName::try_from(host.clone())
-            .map_err(|e| bad(format!("server URL {url:?}: {e}")))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            let cert = cert.map_err(|e| bad(format!("CA certificate: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| bad(format!("CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("the CA file holds no certificate".into()));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(format!("TLS: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .map_err(|e| bad_config(format!("server URL {url:?}: {e}")))?;
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let authority = uri
             .authority()
@@ -316,7 +336,9 @@ impl Client {
             .uri(uri)
             .header(hyper::header::CONTENT_TYPE, content_type)
             .header(hyper::header::ACCEPT, "application/json");
-        if let Transport::Remote(remote) = &self.transport {
+        if let Transport::Remote(remote) = &self.transport
+            && !remote.token.is_empty()
+        {
             req = req.header(
                 hyper::header::AUTHORIZATION,
                 format!("Bearer {}", remote.token),
@@ -387,6 +409,15 @@ impl Client {
         let body = (!options.is_null()).then_some(options);
         self.call(Method::DELETE, path, "application/json", body)
             .await
+    }
+}
+
+/// A client that cannot be made from its settings.
+fn bad_config(message: String) -> ClientError {
+    ClientError {
+        code: 0,
+        reason: "BadConfiguration".into(),
+        message,
     }
 }
 

@@ -4,10 +4,12 @@
 //! # Registration
 //! The Node is created if missing, with the labels the agent owns
 //! (`kubernetes.io/hostname`, `kubernetes.io/os`, `kubernetes.io/arch`, and
-//! `node-role.kubernetes.io/control-plane` inside a server) and its first
-//! status. An existing Node only gets those labels merged in: labels,
-//! annotations and taints users added stay, and the agent never writes the
-//! spec. A Node deleted while the agent runs is registered again.
+//! `node-role.kubernetes.io/control-plane` inside a server, plus the
+//! `--node-label`s), the `--node-taint`s and its first status. An existing
+//! Node only gets those labels merged in and the missing ones of those
+//! taints added (K3s' behaviour on restart): labels, annotations and taints
+//! others added stay, and a taint dropped from the flags is not removed. A
+//! Node deleted while the agent runs is registered again.
 //!
 //! # Heartbeats
 //! Two clocks, as the kubelet with node leases:
@@ -68,7 +70,33 @@ pub fn labels(config: &Config) -> Map<String, Value> {
             "true".into(),
         );
     }
+    for (key, value) in &config.node_labels {
+        labels.insert(key.clone(), value.clone().into());
+    }
     labels
+}
+
+/// The `--node-taint`s the Node lacks (by key and effect), as API taints.
+pub fn missing_taints(config: &Config, node: &Value) -> Vec<Value> {
+    let present = node["spec"]["taints"].as_array();
+    config
+        .node_taints
+        .iter()
+        .filter(|t| {
+            !present.is_some_and(|p| {
+                p.iter().any(|have| {
+                    have["key"] == t.key.as_str() && have["effect"] == t.effect.as_str()
+                })
+            })
+        })
+        .map(|t| {
+            let mut taint = json!({"key": t.key, "effect": t.effect});
+            if !t.value.is_empty() {
+                taint["value"] = t.value.clone().into();
+            }
+            taint
+        })
+        .collect()
 }
 
 /// The node loop's state.
@@ -174,23 +202,40 @@ impl NodeAgent {
             Ok(node) => {
                 let current = &node["metadata"]["labels"];
                 self.reported = node["status"].clone();
-                if ours.iter().all(|(k, v)| current.get(k) == Some(v)) {
+                let taints = missing_taints(&self.config, &node);
+                if ours.iter().all(|(k, v)| current.get(k) == Some(v)) && taints.is_empty() {
                     return Ok(node);
                 }
-                let patch = json!({"metadata": {"labels": ours}});
+                let mut patch = json!({"metadata": {"labels": ours}});
+                if !taints.is_empty() {
+                    // A merge patch replaces the list: keep what is there,
+                    // and fail (to retry) if someone changed it meanwhile.
+                    let mut all = node["spec"]["taints"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    all.extend(taints);
+                    patch["spec"] = json!({"taints": all});
+                    patch["metadata"]["resourceVersion"] =
+                        node["metadata"]["resourceVersion"].clone();
+                }
                 let node = self.client.merge_patch(&self.path(), &patch).await?;
-                info!(node = %self.config.node_name, "node labels updated");
+                info!(node = %self.config.node_name, "node labels and taints updated");
                 Ok(node)
             }
             Err(err) if err.is_not_found() => {
                 let status = self.status().await;
-                let node = json!({
+                let taints = missing_taints(&self.config, &Value::Null);
+                let mut node = json!({
                     "apiVersion": "v1",
                     "kind": "Node",
                     "metadata": {"name": self.config.node_name, "labels": ours},
                     "spec": {},
                     "status": status,
                 });
+                if !taints.is_empty() {
+                    node["spec"]["taints"] = taints.into();
+                }
                 let node = self.client.post("/api/v1/nodes", &node).await?;
                 info!(node = %self.config.node_name, "node registered");
                 for reason in status::transitions(&Value::Null, &status) {
@@ -431,6 +476,33 @@ mod tests {
         assert_eq!(
             labels(&config)["node-role.kubernetes.io/control-plane"],
             "true"
+        );
+        config
+            .node_labels
+            .insert("example.com/site".into(), "north".into());
+        assert_eq!(labels(&config)["example.com/site"], "north");
+    }
+
+    #[test]
+    fn only_missing_taints_are_added() {
+        let mut config = Config::new("n1");
+        assert!(missing_taints(&config, &Value::Null).is_empty());
+        config.node_taints = ["dedicated=edge:NoSchedule", "gpu:NoExecute"]
+            .iter()
+            .map(|t| t.parse().expect("taint"))
+            .collect();
+        assert_eq!(
+            missing_taints(&config, &Value::Null),
+            [
+                json!({"key": "dedicated", "value": "edge", "effect": "NoSchedule"}),
+                json!({"key": "gpu", "effect": "NoExecute"}),
+            ]
+        );
+        // Present by key and effect (whatever its value): not added again.
+        let node = json!({"spec": {"taints": [{"key": "dedicated", "value": "other", "effect": "NoSchedule"}]}});
+        assert_eq!(
+            missing_taints(&config, &node),
+            [json!({"key": "gpu", "effect": "NoExecute"})]
         );
     }
 }
