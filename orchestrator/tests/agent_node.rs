@@ -751,8 +751,8 @@ fn a_k10_token_pins_the_ca_the_agent_fetches() {
         "{node:#}"
     );
     assert_eq!(
-        node["spec"]["taints"],
-        serde_json::json!([{"key": "dedicated", "value": "edge", "effect": "NoSchedule"}]),
+        users_taints(&node),
+        [serde_json::json!({"key": "dedicated", "value": "edge", "effect": "NoSchedule"})],
         "{node:#}"
     );
 }
