@@ -7,14 +7,17 @@
    works through the forwarded port (`kubectl get ns`), the API certificate
    carries the host name (`--tls-server-name`), `write_kubeconfig = true`
    puts a kubeconfig for the device's address back on the CAIRN partition, and
-   a manifest dropped into the partition's `manifests/` is applied.
+   a manifest dropped into the partition's `manifests/` is applied, and the
+   Node's `InvalidConfig` condition is False.
 2. The file broken by a typo, as a laptop user would (mcopy): the console
    names the file, line, column and key, the node boots on the last known
-   good configuration (same host name) and kubectl still works.
+   good configuration (same host name), kubectl still works, and the Node's
+   `InvalidConfig` condition is True with the same error.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -38,6 +41,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def config_condition(kubeconfig, node: str, status: str, log) -> dict:
+    """The Node's InvalidConfig condition, once it has `status`."""
+    deadline = time.time() + 60
+    while True:
+        got = kubectl(kubeconfig, "get", "node", node, "-o", "json")
+        if got.returncode == 0:
+            conditions = {c["type"]: c for c in json.loads(got.stdout)["status"]["conditions"]}
+            condition = conditions.get("InvalidConfig", {})
+            if condition.get("status") == status:
+                return condition
+        assert time.time() < deadline, f"no InvalidConfig={status} on {node}: {got} ({log})"
+        time.sleep(1)
 
 
 def kubectl(kubeconfig, *args, timeout=60) -> subprocess.CompletedProcess:
@@ -104,6 +121,8 @@ def test_config_init_static_network_and_last_known_good(arch, image, workdir):
                 break
             assert time.time() < deadline, f"manifests/edge.yaml not applied: {got} ({log})"
             time.sleep(1)
+        loaded = config_condition(kubeconfig, "edge-7", "False", log)
+        assert loaded["reason"] == "ConfigLoaded", loaded
         harness.power_off(vm)
     finally:
         vm.kill()
@@ -134,6 +153,10 @@ def test_config_init_static_network_and_last_known_good(arch, image, workdir):
         assert "hostname=edge-9" not in console, log
         got = kubectl(kubeconfig, "get", "ns")
         assert got.returncode == 0 and "default" in got.stdout, got
+        # The API says it too: the Node's InvalidConfig condition.
+        invalid = config_condition(kubeconfig, "edge-7", "True", log)
+        assert invalid["reason"] == "LastKnownGood", invalid
+        assert f"config.toml:{line}:1: host.hostnme" in invalid["message"], invalid
         # No secret from the file on the console.
         cfg = (out / "config.toml").read_text()
         token = re.search(r'token = "([^"]+)"', cfg).group(1)

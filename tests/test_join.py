@@ -3,7 +3,8 @@ with a config from `cairn-image config init` the way a user makes them
 (the agent's from `--role agent --server ... --token <join-token>`, with no
 CA: the agent fetches the one its token pins), linked by an Ethernet
 segment between the two VMs (a second NIC on the server,
-`[[network.interfaces]]` with a static address; the agent's only NIC).
+`[[network.interfaces]]` with a static address and `node_ip` naming it; the
+agent's only NIC).
 
 With stock kubectl through the server's forwarded API port: the agent's
 console says `cairn: ready` once the server has its Node Ready; the Node
@@ -87,6 +88,8 @@ def test_agent_joins_a_server(arch, image, workdir):
     harness.tool("config", "init", "--server", f"https://127.0.0.1:{port}", server_cfg)
     kubeconfig = server_cfg / "kubeconfig.yaml"
     text = set_hostname((server_cfg / "config.toml").read_text(), "edge-server")
+    # Two NICs: the node reports the link's address, not the DHCP one.
+    text = text.replace('token = "', f'node_ip = "{SERVER_IP}"\ntoken = "', 1)
     text += f'\n[[network.interfaces]]\nname = "eth1"\ndhcp = false\naddresses = ["{SERVER_IP}/24"]\n'
     (server_cfg / "config.toml").write_text(text)
     harness.tool("config", "write", image, server_cfg / "config.toml")
@@ -137,6 +140,9 @@ def test_agent_joins_a_server(arch, image, workdir):
         assert {"key": "dedicated", "value": "edge", "effect": "NoSchedule"} in taints, taints
         addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
         assert addresses.get("InternalIP") == AGENT_IP, addresses
+        server_addresses = {a["type"]: a["address"]
+                            for a in by_name["edge-server"]["status"]["addresses"]}
+        assert server_addresses.get("InternalIP") == SERVER_IP, server_addresses
 
         assert kubectl(kubeconfig, "apply", "-f", "-", stdin=POD).returncode == 0
         waited = kubectl(kubeconfig, "wait", "pod/on-agent", "--for=condition=Ready",

@@ -211,6 +211,9 @@ struct NodeArgs {
     /// How often the node's Lease is renewed.
     #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
     node_lease_renew_interval: Duration,
+    /// cairn-init's config status file, reported as the Node condition InvalidConfig.
+    #[arg(long, hide = true, value_name = "FILE")]
+    config_status_file: Option<PathBuf>,
     /// A label for this node, key=value (repeatable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     node_label: Vec<(String, String)>,
@@ -251,6 +254,7 @@ impl NodeArgs {
         config.lease_interval = self.node_lease_renew_interval.max(floor);
         config.node_labels = self.node_label.iter().cloned().collect();
         config.node_taints = self.node_taint.clone();
+        config.config_status_file = self.config_status_file.clone();
         config
     }
 }

@@ -877,3 +877,76 @@ spec:
     ]);
     assert!(events.contains("failed liveness probe"), "{events}");
 }
+
+/// `kubectl delete pod` of running pods: the API marks them
+/// (`deletionTimestamp`, grace), the agent runs the preStop hook, sends
+/// SIGTERM, SIGKILL after the grace, removes the sandbox and sends the
+/// final delete; only then does kubectl return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_waits_for_prestop_sigterm_and_the_grace_period() {
+    let env = Env::start().await;
+    // What the container sees lands on the host, past the pod's removal.
+    let seen = tempfile::tempdir().expect("dir");
+    let seen_dir = seen.path().display();
+    // `trap`: SIGTERM ends it at once; `stubborn` (PID 1 without a handler
+    // ignores SIGTERM) is killed after its 2 s.
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: trap}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes: [{{name: seen, hostPath: {{path: "{seen_dir}"}}}}]
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, "trap 'echo sigterm >> /seen/events; exit 0' TERM; while true; do sleep 1 & wait $!; done"]
+    volumeMounts: [{{name: seen, mountPath: /seen}}]
+    lifecycle:
+      preStop: {{exec: {{command: [sh, -c, "echo prestop >> /seen/events"]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - {{name: c, image: "{BUSYBOX}", command: [sleep, "3600"]}}
+"#
+    ));
+    let mut uids = Vec::new();
+    for name in ["trap", "stubborn"] {
+        let pod = env
+            .pod_until(name, 60, |p| p["status"]["phase"] == "Running")
+            .await;
+        uids.push(pod["metadata"]["uid"].as_str().expect("uid").to_owned());
+    }
+
+    let started = std::time::Instant::now();
+    let out = env.kubectl(&["delete", "pod", "trap", "--timeout=60s"]);
+    assert!(out.contains("pod \"trap\" deleted"), "{out}");
+    let took = started.elapsed();
+    // Returned once the agent was done: hook, then signal, nothing left.
+    let events = std::fs::read_to_string(seen.path().join("events")).expect("events");
+    assert_eq!(events.lines().collect::<Vec<_>>(), ["prestop", "sigterm"]);
+    assert!(env.cluster.pod("default", "trap").await.is_none());
+    assert_eq!(env.in_cri(&uids[0]).await, 0);
+    assert!(
+        took < Duration::from_secs(15),
+        "SIGTERM not honoured: {took:?}"
+    );
+
+    let started = std::time::Instant::now();
+    env.kubectl(&["delete", "pod", "stubborn", "--timeout=60s"]);
+    let took = started.elapsed();
+    assert!(env.cluster.pod("default", "stubborn").await.is_none());
+    assert_eq!(env.in_cri(&uids[1]).await, 0);
+    assert!(
+        took >= Duration::from_secs(2),
+        "killed before its grace period: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "not killed after its grace period: {took:?}"
+    );
+}

@@ -761,8 +761,29 @@ fn pods_bind_once_and_evict() {
         "-f",
         path_str(&eviction),
     ]);
-    let err = server.kubectl_fails(&["-n", "shop", "get", "pod", "p"]);
-    assert!(err.contains("not found"), "{err}");
+    // Evicted as deleted: Terminating with the pod's grace period until
+    // its node's agent (here the tests' stand-in) sends the final delete.
+    let evicted = get_json(&server, &["pod", "p"]);
+    assert!(
+        evicted["metadata"]["deletionTimestamp"].is_string(),
+        "{evicted}"
+    );
+    assert_eq!(evicted["metadata"]["deletionGracePeriodSeconds"], 30);
+    let _kubelet = server.fake_kubelet();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = server.try_kubectl(&["-n", "shop", "get", "pod", "p"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            assert!(err.contains("not found"), "{err}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "evicted pod not removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -179,6 +179,8 @@ fn deployment_rolls_out_scales_updates_and_undoes() {
             node("n3", "4", "8Gi", ""),
         ],
     );
+    // No agent runs: a stand-in finishes the pods deleted on these nodes.
+    let _kubelet = server.fake_kubelet();
     server.kubectl(&[
         "create",
         "deployment",
@@ -372,11 +374,54 @@ fn unschedulable_pods_say_why_and_are_retried() {
     );
 }
 
+/// A terminating pod still holds its node (its containers run out their
+/// grace period there); a pod waiting for the room is bound once it is gone.
+#[test]
+fn terminating_pods_hold_their_node_until_gone() {
+    let server = Server::start();
+    create_namespace_t(&server);
+    register_nodes(&server, &[node("small", "1", "2Gi", "")]);
+    let create = |name: &str| {
+        let pod = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"t"}},
+"spec":{{"containers":[{{"name":"c","image":"busybox","resources":{{"requests":{{"cpu":"800m"}}}}}}]}}}}"#
+        );
+        let file = server.write(&format!("{name}.json"), &pod);
+        server.kubectl(&["create", "-f", common::path_str(&file)]);
+    };
+    let bound = |name: &str| {
+        let pod = get_json(&server, &["get", "pod", name, "-n", "t"]);
+        (pod["spec"]["nodeName"] == "small").then_some(())
+    };
+    create("old");
+    wait_for(20, "old bound", &server, || bound("old"));
+    server.kubectl(&["delete", "pod", "old", "-n", "t", "--wait=false"]);
+    create("new");
+    let waiting = wait_for(20, "new unschedulable", &server, || {
+        let pod = get_json(&server, &["get", "pod", "new", "-n", "t"]);
+        pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+            .cloned()
+    });
+    assert_eq!(
+        waiting["message"], "0/1 nodes are available: 1 Insufficient cpu.",
+        "{waiting}"
+    );
+    // The node's stand-in kubelet finishes the old pod: the new one fits.
+    let _kubelet = server.fake_kubelet();
+    wait_for(20, "new bound once old is gone", &server, || bound("new"));
+}
+
 #[test]
 fn garbage_collection_and_leadership() {
     let server = Server::start();
     create_namespace_t(&server);
     register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
+    // No agent runs: a stand-in finishes the pods deleted on these nodes.
+    let _kubelet = server.fake_kubelet();
     // The leader holds the Lease; every namespace gets its default ServiceAccount.
     let lease = wait_for(20, "controller lease", &server, || {
         let out = server.try_kubectl(&[
@@ -716,7 +761,9 @@ fn services_get_endpoints_and_slices_from_ready_pods() {
         let e = get_json(&server, &["get", "endpoints", "web", "-n", "t"]);
         (e["subsets"][0]["addresses"].as_array().map(Vec::len) == Some(2)).then_some(())
     });
-    server.kubectl(&["delete", "pod", &names[0], "-n", "t"]);
+    // A deleted pod leaves the Endpoints at once; the slice keeps it,
+    // terminating, until its node has stopped it.
+    server.kubectl(&["delete", "pod", &names[0], "-n", "t", "--wait=false"]);
     wait_for(20, "deleted pod dropped", &server, || {
         let e = get_json(&server, &["get", "endpoints", "web", "-n", "t"]);
         let ips: Vec<&str> = e["subsets"][0]["addresses"]
@@ -726,6 +773,36 @@ fn services_get_endpoints_and_slices_from_ready_pods() {
             .filter_map(|a| a["ip"].as_str())
             .collect();
         (ips == ["10.42.0.11"]).then_some(())
+    });
+    let slice_endpoints = || {
+        let slices = get_json(
+            &server,
+            &[
+                "get",
+                "endpointslices",
+                "-n",
+                "t",
+                "-l",
+                "kubernetes.io/service-name=web",
+            ],
+        );
+        slices["items"][0]["endpoints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let leaving = wait_for(20, "a terminating endpoint", &server, || {
+        slice_endpoints()
+            .into_iter()
+            .find(|e| e["addresses"][0] == "10.42.0.10" && e["conditions"]["terminating"] == true)
+    });
+    assert_eq!(leaving["conditions"]["ready"], false, "{leaving}");
+    assert_eq!(leaving["conditions"]["serving"], true, "{leaving}");
+    // No agent runs: a stand-in finishes the pod on its node.
+    let _kubelet = server.fake_kubelet();
+    wait_for(20, "the finished pod leaves the slice", &server, || {
+        let eps = slice_endpoints();
+        (eps.len() == 1 && eps[0]["addresses"][0] == "10.42.0.11").then_some(())
     });
     // Deleting the Service removes both.
     server.kubectl(&["delete", "service", "web", "-n", "t"]);

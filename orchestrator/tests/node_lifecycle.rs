@@ -148,9 +148,12 @@ fn pod(server: &Server, name: &str, node: &str, tolerations: &str) -> Value {
     created
 }
 
-fn pod_exists(server: &Server, name: &str) -> bool {
-    let out = server.try_kubectl(&["get", "pod", "-n", "t", name, "-o", "name"]);
+/// True while the pod exists and is not being deleted (an evicted pod is
+/// deleted gracefully: with no agent to finish it, it stays `Terminating`).
+fn pod_running(server: &Server, name: &str) -> bool {
+    let out = server.try_kubectl(&["get", "pod", "-n", "t", name, "-o", "json"]);
     out.status.success()
+        && json(&String::from_utf8_lossy(&out.stdout))["metadata"]["deletionTimestamp"].is_null()
 }
 
 #[test]
@@ -233,7 +236,7 @@ fn lost_nodes_are_tainted_and_their_pods_evicted_by_toleration() {
         has_taint(&node, unreachable, "NoExecute").then_some(node)
     });
     assert!(
-        pod_exists(&server, "short"),
+        pod_running(&server, "short"),
         "tolerated for 2 s, not evicted at once"
     );
     // The conditions it reported are Unknown; those it never did, added so.
@@ -268,7 +271,7 @@ fn lost_nodes_are_tainted_and_their_pods_evicted_by_toleration() {
 
     // Tolerated for 2 s: gone about 2 s after the taint; the others stay.
     wait_for(8, "the 2 s pod to be evicted", &server, || {
-        (!pod_exists(&server, "short")).then_some(())
+        (!pod_running(&server, "short")).then_some(())
     });
     let events = server.kubectl(&[
         "get",
@@ -290,8 +293,8 @@ fn lost_nodes_are_tainted_and_their_pods_evicted_by_toleration() {
         "False",
         "MarkPodsNotReady"
     );
-    assert!(pod_exists(&server, "default"));
-    assert!(pod_exists(&server, "elsewhere"));
+    assert!(pod_running(&server, "default"));
+    assert!(pod_running(&server, "elsewhere"));
     let alive = get(&server, &["get", "node", "alive"]);
     assert!(
         alive["spec"]["taints"].as_array().is_none_or(Vec::is_empty),
@@ -315,12 +318,12 @@ fn lost_nodes_are_tainted_and_their_pods_evicted_by_toleration() {
         let clean = node["spec"]["taints"].as_array().is_none_or(Vec::is_empty);
         clean.then_some(())
     });
-    assert!(pod_exists(&server, "forever"));
+    assert!(pod_running(&server, "forever"));
 
     // A user's NoExecute taint evicts untolerating pods at once.
     server.kubectl(&["taint", "node", "alive", "dedicated=edge:NoExecute"]);
     wait_for(5, "the pod on alive to be evicted", &server, || {
-        (!pod_exists(&server, "elsewhere")).then_some(())
+        (!pod_running(&server, "elsewhere")).then_some(())
     });
     stop.store(true, Ordering::SeqCst);
     beats.join().expect("heartbeats");

@@ -143,16 +143,19 @@ fn job_yaml(name: &str, extra_spec: &str) -> String {
     )
 }
 
-fn start() -> Server {
+/// A server with namespace `t`, nodes n1 and n2, and the stand-in that
+/// finishes the pods deleted on them (no agent runs).
+fn start() -> (Server, common::kubelet::FakeKubelet) {
     let server = Server::start();
     create_namespace_t(&server);
     register_nodes(&server, &[node("n1", "", ""), node("n2", "", "")]);
-    server
+    let kubelet = server.fake_kubelet();
+    (server, kubelet)
 }
 
 #[test]
 fn job_runs_pods_in_parallel_to_completion() {
-    let server = start();
+    let (server, _kubelet) = start();
     apply(
         &server,
         "job.yaml",
@@ -239,7 +242,7 @@ fn job_runs_pods_in_parallel_to_completion() {
 
 #[test]
 fn job_fails_after_backoff_limit_and_is_deleted_after_ttl() {
-    let server = start();
+    let (server, _kubelet) = start();
     apply(
         &server,
         "job.yaml",
@@ -291,7 +294,7 @@ fn job_fails_after_backoff_limit_and_is_deleted_after_ttl() {
 
 #[test]
 fn job_deadline_and_suspend() {
-    let server = start();
+    let (server, _kubelet) = start();
     apply(
         &server,
         "slow.yaml",
@@ -367,7 +370,7 @@ fn job_deadline_and_suspend() {
 
 #[test]
 fn indexed_job_completes_every_index() {
-    let server = start();
+    let (server, _kubelet) = start();
     apply(
         &server,
         "idx.yaml",
@@ -471,7 +474,7 @@ fn job_names(server: &Server) -> Vec<String> {
 
 #[test]
 fn cronjob_runs_on_schedule_and_keeps_history() {
-    let server = start();
+    let (server, _kubelet) = start();
     apply(&server, "cj.yaml", CRONJOB);
     for (job, phase) in [
         ("ok1", "Succeeded"),
@@ -650,7 +653,8 @@ spec:
 
 #[test]
 fn daemonset_runs_on_each_eligible_node_and_rolls() {
-    let server = Arc::new(start());
+    let (server, _kubelet) = start();
+    let server = Arc::new(server);
     register_nodes(
         &server,
         &[node(
@@ -786,7 +790,8 @@ fn pod_names(server: &Server) -> Vec<String> {
 
 #[test]
 fn statefulset_orders_pods_claims_scale_down_and_partitioned_update() {
-    let server = Arc::new(start());
+    let (server, _kubelet) = start();
+    let server = Arc::new(server);
     apply(&server, "sts.yaml", STATEFULSET);
     // One at a time: the next ordinal waits for the previous to be Ready.
     for (i, expected) in [

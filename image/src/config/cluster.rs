@@ -46,6 +46,10 @@ pub struct Cluster {
     pub service_cidr: IpCidr,
     #[serde(default = "default_domain")]
     pub cluster_domain: Hostname,
+    /// The address this node reports (K3s' `node-ip`); default: the
+    /// first non-loopback IPv4 address.
+    #[serde(default)]
+    pub node_ip: Option<std::net::IpAddr>,
     #[serde(default)]
     pub node_labels: BTreeMap<LabelKey, LabelValue>,
     #[serde(default)]
@@ -73,6 +77,7 @@ impl Default for Cluster {
             pod_cidr: default_pod_cidr(),
             service_cidr: default_service_cidr(),
             cluster_domain: default_domain(),
+            node_ip: None,
             node_labels: BTreeMap::new(),
             node_taints: Vec::new(),
             registries: Registries::default(),

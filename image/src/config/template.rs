@@ -68,6 +68,7 @@ macro_rules! cluster_default {
 # pod_cidr = "10.42.0.0/16"
 # service_cidr = "10.43.0.0/16"
 # cluster_domain = "cluster.local"
+# node_ip = "192.168.1.50"            # the address the node reports (default: first IPv4)
 # node_taints = ["dedicated=edge:NoSchedule"]
 # write_kubeconfig = false            # true: kubeconfig.yaml written back here
 # [cluster.node_labels]

@@ -31,8 +31,9 @@
 //! CA: `cluster.ca_cert` when supplied (written to [`AGENT_CA`]), else the
 //! one the agent fetches from the server and checks against the hash a
 //! `K10` token pins. Its readiness asks the joined server, with the token.
-//! Node labels and taints (`cluster.node_labels`, `cluster.node_taints`)
-//! become the agent's `--node-label`/`--node-taint` in both roles.
+//! The node's address, labels and taints (`cluster.node_ip`,
+//! `cluster.node_labels`, `cluster.node_taints`) become the agent's
+//! `--node-ip`/`--node-label`/`--node-taint` in both roles.
 //!
 //! Current limitations: pod/service CIDRs, cluster domain and registries
 //! are validated and not applied yet.
@@ -142,10 +143,19 @@ pub fn spec(config: &Config, env: Vec<(String, String)>) -> ServiceSpec {
     }
 }
 
-/// The node agent's flags, in either role: the node's name, labels and
-/// taints.
+/// The node agent's flags, in either role: the node's name, address,
+/// labels and taints.
 fn node_flags(config: &Config) -> Vec<String> {
-    let mut args = vec!["--node-name".to_string(), config.host.hostname.to_string()];
+    let mut args = vec![
+        "--node-name".to_string(),
+        config.host.hostname.to_string(),
+        "--config-status-file".to_string(),
+        super::config::STATUS_FILE.to_string(),
+    ];
+    if let Some(ip) = config.cluster.node_ip {
+        args.push("--node-ip".into());
+        args.push(ip.to_string());
+    }
     for (key, value) in &config.cluster.node_labels {
         args.push("--node-label".into());
         args.push(format!("{}={}", key.as_str(), value.as_str()));
@@ -356,6 +366,8 @@ mod tests {
                 "/run/cairn/config/images",
                 "--node-name",
                 "cairn",
+                "--config-status-file",
+                "/run/cairn/config-status",
             ]
         );
         assert!(!s.env.iter().any(|(k, _)| k == "CAIRN_TOKEN"));
@@ -379,7 +391,7 @@ mod tests {
     fn an_agent_joins_its_server_and_asks_it_for_readiness() {
         let token = "K10aaaa::server:0123456789abcdef0123";
         let c = parse(&format!(
-            "version = 1\n[host]\nhostname = \"edge2\"\n[cluster]\nrole = \"agent\"\nserver = \"https://10.0.0.1:6443\"\ntoken = \"{token}\"\nnode_taints = [\"dedicated=edge:NoSchedule\"]\n[cluster.node_labels]\n\"example.com/site\" = \"north\"\n"
+            "version = 1\n[host]\nhostname = \"edge2\"\n[cluster]\nrole = \"agent\"\nserver = \"https://10.0.0.1:6443\"\ntoken = \"{token}\"\nnode_ip = \"10.0.0.2\"\nnode_taints = [\"dedicated=edge:NoSchedule\"]\n[cluster.node_labels]\n\"example.com/site\" = \"north\"\n"
         ));
         let s = spec(&c, vec![]);
         assert_eq!(
@@ -394,6 +406,10 @@ mod tests {
                 IMAGES_DIR,
                 "--node-name",
                 "edge2",
+                "--config-status-file",
+                "/run/cairn/config-status",
+                "--node-ip",
+                "10.0.0.2",
                 "--node-label",
                 "example.com/site=north",
                 "--node-taint",

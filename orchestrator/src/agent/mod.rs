@@ -105,6 +105,9 @@ pub struct Config {
     pub system_images_dir: PathBuf,
     /// Labels the user asked for (`--node-label`), merged at every start.
     pub node_labels: std::collections::BTreeMap<String, String>,
+    /// cairn-init's config outcome (`/run/cairn/config-status`), reported
+    /// as the Node condition `InvalidConfig`.
+    pub config_status_file: Option<PathBuf>,
     /// Taints the user asked for (`--node-taint`), added at every start
     /// where missing (never removed: taints are also the cluster's to set).
     pub node_taints: Vec<cairn_image::config::values::Taint>,
@@ -135,6 +138,7 @@ impl Config {
             system_images_dir: PathBuf::from("/").join(cairn_image::layout::ROOT_IMAGES_DIR),
             node_labels: Default::default(),
             node_taints: Vec::new(),
+            config_status_file: None,
         }
     }
 }

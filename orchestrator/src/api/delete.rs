@@ -2,10 +2,18 @@
 //! (preconditions, propagation, dryRun), finalizers, `deletecollection`,
 //! and namespace termination.
 //!
+//! - A pod is deleted gracefully ([`graceful`]): bound to a node and not
+//!   finished, it gets `deletionTimestamp` = now + its grace period and
+//!   stays `Terminating` until its node agent stopped it and sends the
+//!   final delete (`gracePeriodSeconds: 0`); a later delete may only
+//!   shorten the grace. This holds for every path that deletes pods
+//!   (`DELETE`, `deletecollection`, namespace termination, eviction, and
+//!   the controllers and garbage collector, which delete through the API).
 //! - An object with finalizers is not removed: it gets `deletionTimestamp`
-//!   (and `deletionGracePeriodSeconds: 0`) and stays until an update
-//!   removes its last finalizer; that update deletes it ([`guard_update`]).
-//!   While it is being deleted, updates may not add finalizers.
+//!   (and `deletionGracePeriodSeconds: 0` unless a pod's grace runs) and
+//!   stays until an update removes its last finalizer; that update
+//!   deletes it ([`guard_update`]) once no grace is left. While it is
+//!   being deleted, updates may not add finalizers.
 //! - `propagationPolicy=Orphan` adds the `orphan` finalizer, `Foreground`
 //!   adds `foregroundDeletion` (and `Background` removes both), as
 //!   upstream does before the garbage collector handles them. Cairn has no
@@ -16,38 +24,32 @@
 //!   `Status` `Success` naming it, or the object for the kinds upstream
 //!   returns it for ([`RETURNS_DELETED_OBJECT`]).
 //! - A namespace is marked `Terminating` at once and its contents are
-//!   deleted in the same request (their finalizers respected); if
-//!   finalizers hold some, a background task checks every second until
-//!   they are gone. Then the `kubernetes` finalizer is dropped and the
-//!   namespace deleted. Creates in a terminating namespace are 403
-//!   Forbidden with the `NamespaceTerminating` cause.
+//!   deleted ([`super::namespaces`]).
 //! - Every object actually removed goes through the kind's
 //!   [`strategy::after_delete`] (a Service's ClusterIP is released).
 //!
 //! # Current limitations
-//! - `gracePeriodSeconds` is parsed but deletes are immediate: graceful
-//!   deletion only matters for pods, which the node agent will drive.
-//! - A namespace cleanup interrupted by a restart resumes when the server
-//!   starts again ([`resume_terminating_namespaces`]). The background task
-//!   holds only the store: an object that slipped into the namespace while
-//!   it was being marked is deleted there without its `after_delete`.
-
-use std::time::Duration;
+//! - A pod bound to a node that has no agent (a Node object registered by
+//!   a client, an agent that is down) stays `Terminating` until it is
+//!   deleted with `gracePeriodSeconds: 0`, as upstream; nothing here
+//!   force-deletes pods of lost nodes yet (upstream's pod GC does).
 
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Response};
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::graceful::{self, Grace};
 use super::handlers::{Target, from_kv, read_body, to_value_bytes};
+use super::namespaces;
 use super::options::{DeleteOptions, Propagation, finalizers};
 use super::query::Query;
 use super::resources::ResourceType;
 use super::selector::Filter;
-use super::status::{ApiError, Cause, FieldCauses};
+use super::status::ApiError;
 use super::strategy;
 use super::{Api, Body, json_response};
-use crate::store::{KeyValue, Store, StoreError};
+use crate::store::{KeyValue, Revision, Store, StoreError};
 
 /// Kinds whose delete answers with the deleted object, not a `Status`
 /// (`ReturnDeletedObject` in upstream's registries), by plural.
@@ -56,16 +58,16 @@ pub const RETURNS_DELETED_OBJECT: &[&str] =
 
 /// The finalizer of namespaces (`spec.finalizers`), removed once the
 /// namespace's contents are gone.
-const NAMESPACE_FINALIZER: &str = "kubernetes";
+pub(super) const NAMESPACE_FINALIZER: &str = "kubernetes";
 const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
 
 /// How often a delete that raced a write is tried again.
-const ATTEMPTS: usize = 5;
+pub(super) const ATTEMPTS: usize = 5;
 
 /// What a delete did to one object.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     /// Gone; the object as it was last stored.
     Deleted(Value),
     /// Still there, being deleted (finalizers, a terminating namespace).
@@ -85,17 +87,31 @@ pub(super) async fn delete(
     let body = read_body(body).await?;
     let options = DeleteOptions::from_request(query, headers, &body)?;
     let key = rt.key(target.namespace.as_deref(), name);
+    let outcome = delete_named(api, rt, &key, name, &options).await?;
+    Ok(respond(rt, outcome))
+}
+
+/// Deletes the object at `key` with `options` (gracefully for pods,
+/// finalizers respected), retrying when it races a write; what the
+/// `DELETE` of one object and a pod eviction do.
+pub(super) async fn delete_named(
+    api: &Api,
+    rt: &ResourceType,
+    key: &str,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Outcome, ApiError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let kv = match api.store.get(&key).await {
+        let kv = match api.store.get(key).await {
             Ok(Some(kv)) => kv,
             Ok(None) => return Err(ApiError::not_found(rt.plural, name)),
             Err(err) => return Err(ApiError::from_store(err, rt.plural, name)),
         };
         let obj = from_kv(&kv)?;
-        check_preconditions(&options, &obj, rt, name)?;
-        match delete_object(&api.store, rt, &kv, obj, &options).await {
+        check_preconditions(options, &obj, rt, name)?;
+        match delete_object(&api.store, rt, &kv, obj, options).await {
             Err(StoreError::Conflict { .. } | StoreError::NotFound { .. })
                 if attempt < ATTEMPTS =>
             {
@@ -107,12 +123,12 @@ pub(super) async fn delete(
                     match &outcome {
                         Outcome::Deleted(obj) => strategy::after_delete(api, rt, obj).await,
                         Outcome::Pending(_) if rt.kind == "Namespace" => {
-                            terminate_namespace(api, name).await;
+                            namespaces::terminate(api, name).await;
                         }
                         Outcome::Pending(_) => {}
                     }
                 }
-                return Ok(respond(rt, outcome));
+                return Ok(outcome);
             }
         }
     }
@@ -152,7 +168,7 @@ pub(super) async fn delete_collection(
             }
             Ok(Outcome::Pending(obj)) => {
                 if rt.kind == "Namespace" && !options.dry_run {
-                    terminate_namespace(api, &name).await;
+                    namespaces::terminate(api, &name).await;
                 }
                 items.push(obj);
             }
@@ -252,22 +268,31 @@ fn finalizers_for(current: &[String], propagation: Option<Propagation>) -> Vec<S
 }
 
 /// Deletes one object read at `kv`'s revision, or marks it as being
-/// deleted when finalizers hold it. Store conflicts are for the caller to
-/// retry.
-async fn delete_object(
+/// deleted when its grace period ([`graceful`]) or finalizers hold it.
+/// Store conflicts are for the caller to retry.
+pub(super) async fn delete_object(
     store: &Store,
     rt: &ResourceType,
     kv: &KeyValue,
     mut obj: Value,
     options: &DeleteOptions,
 ) -> Result<Outcome, StoreError> {
+    let grace = graceful::before_delete(rt, &mut obj, options.grace, jiff::Timestamp::now());
+    if grace == Grace::Pending {
+        // As upstream, finalizers cannot change once the grace runs.
+        return Ok(Outcome::Pending(obj));
+    }
     let current = finalizers(&obj);
     let wanted = finalizers_for(&current, options.propagation);
     let namespace_pending = rt.kind == "Namespace"
         && obj["spec"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-    if wanted.is_empty() && !namespace_pending {
+    let held = !wanted.is_empty() || namespace_pending;
+    if let Grace::Marked(period) = grace {
+        return mark_graceful(store, kv, obj, &current, wanted, period, options.dry_run).await;
+    }
+    if !held {
         if options.dry_run {
             return Ok(Outcome::Deleted(obj));
         }
@@ -292,14 +317,61 @@ async fn delete_object(
     if (marked && wanted == current) || options.dry_run {
         return Ok(Outcome::Pending(obj));
     }
+    store_marked(store, kv, &mut obj).await?;
+    Ok(Outcome::Pending(obj))
+}
+
+/// Stores an object [`graceful::before_delete`] marked with `period`
+/// (and the finalizers the delete wants); with no grace left and no
+/// finalizer, removes it right after, as upstream does (watchers see the
+/// marked object, then its deletion).
+async fn mark_graceful(
+    store: &Store,
+    kv: &KeyValue,
+    mut obj: Value,
+    current: &[String],
+    wanted: Vec<String>,
+    period: i64,
+    dry_run: bool,
+) -> Result<Outcome, StoreError> {
+    let remove = period == 0 && wanted.is_empty();
+    if wanted != current {
+        obj["metadata"]["finalizers"] = json!(wanted);
+    }
+    if dry_run && remove {
+        return Ok(Outcome::Deleted(obj));
+    }
+    if dry_run {
+        return Ok(Outcome::Pending(obj));
+    }
+    let revision = store_marked(store, kv, &mut obj).await?;
+    if !remove {
+        return Ok(Outcome::Pending(obj));
+    }
+    match store.delete(&kv.key, Some(revision)).await {
+        Ok(last) => Ok(Outcome::Deleted(from_kv(&last).unwrap_or(obj))),
+        // Someone else (the agent, another delete) removed it meanwhile:
+        // as upstream, that is this delete's success.
+        Err(StoreError::NotFound { .. }) => Ok(Outcome::Deleted(obj)),
+        Err(err) => Err(err),
+    }
+}
+
+/// Writes `obj` over `kv` (its revision as precondition); returns and
+/// sets the new resourceVersion.
+async fn store_marked(
+    store: &Store,
+    kv: &KeyValue,
+    obj: &mut Value,
+) -> Result<Revision, StoreError> {
     if let Some(meta) = obj["metadata"].as_object_mut() {
         meta.remove("resourceVersion");
     }
     let revision = store
-        .update(&kv.key, to_value_bytes(&obj), kv.mod_revision)
+        .update(&kv.key, to_value_bytes(obj), kv.mod_revision)
         .await?;
     obj["metadata"]["resourceVersion"] = revision.to_string().into();
-    Ok(Outcome::Pending(obj))
+    Ok(revision)
 }
 
 /// Checks an update of an object against its `stored` state: the deletion
@@ -347,191 +419,12 @@ pub(super) fn guard_update(
         && obj["spec"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-    Ok(finalizers(obj).is_empty() && !namespace_pending)
-}
-
-/// 403 when `namespace` is being deleted: nothing new may be created in
-/// it (upstream's NamespaceLifecycle admission, with its cause).
-pub(super) fn forbid_terminating(
-    namespace: &Value,
-    rt: &ResourceType,
-    name: &str,
-) -> Result<(), ApiError> {
-    if namespace["metadata"].get("deletionTimestamp").is_none()
-        && namespace["status"]["phase"] != "Terminating"
-    {
-        return Ok(());
-    }
-    let ns = namespace["metadata"]["name"].as_str().unwrap_or("");
-    let why =
-        format!("unable to create new content in namespace {ns} because it is being terminated");
-    let mut err = ApiError::forbidden(format!("{} \"{name}\" is forbidden: {why}", rt.plural));
-    err.details = Some((rt.plural.to_owned(), name.to_owned()));
-    err.fields = Some(Box::new(FieldCauses {
-        group: rt.group.to_owned(),
-        causes: vec![Cause {
-            reason: "NamespaceTerminating",
-            message: why,
-            field: "metadata.namespace".into(),
-        }],
-    }));
-    Err(err)
-}
-
-/// Restarts the cleanup of namespaces left `Terminating` by a restart.
-pub async fn resume_terminating_namespaces(api: &Api) {
-    let snapshot = api.snapshot();
-    let Some(namespaces) = snapshot.registry.find("", "v1", "namespaces") else {
-        return;
-    };
-    let page = match api
-        .store
-        .list(&namespaces.key_prefix(None), None, None, None)
-        .await
-    {
-        Ok(page) => page,
-        Err(err) => {
-            warn!(?err, "listing namespaces to resume their deletion");
-            return;
-        }
-    };
-    for kv in &page.items {
-        if let Ok(ns) = from_kv(kv)
-            && ns["metadata"].get("deletionTimestamp").is_some()
-            && let Some(name) = ns["metadata"]["name"].as_str()
-        {
-            terminate_namespace(api, name).await;
-        }
-    }
-}
-
-/// Deletes a terminating namespace's contents now, then the namespace if
-/// nothing is left; otherwise leaves the rest to a background task.
-async fn terminate_namespace(api: &Api, namespace: &str) {
-    let snapshot = api.snapshot();
-    let kinds: Vec<ResourceType> = snapshot
-        .registry
-        .all()
-        .iter()
-        .filter(|rt| rt.namespaced)
-        .cloned()
-        .collect();
-    match empty_namespace(&api.store, Some(api), &kinds, namespace).await {
-        Ok(true) => {
-            if let Some(namespaces) = snapshot.registry.find("", "v1", "namespaces") {
-                let key = namespaces.key(None, namespace);
-                finalize_with_retries(&api.store, &key, namespace).await;
-            }
-        }
-        Ok(false) => spawn_namespace_cleanup(api, namespace),
-        Err(err) => {
-            warn!(?err, %namespace, "deleting a namespace's contents");
-            spawn_namespace_cleanup(api, namespace);
-        }
-    }
-}
-
-async fn finalize_with_retries(store: &Store, key: &str, namespace: &str) {
-    for _ in 0..ATTEMPTS {
-        match finalize_namespace(store, key).await {
-            Ok(()) => return,
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(err) => {
-                warn!(?err, %namespace, "finalizing a namespace");
-                return;
-            }
-        }
-    }
-}
-
-/// Waits in the background for a terminating namespace's remaining
-/// contents to go (deleting any that are not marked yet), then deletes the
-/// namespace (upstream's namespace controller does this).
-fn spawn_namespace_cleanup(api: &Api, namespace: &str) {
-    let store = api.store.clone();
-    let snapshot = api.snapshot();
-    let kinds: Vec<ResourceType> = snapshot
-        .registry
-        .all()
-        .iter()
-        .filter(|rt| rt.namespaced)
-        .cloned()
-        .collect();
-    let Some(namespaces) = snapshot.registry.find("", "v1", "namespaces").cloned() else {
-        return;
-    };
-    let namespace = namespace.to_owned();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            match empty_namespace(&store, None, &kinds, &namespace).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(err) => warn!(?err, %namespace, "deleting a namespace's contents"),
-            }
-        }
-        let key = namespaces.key(None, &namespace);
-        finalize_with_retries(&store, &key, &namespace).await;
-    });
-}
-
-/// Deletes what is in `namespace` (with `api`, through each kind's
-/// `after_delete`); true once nothing is left.
-async fn empty_namespace(
-    store: &Store,
-    api: Option<&Api>,
-    kinds: &[ResourceType],
-    namespace: &str,
-) -> Result<bool, StoreError> {
-    let options = DeleteOptions {
-        propagation: Some(Propagation::Background),
-        ..DeleteOptions::default()
-    };
-    let mut left = 0;
-    for rt in kinds {
-        let page = store
-            .list(&rt.key_prefix(Some(namespace)), None, None, None)
-            .await?;
-        for kv in &page.items {
-            let Ok(obj) = from_kv(kv) else { continue };
-            match delete_object(store, rt, kv, obj, &options).await {
-                Ok(Outcome::Deleted(obj)) => {
-                    if let Some(api) = api {
-                        strategy::after_delete(api, rt, &obj).await;
-                    }
-                }
-                Ok(Outcome::Pending(_)) => left += 1,
-                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => left += 1,
-                Err(err) => return Err(err),
-            }
-        }
-    }
-    Ok(left == 0)
-}
-
-/// Drops the namespace finalizer; deletes the namespace when no other
-/// finalizer holds it.
-async fn finalize_namespace(store: &Store, key: &str) -> Result<(), StoreError> {
-    let Some(kv) = store.get(key).await? else {
-        return Ok(());
-    };
-    let Ok(mut ns) = from_kv(&kv) else {
-        return Ok(());
-    };
-    if finalizers(&ns).is_empty() {
-        store.delete(key, Some(kv.mod_revision)).await?;
-        return Ok(());
-    }
-    if let Some(list) = ns["spec"]["finalizers"].as_array_mut() {
-        list.retain(|f| f != NAMESPACE_FINALIZER);
-    }
-    if let Some(meta) = ns["metadata"].as_object_mut() {
-        meta.remove("resourceVersion");
-    }
-    store
-        .update(key, to_value_bytes(&ns), kv.mod_revision)
-        .await?;
-    Ok(())
+    // A pod whose grace still runs stays for its node agent's final
+    // delete (upstream deletes on update only at grace 0).
+    let grace_left = stored["metadata"]["deletionGracePeriodSeconds"]
+        .as_i64()
+        .is_some_and(|g| g != 0);
+    Ok(finalizers(obj).is_empty() && !namespace_pending && !grace_left)
 }
 
 #[cfg(test)]
@@ -574,6 +467,12 @@ mod tests {
         assert_eq!(fewer["metadata"]["deletionTimestamp"], "T");
         let mut none = json!({"metadata": {"name": "x"}});
         assert!(guard_update(cm, "x", &stored, &mut none).expect("ok"));
+        // A pod whose grace still runs waits for its agent's final delete.
+        let pods = registry.find("", "v1", "pods").expect("pods");
+        let terminating = json!({"metadata": {"name": "x", "deletionTimestamp": "T",
+            "deletionGracePeriodSeconds": 30, "finalizers": ["a"]}});
+        let mut none = json!({"metadata": {"name": "x"}});
+        assert!(!guard_update(pods, "x", &terminating, &mut none).expect("ok"));
         // Not being deleted: a client cannot set deletionTimestamp.
         let live = json!({"metadata": {"name": "x"}});
         let mut sneaky = json!({"metadata": {"name": "x", "deletionTimestamp": "T"}});

@@ -40,7 +40,7 @@ use super::status::ApiError;
 use super::strategy::{self, Write};
 use super::table::Output;
 use super::validation;
-use super::{Api, Body, codec, delete, json_response, managed};
+use super::{Api, Body, codec, delete, json_response, managed, namespaces};
 use crate::store::{KeyValue, Revision, StoreError};
 
 /// Largest request body accepted, as kube-apiserver's limit.
@@ -318,7 +318,7 @@ pub(super) async fn create(
     };
     validate_name(rt, &name)?;
     if let Some(namespace) = check_namespace(api, target, &mut obj).await? {
-        delete::forbid_terminating(&namespace, rt, &name)?;
+        namespaces::forbid_terminating(&namespace, rt, &name)?;
     }
     let meta = metadata(&mut obj);
     meta.insert("name".into(), name.clone().into());

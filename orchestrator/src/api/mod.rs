@@ -17,7 +17,8 @@
 //! - `handlers`: create/get/update/delete/list/watch for any registered kind.
 //! - `strategy`: per-kind defaults, validation and allocation on writes.
 //! - `subresources`: `scale`, pod `binding` and `eviction` (`status` goes
-//!   through the generic handlers); `proxy`: pod `log`, `exec`, `attach`
+//!   through the generic handlers); `eviction`: evictions honouring
+//!   PodDisruptionBudgets; `proxy`: pod `log`, `exec`, `attach`
 //!   and `portforward`, proxied to the node agent.
 //! - `query`: query parameters, resourceVersion rules; `selector`: label
 //!   and field selectors. `status`: `Status` errors.
@@ -28,15 +29,17 @@
 //!   `fieldset`: `FieldsV1` paths for `managed` and `apply`.
 //! - `codec`: request bodies in JSON, YAML and Kubernetes protobuf.
 //! - `options`: dryRun, fieldManager and DeleteOptions; `delete`: deletes,
-//!   finalizers, deletecollection and namespace termination; `managed`:
+//!   finalizers and deletecollection; `graceful`: the grace period of pod
+//!   deletes; `namespaces`: namespace termination; `managed`:
 //!   `metadata.managedFields`.
 //! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
 //!
 //! # Current limitations
 //! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`,
-//! `validation`, `codec`, `delete` and `managed`. Also: no OpenAPI v2, no
-//! protobuf responses, and no authorization: every authenticated user may
-//! do everything; the `kubernetes` Service has no Endpoints yet.
+//! `validation`, `codec`, `delete`, `namespaces` and `managed`. Also: no
+//! OpenAPI v2, no protobuf responses, and no authorization: every
+//! authenticated user may do everything; the `kubernetes` Service has no
+//! Endpoints yet.
 
 pub mod apply;
 pub mod auth;
@@ -44,10 +47,13 @@ pub mod codec;
 pub mod crd;
 pub mod delete;
 pub mod discovery;
+pub mod eviction;
 pub mod fieldset;
+pub mod graceful;
 pub mod handlers;
 pub mod lists;
 pub mod managed;
+pub mod namespaces;
 pub mod openapi;
 pub mod options;
 pub mod patch;
@@ -249,7 +255,13 @@ pub fn json_response(code: u16, value: &impl serde::Serialize) -> Response<Body>
 }
 
 fn error_response(err: &ApiError) -> Response<Body> {
-    json_response(err.code, &err.to_status())
+    let mut response = json_response(err.code, &err.to_status());
+    if let Some(seconds) = err.retry_after() {
+        response
+            .headers_mut()
+            .insert(hyper::header::RETRY_AFTER, seconds.into());
+    }
+    response
 }
 
 fn text_response(text: impl Into<Bytes>) -> Response<Body> {
@@ -624,7 +636,7 @@ pub async fn run(
     };
     api.bootstrap(port).await?;
     api.serve_crds().await?;
-    delete::resume_terminating_namespaces(&api).await;
+    namespaces::resume_terminating_namespaces(&api).await;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Listen {

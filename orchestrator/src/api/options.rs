@@ -103,6 +103,9 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     /// `preconditions.resourceVersion`.
     pub resource_version: Option<String>,
+    /// `gracePeriodSeconds`, if given (negative values as given; the
+    /// graceful delete treats them as 1, as upstream).
+    pub grace: Option<i64>,
 }
 
 impl DeleteOptions {
@@ -113,6 +116,23 @@ impl DeleteOptions {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<DeleteOptions, ApiError> {
+        let mut value = None;
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            let content_type = headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let format = codec::Format::from_content_type(content_type)?;
+            value = Some(codec::decode_untyped(format, body)?);
+        }
+        Self::read(query, value.as_ref())
+    }
+
+    /// Reads the `deleteOptions` of an eviction (a JSON object or null).
+    pub fn from_value(value: &Value) -> Result<DeleteOptions, ApiError> {
+        Self::read(&Query::default(), Some(value).filter(|v| !v.is_null()))
+    }
+
+    fn read(query: &Query, body: Option<&Value>) -> Result<DeleteOptions, ApiError> {
         const KIND: &str = "DeleteOptions";
         let mut policy = query.get("propagationPolicy").map(str::to_owned);
         let mut orphan = match query.get("orphanDependents") {
@@ -121,20 +141,13 @@ impl DeleteOptions {
         };
         let mut dry_run_values: Vec<String> =
             query.all("dryRun").into_iter().map(str::to_owned).collect();
-        if let Some(grace) = query.get("gracePeriodSeconds")
-            && grace.parse::<i64>().is_err()
-        {
-            return Err(ApiError::bad_request(format!(
-                "invalid gracePeriodSeconds: {grace:?}"
-            )));
-        }
         let mut options = DeleteOptions::default();
-        if !body.iter().all(u8::is_ascii_whitespace) {
-            let content_type = headers
-                .get(hyper::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            let format = codec::Format::from_content_type(content_type)?;
-            let value = codec::decode_untyped(format, body)?;
+        if let Some(grace) = query.get("gracePeriodSeconds") {
+            options.grace = Some(grace.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("invalid gracePeriodSeconds: {grace:?}"))
+            })?);
+        }
+        if let Some(value) = body {
             let kind = value["kind"].as_str().unwrap_or(KIND);
             if kind != KIND {
                 return Err(ApiError::bad_request(format!(
@@ -161,6 +174,14 @@ impl DeleteOptions {
             };
             options.uid = text("uid");
             options.resource_version = text("resourceVersion");
+            match &value["gracePeriodSeconds"] {
+                Value::Null => {}
+                grace => {
+                    options.grace = Some(grace.as_i64().ok_or_else(|| {
+                        ApiError::bad_request(format!("invalid gracePeriodSeconds: {grace}"))
+                    })?);
+                }
+            }
         }
         let values: Vec<&str> = dry_run_values.iter().map(String::as_str).collect();
         options.dry_run = dry_run(&values, KIND)?;
@@ -226,6 +247,17 @@ mod tests {
         .expect("ok");
         assert_eq!(o.propagation, Some(Propagation::Orphan));
         assert_eq!(o.uid.as_deref(), Some("u"));
+        assert_eq!(o.grace, None);
+        let o = options(
+            "gracePeriodSeconds=30",
+            r#"{"kind":"DeleteOptions","gracePeriodSeconds":0}"#,
+        )
+        .expect("ok");
+        assert_eq!(o.grace, Some(0));
+        assert_eq!(
+            options("gracePeriodSeconds=7", "").expect("ok").grace,
+            Some(7)
+        );
         assert_eq!(
             options("orphanDependents=true", "")
                 .expect("ok")
@@ -246,6 +278,12 @@ mod tests {
         );
         assert_eq!(
             options("gracePeriodSeconds=x", "").expect_err("grace").code,
+            400
+        );
+        assert_eq!(
+            options("", r#"{"gracePeriodSeconds":"soon"}"#)
+                .expect_err("grace body")
+                .code,
             400
         );
     }

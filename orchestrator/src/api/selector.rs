@@ -85,7 +85,7 @@ fn parse_error(selector: &str, why: impl std::fmt::Display) -> ApiError {
 /// A label key: an optional DNS subdomain prefix and `/`, then a name of
 /// at most 63 alphanumerics, `-`, `_` and `.`, starting and ending
 /// alphanumeric.
-fn valid_key(key: &str) -> bool {
+pub(super) fn valid_key(key: &str) -> bool {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
@@ -101,7 +101,7 @@ fn valid_key(key: &str) -> bool {
 
 /// A label value: empty, or at most 63 alphanumerics, `-`, `_` and `.`,
 /// starting and ending alphanumeric.
-fn valid_value(value: &str) -> bool {
+pub(super) fn valid_value(value: &str) -> bool {
     let edge = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
     value.len() <= 63
         && value

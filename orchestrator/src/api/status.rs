@@ -24,13 +24,16 @@ pub struct ApiError {
     pub fields: Option<Box<FieldCauses>>,
 }
 
-/// The group of an invalid object's kind and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The group of an invalid object's kind and what is wrong with it; or,
+/// for other errors, causes and when to try again.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldCauses {
     /// `details.group` (`""` for core).
     pub group: String,
     /// `details.causes`.
     pub causes: Vec<Cause>,
+    /// `details.retryAfterSeconds` and the `Retry-After` header (0: none).
+    pub retry_after_seconds: u32,
 }
 
 /// One `StatusCause`: a field and what is wrong with it.
@@ -143,8 +146,40 @@ impl ApiError {
         err.fields = Some(Box::new(FieldCauses {
             group: group.to_owned(),
             causes,
+            ..FieldCauses::default()
         }));
         err
+    }
+
+    /// 429 `TooManyRequests`, to try again after `retry_after_seconds`
+    /// (0: whenever the client likes).
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u32) -> ApiError {
+        let mut err = ApiError::new(429, "TooManyRequests", message);
+        err.fields = Some(Box::new(FieldCauses {
+            retry_after_seconds,
+            ..FieldCauses::default()
+        }));
+        err
+    }
+
+    /// Adds a cause that names no field (`DisruptionBudget`...).
+    pub fn push_cause(&mut self, reason: &'static str, message: impl Into<String>) {
+        self.fields
+            .get_or_insert_with(Box::default)
+            .causes
+            .push(Cause {
+                reason,
+                message: message.into(),
+                field: String::new(),
+            });
+    }
+
+    /// The `Retry-After` the response carries, if any.
+    pub fn retry_after(&self) -> Option<u32> {
+        self.fields
+            .as_ref()
+            .map(|f| f.retry_after_seconds)
+            .filter(|s| *s > 0)
     }
 
     /// 409 `Conflict` with a message of its own (e.g. a pod already bound).
@@ -203,9 +238,10 @@ impl ApiError {
             message: Some(self.message.clone()),
             reason: Some(self.reason.to_owned()),
             status: Some("Failure".to_owned()),
-            details: self.details.as_ref().map(|(kind, name)| StatusDetails {
-                kind: Some(kind.clone()),
-                name: Some(name.clone()),
+            details: (self.details.is_some() || self.fields.is_some()).then(|| StatusDetails {
+                kind: self.details.as_ref().map(|(kind, _)| kind.clone()),
+                name: self.details.as_ref().map(|(_, name)| name.clone()),
+                retry_after_seconds: self.retry_after().and_then(|s| i32::try_from(s).ok()),
                 group: self
                     .fields
                     .as_ref()
@@ -217,7 +253,7 @@ impl ApiError {
                         .map(|c| StatusCause {
                             reason: Some(c.reason.to_owned()),
                             message: Some(c.message.clone()),
-                            field: Some(c.field.clone()),
+                            field: Some(c.field.clone()).filter(|f| !f.is_empty()),
                         })
                         .collect()
                 }),

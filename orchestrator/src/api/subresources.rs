@@ -7,16 +7,14 @@
 //!   which is what `kubectl scale` and the HPA use.
 //! - pod `binding`: POST a `Binding` to set `spec.nodeName` once (409 if
 //!   the pod is bound already), as the scheduler does.
-//! - pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod.
+//! - pod `eviction`: POST a `policy/v1` `Eviction` to delete the pod
+//!   (gracefully, as a `DELETE` does) as its PodDisruptionBudget allows
+//!   ([`super::eviction`]).
 //! - serviceaccount `token`: POST a `TokenRequest` ([`super::token_request`]).
 //!
 //! Writes go to the store with compare-and-swap on the object's revision
 //! and are retried when a concurrent write moved it, unless the client
 //! pinned a `resourceVersion`.
-//!
-//! # Current limitations
-//! - Evictions do not consult PodDisruptionBudgets (nothing maintains
-//!   their status yet) and delete at once, without a grace period.
 
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Response};
@@ -43,7 +41,7 @@ pub async fn handle(
     method: &Method,
     target: &Target<'_>,
     sub: Subresource,
-    _query: &Query,
+    query: &Query,
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
@@ -77,7 +75,9 @@ pub async fn handle(
             bind(api, target, name, json_body(body).await?).await
         }
         (Subresource::Eviction, &Method::POST) => {
-            evict(api, target, name, json_body(body).await?).await
+            let eviction = decode_kind(json_body(body).await?, "policy/v1", "Eviction")?;
+            check_name(&eviction, name)?;
+            super::eviction::evict(api, target, name, query, &eviction).await
         }
         (Subresource::Token, &Method::POST) => {
             let content_type = headers
@@ -359,32 +359,6 @@ fn decode_kind(body: Value, api_version: &str, kind: &str) -> Result<Value, ApiE
         )));
     }
     Ok(body)
-}
-
-/// POST `pods/<name>/eviction`.
-async fn evict(
-    api: &Api,
-    target: &Target<'_>,
-    name: &str,
-    eviction: Value,
-) -> Result<Response<Body>, ApiError> {
-    let rt = target.rt;
-    let eviction = decode_kind(eviction, "policy/v1", "Eviction")?;
-    check_name(&eviction, name)?;
-    let kv = current(api, target, name).await?;
-    let uid = &eviction["deleteOptions"]["preconditions"]["uid"];
-    if let Some(uid) = uid.as_str()
-        && from_kv(&kv)?["metadata"]["uid"] != uid
-    {
-        return Err(ApiError::conflict(rt.plural, name));
-    }
-    let deleted = api
-        .store
-        .delete(&kv.key, Some(kv.mod_revision))
-        .await
-        .map_err(|err| ApiError::from_store(err, rt.plural, name))?;
-    strategy::after_delete(api, rt, &from_kv(&deleted)?).await;
-    Ok(success(201))
 }
 
 #[cfg(test)]

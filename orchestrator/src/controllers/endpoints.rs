@@ -2,9 +2,12 @@
 //! the pods it selects (upstream's endpoints and endpointslice
 //! controllers, together).
 //!
-//! A pod counts once it has an IP (`status.podIP`) and is not being
-//! deleted; Ready pods are `addresses` (slices: `ready: true`), the others
-//! `notReadyAddresses` (`ready: false`). Ports are the Service's, with
+//! A pod counts once it has an IP (`status.podIP`); Ready pods are
+//! `addresses` (slices: `ready: true`), the others `notReadyAddresses`
+//! (`ready: false`). A pod being deleted (Terminating, its grace period
+//! running) leaves the Endpoints but stays in the slice with
+//! `terminating: true`, `ready: false` and `serving` = its readiness, as
+//! upstream's endpointslice controller keeps it for graceful draining. Ports are the Service's, with
 //! `targetPort` resolved per pod (a named port is looked up in the pod's
 //! containers). The Endpoints object has the Service's name and groups
 //! pods by their resolved ports, as upstream's subsets; the slice is
@@ -49,6 +52,8 @@ fn selects(selector: &Value, labels: &Value) -> bool {
 struct Member {
     ip: String,
     ready: bool,
+    /// Being deleted (its grace period runs): only in the slice.
+    terminating: bool,
     pod: Arc<Value>,
     /// `(name, port, protocol)` per Service port.
     ports: Vec<(String, i64, String)>,
@@ -153,7 +158,7 @@ impl Endpoints {
             .pods
             .in_namespace(namespace(svc))
             .into_iter()
-            .filter(|p| selects(selector, &p["metadata"]["labels"]) && !is_deleting(p))
+            .filter(|p| selects(selector, &p["metadata"]["labels"]))
             .filter_map(|pod| {
                 let ip = pod["status"]["podIP"]
                     .as_str()
@@ -168,6 +173,7 @@ impl Endpoints {
                 Some(Member {
                     ip,
                     ready: pod_ready(&pod),
+                    terminating: is_deleting(&pod),
                     pod,
                     ports,
                 })
@@ -184,7 +190,7 @@ impl Endpoints {
         members: &[Member],
     ) -> Result<(), String> {
         let mut subsets: BTreeMap<String, (Value, Vec<Value>, Vec<Value>)> = BTreeMap::new();
-        for m in members {
+        for m in members.iter().filter(|m| !m.terminating) {
             let ports: Vec<Value> = m
                 .ports
                 .iter()
@@ -278,7 +284,11 @@ impl Endpoints {
             .map(|m| {
                 let mut e = json!({
                     "addresses": [m.ip],
-                    "conditions": {"ready": m.ready, "serving": m.ready, "terminating": false},
+                    "conditions": {
+                        "ready": m.ready && !m.terminating,
+                        "serving": m.ready,
+                        "terminating": m.terminating,
+                    },
                     "targetRef": target_ref(&m.pod),
                 });
                 if let Some(node) = m.pod["spec"]["nodeName"].as_str() {

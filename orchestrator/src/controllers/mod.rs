@@ -18,8 +18,9 @@
 //! # The runtime
 //! - [`reflector`]: one per watched kind (pods, nodes, namespaces,
 //!   services, replicasets, deployments, daemonsets, statefulsets, jobs,
-//!   cronjobs, and the Leases in `kube-node-lease`): list, watch from the list's resourceVersion with
-//!   bookmarks, list again on 410, in-memory cache, change handlers.
+//!   cronjobs, poddisruptionbudgets, and the Leases in `kube-node-lease`):
+//!   list, watch from the list's resourceVersion with bookmarks, list
+//!   again on 410, in-memory cache, change handlers.
 //! - [`queue`]: per-controller work queues of object keys, de-duplicated,
 //!   never handed to two workers at once, retried with per-key exponential
 //!   back-off.
@@ -31,19 +32,22 @@
 //!   [`statefulset`], [`job`], [`cronjob`], [`gc`], [`endpoints`],
 //!   [`nodeipam`], [`nodelifecycle`] (nodes whose agent went quiet),
 //!   [`tainteviction`] (pods on `NoExecute`-tainted nodes), [`localpath`]
-//!   (PVCs of the default StorageClass `local-path`) and the scheduler.
+//!   (PVCs of the default StorageClass `local-path`), [`disruption`]
+//!   (PodDisruptionBudget status, which the API's eviction honours) and
+//!   the scheduler.
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
 //! # Current limitations
-//! Namespace lifecycle beyond the API's own, ServiceAccount tokens
-//! and PodDisruptionBudgets have no controller yet; garbage collection
-//! covers what the reflected kinds own (see [`gc`]).
+//! Namespace lifecycle beyond the API's own and ServiceAccount tokens
+//! have no controller yet; garbage collection covers what the reflected
+//! kinds own (see [`gc`]).
 
 pub mod client;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
@@ -69,7 +73,7 @@ use crate::api::Api;
 use crate::scheduler::Scheduler;
 use client::Client;
 use reflector::{
-    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, LEASES, NAMESPACES, NODES, PODS, REPLICASETS,
+    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, LEASES, NAMESPACES, NODES, PDBS, PODS, REPLICASETS,
     Reflector, SERVICES, STATEFULSETS,
 };
 
@@ -157,6 +161,7 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
         LEASES,
         Some("metadata.namespace=kube-node-lease".to_owned()),
     );
+    let pdbs = Reflector::new(PDBS);
     let mut loops = JoinSet::new();
     let rs = replicaset::ReplicaSets::new(client.clone(), sets.clone(), pods.clone());
     loops.spawn(rs.run(WORKERS));
@@ -174,6 +179,17 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
     loops.spawn(dss.run(WORKERS));
     let sts = statefulset::StatefulSets::new(client.clone(), statefulsets.clone(), pods.clone());
     loops.spawn(sts.run(WORKERS));
+    let disruption = disruption::Disruption::new(
+        client.clone(),
+        pdbs.clone(),
+        pods.clone(),
+        disruption::Controllers {
+            sets: sets.clone(),
+            deployments: deployments.clone(),
+            statefulsets: statefulsets.clone(),
+        },
+    );
+    loops.spawn(disruption.run(WORKERS));
     let scheduler = Scheduler::new(scheduler_client, pods.clone(), nodes.clone());
     loops.spawn(scheduler.run(WORKERS));
     let collector = gc::Collector::new(
@@ -220,6 +236,7 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
         daemonsets,
         statefulsets,
         leases,
+        pdbs,
     ] {
         loops.spawn(reflector.run(client.clone()));
     }

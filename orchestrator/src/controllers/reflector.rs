@@ -99,6 +99,12 @@ pub const STATEFULSETS: Kind = Kind {
     plural: "statefulsets",
     namespaced: true,
 };
+/// PodDisruptionBudgets.
+pub const PDBS: Kind = Kind {
+    api: "/apis/policy/v1",
+    plural: "poddisruptionbudgets",
+    namespaced: true,
+};
 
 impl Kind {
     /// The collection in `namespace` (`None`: every namespace).

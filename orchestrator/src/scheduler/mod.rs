@@ -91,6 +91,14 @@ fn wants_scheduling(pod: &Value) -> bool {
             .is_none_or(|s| s == DEFAULT_SCHEDULER)
 }
 
+/// A pod whose containers all ended: it no longer uses its node.
+fn finished(pod: &Value) -> bool {
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    )
+}
+
 /// The parts of a node that scheduling depends on.
 fn schedulable_view(node: &Value) -> Value {
     let ready = node["status"]["conditions"]
@@ -120,7 +128,9 @@ impl Scheduler {
                     let key = key_of(pod);
                     let node = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty());
                     match node {
-                        Some(node) if pod_active(pod) => {
+                        // A terminating pod still runs on its node (its
+                        // grace period) and counts there until it is gone.
+                        Some(node) if !finished(pod) => {
                             state.bind(&key, node, filters::demand(pod), false);
                             state.unschedulable.remove(&key);
                         }
@@ -305,7 +315,13 @@ impl Scheduler {
             "lastTransitionTime": now(),
         }));
         let path = format!("{}/status", PODS.path(&key_of(pod)));
-        let patch = json!({"status": {"conditions": conditions}});
+        // The conditions come from the cache: a pod changed meanwhile (its
+        // agent marked it Ready) is a conflict, retried on the newer pod,
+        // rather than a lost update.
+        let patch = json!({
+            "metadata": {"resourceVersion": pod["metadata"]["resourceVersion"]},
+            "status": {"conditions": conditions},
+        });
         match self.client.merge_patch(&path, &patch).await {
             Ok(_) => {}
             Err(err) if err.is_not_found() => return Ok(()),

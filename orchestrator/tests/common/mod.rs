@@ -4,7 +4,8 @@
 //! run kubectl with the admin kubeconfig the server writes. Also small
 //! helpers for manifests and output: [`json`], [`path_str`], [`NAMESPACE_T`]
 //! and [`create_namespace_t`]; [`Server::curl`] sends raw requests (curl
-//! with the admin certificate) where kubectl cannot say what a test needs.
+//! with the admin certificate) where kubectl cannot say what a test needs;
+//! [`Server::fake_kubelet`] finishes pods deleted on registered Nodes.
 //!
 //! kubectl is required: without it these tests fail, they do not skip.
 
@@ -14,6 +15,7 @@
 
 pub mod cluster;
 pub mod cri;
+pub mod kubelet;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};
@@ -166,38 +168,20 @@ impl Server {
     /// One HTTPS request with curl and the admin client certificate:
     /// `(status code, body)`. `body` is sent as is with `content_type`.
     pub fn curl(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
-        use std::io::Write;
-        let pki = self.dir.path().join("pki");
-        let mut child = Command::new("curl")
-            .args(["-sS", "--max-time", "30", "-X", method, "--cacert"])
-            .arg(pki.join("ca.crt"))
-            .arg("--cert")
-            .arg(pki.join("admin.crt"))
-            .arg("--key")
-            .arg(pki.join("admin.key"))
-            .args(["-H", &format!("Content-Type: {content_type}")])
-            .args(["--data-binary", "@-", "-w", "\n%{http_code}"])
-            .arg(format!("https://127.0.0.1:{}{path}", self.port))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("curl must be on the PATH");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(body)
-            .expect("curl stdin");
-        let out = child.wait_with_output().expect("curl");
-        assert!(
-            out.status.success(),
-            "curl {method} {path}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').expect("status line");
-        (code.trim().parse().expect("http code"), body.to_owned())
+        curl_at(
+            &self.dir.path().join("pki"),
+            self.port,
+            method,
+            path,
+            content_type,
+            body,
+        )
+    }
+
+    /// Finishes pods being deleted on the Node objects tests register (no
+    /// agent runs with `--disable-agent`), as long as the handle lives.
+    pub fn fake_kubelet(&self) -> kubelet::FakeKubelet {
+        kubelet::FakeKubelet::start(self.dir.path().join("pki"), self.port)
     }
 
     /// Kills the server (SIGKILL, as `kill -9`) and hands back its data
@@ -235,6 +219,60 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// [`Server::curl`] against the server on `port` whose `pki` dir holds the
+/// CA and admin certificate.
+pub fn curl_at(
+    pki: &Path,
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    try_curl_at(pki, port, method, path, content_type, body)
+        .unwrap_or_else(|err| panic!("curl {method} {path}: {err}"))
+}
+
+/// [`curl_at`], with curl's failure (no server...) as an error.
+pub fn try_curl_at(
+    pki: &Path,
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, String), String> {
+    use std::io::Write;
+    let mut child = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-X", method, "--cacert"])
+        .arg(pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(pki.join("admin.crt"))
+        .arg("--key")
+        .arg(pki.join("admin.key"))
+        .args(["-H", &format!("Content-Type: {content_type}")])
+        .args(["--data-binary", "@-", "-w", "\n%{http_code}"])
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl must be on the PATH");
+    let written = child.stdin.take().expect("stdin").write_all(body);
+    let out = child.wait_with_output().map_err(|err| err.to_string())?;
+    written.map_err(|err| err.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').ok_or("no status line")?;
+    let code = code
+        .trim()
+        .parse()
+        .map_err(|_| format!("http code {code:?}"))?;
+    Ok((code, body.to_owned()))
 }
 
 pub fn json(s: &str) -> serde_json::Value {

@@ -287,12 +287,18 @@ impl NodeAgent {
         let machine = tokio::task::spawn_blocking(move || Machine::read(&root))
             .await
             .unwrap_or_default();
+        let config_status = self
+            .config
+            .config_status_file
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok());
         let facts = Facts {
             config: &self.config,
             machine: &machine,
             runtime: &runtime,
             ip: self.ip,
             hostname: &self.hostname,
+            config_status: config_status.as_deref(),
         };
         let now = crate::controllers::objects::now();
         status::desired(&facts, &self.reported, &now)

@@ -51,6 +51,45 @@ pub struct Facts<'a> {
     pub runtime: &'a Runtime,
     pub ip: IpAddr,
     pub hostname: &'a str,
+    /// The device's config outcome (cairn-init's status line), if known.
+    pub config_status: Option<&'a str>,
+}
+
+/// The node condition that says whether the device runs the `config.toml`
+/// on its partition (False, as the pressure conditions when all is well)
+/// or fell back to the last known good copy or the defaults (True).
+pub const INVALID_CONFIG: &str = "InvalidConfig";
+
+/// `(status, reason, message)` of [`INVALID_CONFIG`] for cairn-init's
+/// status line: `ok config.toml`, `last-known-good <error>`, `defaults
+/// <error>`, or `defaults` alone (no file: a choice, not an error).
+pub fn config_condition(line: &str) -> (bool, String, String) {
+    let line = line.trim();
+    let (source, error) = line.split_once(' ').unwrap_or((line, ""));
+    match source {
+        "ok" | "file" => (
+            false,
+            "ConfigLoaded".into(),
+            "config.toml is valid and in use".into(),
+        ),
+        "last-known-good" | "lastknowngood" => (
+            true,
+            "LastKnownGood".into(),
+            format!(
+                "config.toml is not used: {error}; running with the last known good configuration"
+            ),
+        ),
+        _ if error.is_empty() => (
+            false,
+            "ConfigDefaults".into(),
+            "no config.toml: running with the defaults".into(),
+        ),
+        _ => (
+            true,
+            "ConfigDefaults".into(),
+            format!("config.toml is not used: {error}; running with the defaults"),
+        ),
+    }
 }
 
 /// A quantity of bytes in the canonical binary-SI spelling the API uses.
@@ -88,7 +127,8 @@ fn resources(m: &Machine) -> (Value, Value) {
 }
 
 /// `(type, status, reason, message)` of each condition, as upstream words them.
-fn condition_states(m: &Machine, runtime: &Runtime) -> [(&'static str, bool, String, String); 4] {
+fn condition_states(facts: &Facts<'_>) -> Vec<(&'static str, bool, String, String)> {
+    let (m, runtime) = (facts.machine, facts.runtime);
     let memory = m.memory_kib > 0 && m.memory_available_kib < MEMORY_EVICTION_KIB;
     let disk =
         m.disk_bytes > 0 && m.disk_available_bytes < percent(m.disk_bytes, DISK_EVICTION_PERCENT);
@@ -107,7 +147,7 @@ fn condition_states(m: &Machine, runtime: &Runtime) -> [(&'static str, bool, Str
         ),
         Some(why) => ("Ready", false, "KubeletNotReady".to_owned(), why.clone()),
     };
-    [
+    let mut states = vec![
         pressure(
             "MemoryPressure",
             memory,
@@ -139,12 +179,17 @@ fn condition_states(m: &Machine, runtime: &Runtime) -> [(&'static str, bool, Str
             ),
         ),
         ready,
-    ]
+    ];
+    if let Some(line) = facts.config_status {
+        let (on, reason, message) = config_condition(line);
+        states.push((INVALID_CONFIG, on, reason, message));
+    }
+    states
 }
 
 /// The conditions, keeping each one's times from `previous` (a conditions
 /// array) while its status holds; new or changed ones get `now`.
-fn conditions(m: &Machine, runtime: &Runtime, previous: &Value, now: &str) -> Value {
+fn conditions(facts: &Facts<'_>, previous: &Value, now: &str) -> Value {
     let old = |kind: &str| {
         previous
             .as_array()
@@ -152,7 +197,7 @@ fn conditions(m: &Machine, runtime: &Runtime, previous: &Value, now: &str) -> Va
             .flatten()
             .find(|c| c["type"] == kind)
     };
-    condition_states(m, runtime)
+    condition_states(facts)
         .into_iter()
         .map(|(kind, on, reason, message)| {
             let status = if on { "True" } else { "False" };
@@ -183,7 +228,7 @@ pub fn desired(facts: &Facts<'_>, previous: &Value, now: &str) -> Value {
     json!({
         "capacity": capacity,
         "allocatable": allocatable,
-        "conditions": conditions(m, facts.runtime, &previous["conditions"], now),
+        "conditions": conditions(facts, &previous["conditions"], now),
         "addresses": [
             {"type": "InternalIP", "address": facts.ip.to_string()},
             {"type": "Hostname", "address": facts.hostname},
@@ -241,6 +286,7 @@ pub fn transitions(old: &Value, new: &Value) -> Vec<&'static str> {
             "NodeHasSufficientPID",
         ),
         ("Ready", "NodeReady", "NodeNotReady"),
+        (INVALID_CONFIG, "InvalidConfig", "ConfigLoaded"),
     ];
     reasons
         .into_iter()
@@ -298,8 +344,39 @@ mod tests {
             runtime,
             ip: "10.0.0.5".parse().expect("ip"),
             hostname: "n1",
+            config_status: None,
         };
         desired(&facts, previous, now)
+    }
+
+    #[test]
+    fn the_config_outcome_is_a_condition() {
+        let (on, reason, _) = config_condition("ok config.toml\n");
+        assert!(!on);
+        assert_eq!(reason, "ConfigLoaded");
+        let (on, reason, message) =
+            config_condition("last-known-good config.toml:3:1: host.hostnme: unknown field\n");
+        assert!(on);
+        assert_eq!(reason, "LastKnownGood");
+        assert!(
+            message.contains("config.toml:3:1: host.hostnme"),
+            "{message}"
+        );
+        assert!(!config_condition("defaults").0, "no file is a choice");
+        assert!(config_condition("defaults bad file").0);
+
+        let config = Config::new("n1");
+        let facts = Facts {
+            config: &config,
+            machine: &machine(),
+            runtime: &ready(),
+            ip: "10.0.0.5".parse().expect("ip"),
+            hostname: "n1",
+            config_status: Some("last-known-good x:1:1: bad"),
+        };
+        let s = desired(&facts, &Value::Null, "t0");
+        assert_eq!(condition(&s, INVALID_CONFIG)["status"], "True");
+        assert!(transitions(&Value::Null, &s).contains(&"InvalidConfig"));
     }
 
     fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {

@@ -14,7 +14,8 @@
 //! # Layout
 //! - `pod`: pod specs (pods and every pod template): container defaults,
 //!   probes, volumes, validation, QoS class.
-//! - `workloads`: apps/v1, batch/v1 and policy/v1.
+//! - `workloads`: apps/v1, batch/v1 (and the initial status of policy/v1);
+//!   `policy`: PodDisruptionBudget validation.
 //! - `service`: Service defaults, validation and allocation; `alloc`: the
 //!   allocator (a store key per allocated IP/port).
 //! - `core_v1`: the other core kinds, storage and RBAC.
@@ -30,6 +31,7 @@
 mod alloc;
 mod core_v1;
 mod pod;
+mod policy;
 mod service;
 mod workloads;
 
@@ -295,7 +297,8 @@ fn admit(api: &Api, rt: &ResourceType, obj: &mut Value) {
 fn validate(rt: &ResourceType, old: Option<&Value>, obj: &Value) -> Result<(), ApiError> {
     let mut errors = Errors::default();
     match rt.group {
-        "apps" | "batch" | "policy" => workloads::validate(rt.kind, old, obj, &mut errors),
+        "apps" | "batch" => workloads::validate(rt.kind, old, obj, &mut errors),
+        "policy" if rt.kind == "PodDisruptionBudget" => policy::validate(obj, &mut errors),
         "" if rt.kind == "Service" => service::validate(old, obj, &mut errors),
         _ => core_v1::validate(rt, old, obj, &mut errors),
     }

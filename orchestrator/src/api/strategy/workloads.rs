@@ -180,7 +180,7 @@ fn restart_policies(kind: &str) -> &'static [&'static str] {
     }
 }
 
-/// Validation of apps/v1, batch/v1 and policy/v1 objects.
+/// Validation of apps/v1 and batch/v1 objects.
 pub fn validate(kind: &str, old: Option<&Value>, obj: &Value, errors: &mut Errors) {
     let spec = &obj["spec"];
     match kind {
@@ -210,15 +210,6 @@ pub fn validate(kind: &str, old: Option<&Value>, obj: &Value, errors: &mut Error
                 "spec.jobTemplate.spec.template.spec",
                 restart_policies(kind),
                 errors,
-            );
-        }
-        "PodDisruptionBudget"
-            if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() =>
-        {
-            errors.invalid(
-                "spec",
-                spec,
-                "minAvailable and maxUnavailable cannot be both set",
             );
         }
         _ => {}

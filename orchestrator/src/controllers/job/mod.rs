@@ -278,7 +278,16 @@ impl Jobs {
         status["ready"] = if deleted_now { 0 } else { ready }.into();
         status["succeeded"] = succeeded.into();
         status["failed"] = failed.into();
-        status["terminating"] = 0.into();
+        // Pods being deleted that have not stopped yet (their agent's
+        // grace period runs), as the cache holds them after this sync.
+        let terminating = self
+            .pods
+            .in_namespace(namespace(&job))
+            .into_iter()
+            .filter(|p| controlled_by(p, super::objects::uid(&job)) && is_deleting(p))
+            .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+            .count();
+        status["terminating"] = (terminating as i64).into();
         status["uncountedTerminatedPods"] = json!({});
         if indexed {
             status["completedIndexes"] = index_ranges(&completed).into();
