@@ -36,9 +36,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API server (and the node agent, unless --disable-agent).
-    Server(Server),
+    Server(Box<Server>),
     /// Run the node agent, joining a server.
-    Agent(Agent),
+    Agent(Box<Agent>),
     /// Ask the local server for a health endpoint (exit 0 when it answers 200).
     Healthz {
         /// The server's data dir (its `pki/` holds the CA and admin certificate).
@@ -132,6 +132,19 @@ struct Server {
     /// Import every *.tar image archive in this directory into containerd at start.
     #[arg(long, value_name = "DIR")]
     images_dir: Option<PathBuf>,
+    /// How long a node's Lease and status may go unrenewed before it is
+    /// marked Unknown and tainted unreachable.
+    #[arg(long, hide = true, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// The same for a node that never posted its status, from its creation.
+    #[arg(long, hide = true, default_value = "60s", value_parser = parse_duration)]
+    node_startup_grace_period: Duration,
+    /// Seconds pods tolerate a not-ready node by default (the toleration added to pods without one).
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// Seconds pods tolerate an unreachable node by default.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -287,8 +300,8 @@ fn main() -> anyhow::Result<()> {
             println!("cairn {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Server(args) => server(args),
-        Command::Agent(args) => agent(args),
+        Command::Server(args) => server(*args),
+        Command::Agent(args) => agent(*args),
         Command::ImportImages {
             container_runtime_endpoint,
             namespace,
@@ -366,6 +379,14 @@ fn server(args: Server) -> anyhow::Result<()> {
         retain: i64::from(args.datastore_compact_retain),
     };
     config.controllers = !args.disable_controllers;
+    config.controller_settings = cairn::controllers::Settings {
+        node_monitor_grace_period: args.node_monitor_grace_period,
+        node_startup_grace_period: args.node_startup_grace_period,
+    };
+    config.default_tolerations = cairn::api::strategy::DefaultTolerations {
+        not_ready_seconds: args.default_not_ready_toleration_seconds,
+        unreachable_seconds: args.default_unreachable_toleration_seconds,
+    };
     config.agent = (!args.disable_agent).then(|| {
         let mut agent = args.node.config(true);
         // The API server's kubelet-client certificate is signed by this CA.

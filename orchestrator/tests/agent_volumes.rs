@@ -41,7 +41,11 @@ async fn cluster() -> Cluster {
     let api = Arc::new(Api::new(store, auth));
     api.bootstrap(6443).await.expect("bootstrap");
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(cairn::controllers::run(api.clone(), stopped));
+    tokio::spawn(cairn::controllers::run(
+        api.clone(),
+        Default::default(),
+        stopped,
+    ));
     let admin = Client::new(api.clone(), "admin", "kubectl");
     let node = Client::new(api, "system:node:n1", "cairn-agent");
     let root = dir.path().join("agent");

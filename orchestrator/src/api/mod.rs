@@ -157,6 +157,10 @@ pub struct Config {
     /// Run the node agent in this process, with these settings
     /// (`--disable-agent`: none).
     pub agent: Option<crate::agent::Config>,
+    /// The controller manager's settings (node monitor grace periods).
+    pub controller_settings: crate::controllers::Settings,
+    /// Default tolerations of not-ready and unreachable nodes for pods.
+    pub default_tolerations: strategy::DefaultTolerations,
 }
 
 impl std::fmt::Debug for Config {
@@ -172,6 +176,8 @@ impl std::fmt::Debug for Config {
             .field("compaction", &self.compaction)
             .field("controllers", &self.controllers)
             .field("agent", &self.agent.as_ref().map(|a| &a.node_name))
+            .field("controller_settings", &self.controller_settings)
+            .field("default_tolerations", &self.default_tolerations)
             .finish()
     }
 }
@@ -191,6 +197,8 @@ impl Config {
             compaction: Compaction::default(),
             controllers: true,
             agent: None,
+            controller_settings: crate::controllers::Settings::default(),
+            default_tolerations: strategy::DefaultTolerations::default(),
         }
     }
 }
@@ -226,6 +234,8 @@ pub struct Api {
     services: strategy::ServiceNetwork,
     /// TLS towards node agents (logs, exec...): set once the PKI is loaded.
     agent_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
+    /// The DefaultTolerationSeconds admission plugin's settings.
+    default_tolerations: strategy::DefaultTolerations,
     /// The cluster CA certificate (PEM), served at `/cacerts`.
     ca_pem: std::sync::OnceLock<String>,
 }
@@ -276,8 +286,16 @@ impl Api {
             openapi,
             services: strategy::ServiceNetwork::default(),
             agent_tls: std::sync::OnceLock::new(),
+            default_tolerations: strategy::DefaultTolerations::default(),
             ca_pem: std::sync::OnceLock::new(),
         }
+    }
+
+    /// This API with pods tolerating not-ready and unreachable nodes for
+    /// `tolerations` by default, instead of 300 s.
+    pub fn with_default_tolerations(mut self, tolerations: strategy::DefaultTolerations) -> Api {
+        self.default_tolerations = tolerations;
+        self
     }
 
     /// The registry and documents served now (built-in and CRD kinds);
@@ -609,7 +627,9 @@ pub async fn run(
     };
     let compactor = (!config.compaction.interval.is_zero())
         .then(|| store.spawn_compactor(config.compaction.interval, config.compaction.retain));
-    let api = Arc::new(Api::new(store.clone(), auth));
+    let api = Arc::new(
+        Api::new(store.clone(), auth).with_default_tolerations(config.default_tolerations),
+    );
     let port = match config.listen.port() {
         0 => 6443,
         port => port,
@@ -652,7 +672,11 @@ pub async fn run(
         let (stop, stopped) = tokio::sync::oneshot::channel();
         (
             stop,
-            tokio::spawn(crate::controllers::run(api.clone(), stopped)),
+            tokio::spawn(crate::controllers::run(
+                api.clone(),
+                config.controller_settings,
+                stopped,
+            )),
         )
     });
     let agent = config.agent.clone().map(|agent| {

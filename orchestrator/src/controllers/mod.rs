@@ -18,9 +18,9 @@
 //! # The runtime
 //! - [`reflector`]: one per watched kind (pods, nodes, namespaces,
 //!   services, replicasets, deployments, daemonsets, statefulsets, jobs,
-//!   cronjobs, poddisruptionbudgets): list, watch from the list's
-//!   resourceVersion with bookmarks, list again on 410, in-memory cache,
-//!   change handlers.
+//!   cronjobs, poddisruptionbudgets, and the Leases in `kube-node-lease`):
+//!   list, watch from the list's resourceVersion with bookmarks, list
+//!   again on 410, in-memory cache, change handlers.
 //! - [`queue`]: per-controller work queues of object keys, de-duplicated,
 //!   never handed to two workers at once, retried with per-key exponential
 //!   back-off.
@@ -30,16 +30,18 @@
 //!   leader that cannot renew steps down and stops its loops.
 //! - Controllers: [`replicaset`], [`deployment`], [`daemonset`],
 //!   [`statefulset`], [`job`], [`cronjob`], [`gc`], [`endpoints`],
-//!   [`nodeipam`], [`localpath`] (PVCs of the default StorageClass
-//!   `local-path`), [`disruption`] (PodDisruptionBudget status, which
-//!   the API's eviction honours) and the scheduler.
+//!   [`nodeipam`], [`nodelifecycle`] (nodes whose agent went quiet),
+//!   [`tainteviction`] (pods on `NoExecute`-tainted nodes), [`localpath`]
+//!   (PVCs of the default StorageClass `local-path`), [`disruption`]
+//!   (PodDisruptionBudget status, which the API's eviction honours) and
+//!   the scheduler.
 //!
 //! `cairn server` starts the manager unless `--disable-controllers`.
 //!
 //! # Current limitations
-//! Namespace lifecycle beyond the API's own, node lifecycle and
-//! ServiceAccount tokens have no controller yet; garbage collection covers
-//! what the reflected kinds own (see [`gc`]).
+//! Namespace lifecycle beyond the API's own and ServiceAccount tokens
+//! have no controller yet; garbage collection covers what the reflected
+//! kinds own (see [`gc`]).
 
 pub mod client;
 pub mod cronjob;
@@ -53,13 +55,16 @@ pub mod job;
 pub mod leader;
 pub mod localpath;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod objects;
 pub mod queue;
 pub mod reflector;
 pub mod replicaset;
 pub mod statefulset;
+pub mod tainteviction;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tracing::info;
@@ -68,18 +73,39 @@ use crate::api::Api;
 use crate::scheduler::Scheduler;
 use client::Client;
 use reflector::{
-    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, NAMESPACES, NODES, PDBS, PODS, REPLICASETS, Reflector,
-    SERVICES, STATEFULSETS,
+    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, LEASES, NAMESPACES, NODES, PDBS, PODS, REPLICASETS,
+    Reflector, SERVICES, STATEFULSETS,
 };
 
 /// Workers per controller.
 const WORKERS: usize = 4;
 
+/// The controller manager's settings (kube-controller-manager's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// `--node-monitor-grace-period`: how long a node's heartbeats may
+    /// stand still before it is `Unknown`.
+    pub node_monitor_grace_period: Duration,
+    /// `--node-startup-grace-period`: the same for a node that never
+    /// posted a Ready condition, from its creation.
+    pub node_startup_grace_period: Duration,
+}
+
+impl Default for Settings {
+    /// Upstream's defaults: 40 s and 60 s.
+    fn default() -> Settings {
+        Settings {
+            node_monitor_grace_period: Duration::from_secs(40),
+            node_startup_grace_period: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Runs the controller manager until `shutdown` fires: elects a leader
 /// and, while this server leads, runs the loops. On shutdown a leader
 /// stops its loops and gives the Lease up, so another server takes over
 /// at once rather than after the lease duration.
-pub async fn run(api: Arc<Api>, shutdown: tokio::sync::oneshot::Receiver<()>) {
+pub async fn run(api: Arc<Api>, settings: Settings, shutdown: tokio::sync::oneshot::Receiver<()>) {
     let client = Client::new(
         api.clone(),
         "system:kube-controller-manager",
@@ -96,7 +122,7 @@ pub async fn run(api: Arc<Api>, shutdown: tokio::sync::oneshot::Receiver<()>) {
             () = elector.acquire() => {}
             _ = &mut shutdown => return,
         }
-        let mut loops = start(api.clone());
+        let mut loops = start(api.clone(), settings);
         let stop = tokio::select! {
             () = elector.hold() => false,
             // A loop ended: it should not; start over.
@@ -114,7 +140,7 @@ pub async fn run(api: Arc<Api>, shutdown: tokio::sync::oneshot::Receiver<()>) {
 }
 
 /// The reflectors and loops of one leadership term.
-fn start(api: Arc<Api>) -> JoinSet<()> {
+fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
     let client = Client::new(
         api.clone(),
         "system:kube-controller-manager",
@@ -131,6 +157,10 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     let cronjobs = Reflector::new(CRONJOBS);
     let daemonsets = Reflector::new(DAEMONSETS);
     let statefulsets = Reflector::new(STATEFULSETS);
+    let leases = Reflector::with_field_selector(
+        LEASES,
+        Some("metadata.namespace=kube-node-lease".to_owned()),
+    );
     let pdbs = Reflector::new(PDBS);
     let mut loops = JoinSet::new();
     let rs = replicaset::ReplicaSets::new(client.clone(), sets.clone(), pods.clone());
@@ -181,6 +211,18 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
     loops.spawn(
         nodeipam::NodeIpam::new(client.clone(), nodes.clone(), nodeipam::CLUSTER_CIDR).run(),
     );
+    loops.spawn(
+        nodelifecycle::NodeLifecycle::new(
+            client.clone(),
+            nodes.clone(),
+            leases.clone(),
+            pods.clone(),
+            settings,
+        )
+        .run(),
+    );
+    let evictions = tainteviction::TaintEviction::new(client.clone(), pods.clone(), nodes.clone());
+    loops.spawn(evictions.run(WORKERS));
     loops.spawn(localpath::run(client.clone(), WORKERS));
     for reflector in [
         pods,
@@ -193,6 +235,7 @@ fn start(api: Arc<Api>) -> JoinSet<()> {
         cronjobs,
         daemonsets,
         statefulsets,
+        leases,
         pdbs,
     ] {
         loops.spawn(reflector.run(client.clone()));

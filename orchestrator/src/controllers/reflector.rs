@@ -87,6 +87,12 @@ pub const DAEMONSETS: Kind = Kind {
     plural: "daemonsets",
     namespaced: true,
 };
+/// Leases (the node agents' heartbeats are in `kube-node-lease`).
+pub const LEASES: Kind = Kind {
+    api: "/apis/coordination.k8s.io/v1",
+    plural: "leases",
+    namespaced: true,
+};
 /// StatefulSets.
 pub const STATEFULSETS: Kind = Kind {
     api: "/apis/apps/v1",

@@ -150,7 +150,20 @@ pub fn evaluate(
     {
         return Err(vec!["node(s) were unschedulable".into()]);
     }
+    // A node the node lifecycle controller tainted for its Ready condition
+    // is judged by those taints, as upstream (which looks at taints only);
+    // the condition itself keeps pods off a node not tainted yet.
+    let condition_tainted = node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| {
+            t["effect"] == "NoSchedule"
+                && (t["key"] == "node.kubernetes.io/not-ready"
+                    || t["key"] == "node.kubernetes.io/unreachable")
+        });
     if !ready
+        && !condition_tainted
         && !tolerates(
             &tolerations,
             "node.kubernetes.io/not-ready",
@@ -382,6 +395,26 @@ mod tests {
         let mut unready = node("4", "8Gi");
         unready["status"]["conditions"][0]["status"] = "False".into();
         assert!(evaluate(&p, &d, &unready, &Usage::default()).is_err());
+        // A lost node: its unreachable NoSchedule taint keeps pods off,
+        // even pods tolerating the NoExecute one for a while (the default).
+        let mut lost = node("4", "8Gi");
+        lost["status"]["conditions"][0]["status"] = "Unknown".into();
+        lost["spec"]["taints"] = json!([
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"},
+        ]);
+        let mut defaulted = p.clone();
+        defaulted["spec"]["tolerations"] = json!([{"key": "node.kubernetes.io/unreachable",
+            "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]);
+        assert_eq!(
+            evaluate(&defaulted, &d, &lost, &Usage::default()),
+            Err(vec![
+                "node(s) had untolerated taint {node.kubernetes.io/unreachable: }".to_owned()
+            ])
+        );
+        let mut everywhere = p.clone();
+        everywhere["spec"]["tolerations"] = json!([{"operator": "Exists"}]);
+        assert!(evaluate(&everywhere, &d, &lost, &Usage::default()).is_ok());
     }
 
     #[test]

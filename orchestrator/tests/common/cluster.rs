@@ -63,7 +63,11 @@ impl Cluster {
         if controllers {
             let (tx, rx) = tokio::sync::oneshot::channel();
             controllers_stop = Some(tx);
-            tasks.push(tokio::spawn(cairn::controllers::run(api.clone(), rx)));
+            tasks.push(tokio::spawn(cairn::controllers::run(
+                api.clone(),
+                Default::default(),
+                rx,
+            )));
         }
         Cluster {
             api,

@@ -337,6 +337,18 @@ impl NodeAgent {
                 Err(err) => warn!(%cidr, %err, "writing the CNI configuration failed"),
             }
         }
+        // Someone else changed Ready (the node lifecycle controller marks a
+        // node Unknown when its heartbeats stopped reaching the server):
+        // start from what the server has, so it is reported again at once.
+        let ready = |status: &Value| {
+            status["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["status"].clone())
+        };
+        if ready(&node["status"]) != ready(&self.reported) {
+            self.reported = node["status"].clone();
+        }
         let mut desired = self.status().await;
         let due = self.written.is_none_or(|at| at.elapsed() >= REPORT_EVERY);
         if due || !status::unchanged(&desired, &self.reported) {

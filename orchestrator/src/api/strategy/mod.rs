@@ -35,6 +35,7 @@ mod policy;
 mod service;
 mod workloads;
 
+pub use pod::DefaultTolerations;
 pub use service::ServiceNetwork;
 
 use serde_json::{Value, json};
@@ -285,6 +286,14 @@ fn apply_defaults(rt: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The mutating admission plugins with settings of their own
+/// (DefaultTolerationSeconds on Pods), on create and update as upstream.
+fn admit(api: &Api, rt: &ResourceType, obj: &mut Value) {
+    if rt.group.is_empty() && rt.kind == "Pod" {
+        pod::default_toleration_seconds(obj, api.default_tolerations);
+    }
+}
+
 fn validate(rt: &ResourceType, old: Option<&Value>, obj: &Value) -> Result<(), ApiError> {
     let mut errors = Errors::default();
     match rt.group {
@@ -307,6 +316,7 @@ pub async fn before_create(api: &Api, rt: &ResourceType, obj: &mut Value) -> Res
         return crd::definition::prepare(None, obj, Write::Main);
     }
     apply_defaults(rt, obj)?;
+    admit(api, rt, obj);
     if let Some(meta) = obj["metadata"].as_object_mut() {
         if tracks_generation(rt) {
             meta.insert("generation".into(), 1.into());
@@ -359,6 +369,7 @@ pub async fn before_update(
         return crd::definition::prepare(Some(old), new, write);
     }
     apply_defaults(rt, new)?;
+    admit(api, rt, new);
     if rt.has(Subresource::Status)
         && let Some(map) = new.as_object_mut()
     {

@@ -154,7 +154,8 @@ pub fn default_template(template: Option<&mut Value>) {
 
 /// Pod-only defaults: `SetDefaults_Pod` (requests from limits,
 /// enableServiceLinks) and the admission plugins every cluster runs
-/// (Priority: priority 0; DefaultTolerationSeconds).
+/// (Priority: priority 0; DefaultTolerationSeconds is
+/// [`default_toleration_seconds`], which takes the server's settings).
 pub fn default_pod(pod: &mut Value) {
     let Some(spec) = pod.get_mut("spec").filter(|s| s.is_object()) else {
         return;
@@ -179,35 +180,63 @@ pub fn default_pod(pod: &mut Value) {
         default(spec, "priority", 0.into());
     }
     default_str(spec, "preemptionPolicy", "PreemptLowerPriority");
-    default_tolerations(spec);
 }
 
-/// DefaultTolerationSeconds: tolerate not-ready and unreachable nodes for
-/// 300 s unless the pod says otherwise.
-fn default_tolerations(spec: &mut Value) {
-    let Some(map) = spec.as_object_mut() else {
+/// The DefaultTolerationSeconds admission plugin's settings: how long
+/// pods tolerate a not-ready and an unreachable node by default
+/// (`--default-not-ready-toleration-seconds`,
+/// `--default-unreachable-toleration-seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DefaultTolerations {
+    /// Seconds on `node.kubernetes.io/not-ready:NoExecute`.
+    pub not_ready_seconds: i64,
+    /// Seconds on `node.kubernetes.io/unreachable:NoExecute`.
+    pub unreachable_seconds: i64,
+}
+
+impl Default for DefaultTolerations {
+    /// Upstream's 300 s for both.
+    fn default() -> DefaultTolerations {
+        DefaultTolerations {
+            not_ready_seconds: 300,
+            unreachable_seconds: 300,
+        }
+    }
+}
+
+/// DefaultTolerationSeconds (pods on create and update): a pod without a
+/// toleration of the not-ready or unreachable `NoExecute` taint gets one
+/// for the configured seconds. As upstream, any toleration with that key
+/// or no key, and the `NoExecute` effect or none, counts as one.
+pub fn default_toleration_seconds(pod: &mut Value, settings: DefaultTolerations) {
+    let Some(map) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
         return;
     };
     let tolerations = map.entry("tolerations").or_insert_with(|| json!([]));
+    if tolerations.is_null() {
+        *tolerations = json!([]);
+    }
     let Some(list) = tolerations.as_array_mut() else {
         return;
     };
-    for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
+    for (key, seconds) in [
+        ("node.kubernetes.io/not-ready", settings.not_ready_seconds),
+        (
+            "node.kubernetes.io/unreachable",
+            settings.unreachable_seconds,
+        ),
     ] {
         let covered = list.iter().any(|t| {
+            let t_key = t["key"].as_str().unwrap_or("");
             let effect = t["effect"].as_str().unwrap_or("");
-            (t["key"] == key
-                || (t["key"].as_str().unwrap_or("").is_empty() && t["operator"] == "Exists"))
-                && (effect.is_empty() || effect == "NoExecute")
+            (t_key == key || t_key.is_empty()) && (effect.is_empty() || effect == "NoExecute")
         });
         if !covered {
             list.push(json!({
                 "key": key,
                 "operator": "Exists",
                 "effect": "NoExecute",
-                "tolerationSeconds": 300,
+                "tolerationSeconds": seconds,
             }));
         }
     }
@@ -388,7 +417,11 @@ mod tests {
         assert_eq!(spec["securityContext"], json!({}));
         assert_eq!(spec["enableServiceLinks"], true);
         assert_eq!(spec["priority"], 0);
-        assert_eq!(spec["tolerations"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            spec["tolerations"],
+            Value::Null,
+            "admission's, not defaulting's"
+        );
         let c = &spec["containers"][0];
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
         assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
@@ -408,6 +441,42 @@ mod tests {
             p
         };
         assert_eq!(again, pod);
+    }
+
+    #[test]
+    fn default_toleration_seconds_as_configured() {
+        let settings = DefaultTolerations {
+            not_ready_seconds: 60,
+            unreachable_seconds: 120,
+        };
+        let mut pod = json!({"spec": {"containers": []}});
+        default_toleration_seconds(&mut pod, settings);
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 120},
+            ])
+        );
+        let again = {
+            let mut p = pod.clone();
+            default_toleration_seconds(&mut p, DefaultTolerations::default());
+            p
+        };
+        assert_eq!(again, pod, "admitting twice changes nothing");
+        // The pod's own toleration of a key (or of every key) stands.
+        let own = json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2});
+        let mut pod = json!({"spec": {"tolerations": [own]}});
+        default_toleration_seconds(&mut pod, settings);
+        assert_eq!(pod["spec"]["tolerations"].as_array().map(Vec::len), Some(2));
+        assert_eq!(pod["spec"]["tolerations"][0], own);
+        let mut pod = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_toleration_seconds(&mut pod, settings);
+        assert_eq!(pod["spec"]["tolerations"].as_array().map(Vec::len), Some(1));
+        // A NoSchedule toleration does not count.
+        let mut pod = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}]}});
+        default_toleration_seconds(&mut pod, settings);
+        assert_eq!(pod["spec"]["tolerations"].as_array().map(Vec::len), Some(3));
     }
 
     #[test]
