@@ -296,7 +296,9 @@ impl Cluster {
             if !cidr.addr.is_ipv4() {
                 return Err((
                     format!("cluster.{name}"),
-                    format!("cluster.{name} = \"{cidr}\": expected an IPv4 network (IPv6 pod and service networks are not supported yet)"),
+                    format!(
+                        "cluster.{name} = \"{cidr}\": expected an IPv4 network (IPv6 pod and service networks are not supported yet)"
+                    ),
                 ));
             }
             if cidr.prefix > max || cidr.prefix < min {
