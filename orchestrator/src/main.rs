@@ -569,8 +569,14 @@ mod tests {
         assert_eq!(config.node_ip, Some("10.0.0.2".parse().expect("ip")));
         assert!(!config.control_plane);
         assert_eq!(config.status_interval, Duration::from_secs(10));
+        // Without --ca-file the CA comes from the server, pinned by a K10 token.
+        let cli = Cli::try_parse_from(["cairn", "agent", "--server", "https://s", "--token", "t"])
+            .expect("no --ca-file");
+        let Command::Agent(a) = cli.command else {
+            panic!("not agent")
+        };
+        assert!(a.ca_file.is_none());
         for bad in [
-            &["--server", "https://s", "--token", "t"][..],
             &[
                 "--server",
                 "https://s",
@@ -580,6 +586,22 @@ mod tests {
                 "c",
                 "--node-ip",
                 "x",
+            ][..],
+            &[
+                "--server",
+                "https://s",
+                "--token",
+                "t",
+                "--node-label",
+                "no-equals",
+            ],
+            &[
+                "--server",
+                "https://s",
+                "--token",
+                "t",
+                "--node-taint",
+                "k=v:Sometimes",
             ],
             &["--token", "t", "--ca-file", "c"],
         ] {
