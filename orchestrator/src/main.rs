@@ -145,6 +145,12 @@ struct Server {
     /// Seconds pods tolerate an unreachable node by default.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// The pod network (IPv4); each node gets a /24 of it.
+    #[arg(long, value_name = "CIDR", default_value = "10.42.0.0/16", value_parser = parse_cluster_cidr)]
+    cluster_cidr: cairn::controllers::nodeipam::Cidr,
+    /// The Service network (IPv4, /12 to /28); ClusterIPs come from it.
+    #[arg(long, value_name = "CIDR", default_value = "10.43.0.0/16")]
+    service_cidr: cairn::api::strategy::ServiceNetwork,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -214,6 +220,9 @@ struct NodeArgs {
     /// cairn-init's config status file, reported as the Node condition InvalidConfig.
     #[arg(long, hide = true, value_name = "FILE")]
     config_status_file: Option<PathBuf>,
+    /// The cluster's DNS domain, in pods' resolv.conf search list.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
     /// A label for this node, key=value (repeatable).
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     node_label: Vec<(String, String)>,
@@ -255,6 +264,7 @@ impl NodeArgs {
         config.node_labels = self.node_label.iter().cloned().collect();
         config.node_taints = self.node_taint.clone();
         config.config_status_file = self.config_status_file.clone();
+        config.cluster_domain = self.cluster_domain.clone();
         config
     }
 }
@@ -268,6 +278,16 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 fn parse_san(s: &str) -> Result<String, String> {
     cairn::api::pki::check_san(s).map_err(|e| e.to_string())
+}
+
+fn parse_cluster_cidr(s: &str) -> Result<cairn::controllers::nodeipam::Cidr, String> {
+    let cidr: cairn::controllers::nodeipam::Cidr = s.parse()?;
+    if cidr.prefix() > 24 {
+        return Err(format!(
+            "{s:?}: each node gets a /24, so the network must be /24 or larger"
+        ));
+    }
+    Ok(cidr)
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -382,13 +402,16 @@ fn server(args: Server) -> anyhow::Result<()> {
     config.controller_settings = cairn::controllers::Settings {
         node_monitor_grace_period: args.node_monitor_grace_period,
         node_startup_grace_period: args.node_startup_grace_period,
+        cluster_cidr: args.cluster_cidr,
     };
+    config.service_network = args.service_cidr;
     config.default_tolerations = cairn::api::strategy::DefaultTolerations {
         not_ready_seconds: args.default_not_ready_toleration_seconds,
         unreachable_seconds: args.default_unreachable_toleration_seconds,
     };
     config.agent = (!args.disable_agent).then(|| {
         let mut agent = args.node.config(true);
+        agent.cluster_cidr = args.cluster_cidr.to_string();
         // The API server's kubelet-client certificate is signed by this CA.
         agent.client_ca_file = Some(data_dir.join("pki").join("ca.crt"));
         agent

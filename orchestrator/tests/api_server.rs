@@ -44,6 +44,10 @@ fn bad_flag_values_are_usage_errors() {
         &["--tls-san", "not a name"],
         &["--write-kubeconfig-mode", "rw-r--r--"],
         &["--no-such-flag"],
+        &["--service-cidr", "10.43.0.0/8"],
+        &["--service-cidr", "fd00::/112"],
+        &["--cluster-cidr", "10.42.0.0/25"],
+        &["--cluster-cidr", "10.42.0.0"],
     ] {
         let (code, err) = server_exits(bad);
         assert_eq!(code, 2, "{bad:?}: {err}");
@@ -382,4 +386,56 @@ fn service_account_tokens_from_kubectl_create_token() {
         "token of a deleted account: {err}"
     );
     assert!(works(server.kubectl(&["create", "token", "builder"]).trim()).0);
+}
+
+#[test]
+fn the_pod_and_service_networks_are_the_flags() {
+    let server = Server::start_with(&[
+        "--service-cidr",
+        "10.96.0.0/12",
+        "--cluster-cidr",
+        "10.50.0.0/16",
+    ]);
+    let ip = server.kubectl(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(ip, "10.96.0.1");
+    let node = server.dir.path().join("node.yaml");
+    std::fs::write(&node, "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n").expect("write");
+    server.kubectl(&["create", "-f", common::path_str(&node)]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let cidr = server.kubectl(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDR}"]);
+        if !cidr.is_empty() {
+            assert!(
+                cidr.starts_with("10.50.") && cidr.ends_with(".0/24"),
+                "{cidr}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no podCIDR from node IPAM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let svc = server.dir.path().join("svc.yaml");
+    std::fs::write(
+        &svc,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports: [{port: 80}]\n",
+    )
+    .expect("write");
+    server.kubectl(&["create", "-f", common::path_str(&svc)]);
+    let ip = server.kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let addr: std::net::Ipv4Addr = ip.parse().expect("an IPv4 ClusterIP");
+    // In 10.96.0.0/12.
+    assert_eq!(
+        u32::from(addr) >> 20,
+        u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) >> 20,
+        "{ip}"
+    );
 }

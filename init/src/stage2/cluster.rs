@@ -35,8 +35,8 @@
 //! `cluster.node_labels`, `cluster.node_taints`) become the agent's
 //! `--node-ip`/`--node-label`/`--node-taint` in both roles.
 //!
-//! Current limitations: pod/service CIDRs, cluster domain and registries
-//! are validated and not applied yet.
+//! The pod and service networks become the server's `--cluster-cidr` and
+//! `--service-cidr`, the cluster domain the agent's `--cluster-domain`.
 
 use crate::supervisor::{ServiceSpec, reaper};
 use cairn_image::config::{Config, Pem, Role};
@@ -112,6 +112,13 @@ pub fn spec(config: &Config, env: Vec<(String, String)>) -> ServiceSpec {
                 args.push("--datastore-endpoint".into());
                 args.push(endpoint.expose().to_string());
             }
+            let c = &config.cluster;
+            args.extend([
+                "--cluster-cidr".into(),
+                c.pod_cidr.to_string(),
+                "--service-cidr".into(),
+                c.service_cidr.to_string(),
+            ]);
             args
         }
         Role::Agent => {
@@ -151,6 +158,8 @@ fn node_flags(config: &Config) -> Vec<String> {
         config.host.hostname.to_string(),
         "--config-status-file".to_string(),
         super::config::STATUS_FILE.to_string(),
+        "--cluster-domain".to_string(),
+        config.cluster.cluster_domain.to_string(),
     ];
     if let Some(ip) = config.cluster.node_ip {
         args.push("--node-ip".into());
@@ -362,12 +371,18 @@ mod tests {
                 "/run/cairn/config/manifests",
                 "--tls-san",
                 "cairn",
+                "--cluster-cidr",
+                "10.42.0.0/16",
+                "--service-cidr",
+                "10.43.0.0/16",
                 "--images-dir",
                 "/run/cairn/config/images",
                 "--node-name",
                 "cairn",
                 "--config-status-file",
                 "/run/cairn/config-status",
+                "--cluster-domain",
+                "cluster.local",
             ]
         );
         assert!(!s.env.iter().any(|(k, _)| k == "CAIRN_TOKEN"));
@@ -408,6 +423,8 @@ mod tests {
                 "edge2",
                 "--config-status-file",
                 "/run/cairn/config-status",
+                "--cluster-domain",
+                "cluster.local",
                 "--node-ip",
                 "10.0.0.2",
                 "--node-label",

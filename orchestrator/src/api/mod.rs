@@ -161,6 +161,8 @@ pub struct Config {
     pub controller_settings: crate::controllers::Settings,
     /// Default tolerations of not-ready and unreachable nodes for pods.
     pub default_tolerations: strategy::DefaultTolerations,
+    /// `--service-cidr`: where ClusterIPs come from.
+    pub service_network: strategy::ServiceNetwork,
 }
 
 impl std::fmt::Debug for Config {
@@ -178,6 +180,7 @@ impl std::fmt::Debug for Config {
             .field("agent", &self.agent.as_ref().map(|a| &a.node_name))
             .field("controller_settings", &self.controller_settings)
             .field("default_tolerations", &self.default_tolerations)
+            .field("service_network", &self.service_network)
             .finish()
     }
 }
@@ -199,6 +202,7 @@ impl Config {
             agent: None,
             controller_settings: crate::controllers::Settings::default(),
             default_tolerations: strategy::DefaultTolerations::default(),
+            service_network: strategy::ServiceNetwork::default(),
         }
     }
 }
@@ -295,6 +299,12 @@ impl Api {
     /// `tolerations` by default, instead of 300 s.
     pub fn with_default_tolerations(mut self, tolerations: strategy::DefaultTolerations) -> Api {
         self.default_tolerations = tolerations;
+        self
+    }
+
+    /// This API with ClusterIPs from `network` instead of 10.43.0.0/16.
+    pub fn with_service_network(mut self, network: strategy::ServiceNetwork) -> Api {
+        self.services = network;
         self
     }
 
@@ -628,7 +638,9 @@ pub async fn run(
     let compactor = (!config.compaction.interval.is_zero())
         .then(|| store.spawn_compactor(config.compaction.interval, config.compaction.retain));
     let api = Arc::new(
-        Api::new(store.clone(), auth).with_default_tolerations(config.default_tolerations),
+        Api::new(store.clone(), auth)
+            .with_default_tolerations(config.default_tolerations)
+            .with_service_network(config.service_network),
     );
     let port = match config.listen.port() {
         0 => 6443,

@@ -89,6 +89,8 @@ pub struct Settings {
     /// `--node-startup-grace-period`: the same for a node that never
     /// posted a Ready condition, from its creation.
     pub node_startup_grace_period: Duration,
+    /// `--cluster-cidr`: the pod network node IPAM hands /24s out of.
+    pub cluster_cidr: nodeipam::Cidr,
 }
 
 impl Default for Settings {
@@ -97,6 +99,7 @@ impl Default for Settings {
         Settings {
             node_monitor_grace_period: Duration::from_secs(40),
             node_startup_grace_period: Duration::from_secs(60),
+            cluster_cidr: nodeipam::default_cluster_cidr(),
         }
     }
 }
@@ -208,9 +211,8 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
     loops.spawn(collector.run());
     let endpoints = endpoints::Endpoints::new(client.clone(), services.clone(), pods.clone());
     loops.spawn(endpoints.run(WORKERS));
-    loops.spawn(
-        nodeipam::NodeIpam::new(client.clone(), nodes.clone(), nodeipam::CLUSTER_CIDR).run(),
-    );
+    loops
+        .spawn(nodeipam::NodeIpam::new(client.clone(), nodes.clone(), settings.cluster_cidr).run());
     loops.spawn(
         nodelifecycle::NodeLifecycle::new(
             client.clone(),

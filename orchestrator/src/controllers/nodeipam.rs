@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::client::Client;
 use super::objects::name;
@@ -29,6 +29,11 @@ use super::reflector::{Reflector, key_of};
 
 /// The cluster's pod network when none is configured.
 pub const CLUSTER_CIDR: &str = "10.42.0.0/16";
+
+/// [`CLUSTER_CIDR`], parsed.
+pub fn default_cluster_cidr() -> Cidr {
+    CLUSTER_CIDR.parse().expect("the default CIDR parses")
+}
 /// Prefix length of each node's range.
 const NODE_PREFIX: u8 = 24;
 
@@ -70,6 +75,11 @@ fn mask(prefix: u8) -> u32 {
 }
 
 impl Cidr {
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// The `index`th /`prefix` subnet of this network, if it has one.
     fn subnet(&self, prefix: u8, index: u32) -> Option<Cidr> {
         if prefix < self.prefix || prefix > 32 {
@@ -104,12 +114,8 @@ pub struct NodeIpam {
 }
 
 impl NodeIpam {
-    /// Registers the handlers; `cluster_cidr` is the pod network.
-    pub fn new(client: Client, nodes: Arc<Reflector>, cluster_cidr: &str) -> NodeIpam {
-        let cluster = cluster_cidr.parse().unwrap_or_else(|err| {
-            warn!(%err, "bad cluster CIDR; using {CLUSTER_CIDR}");
-            CLUSTER_CIDR.parse().expect("the default CIDR parses")
-        });
+    /// Registers the handlers; `cluster` is the pod network.
+    pub fn new(client: Client, nodes: Arc<Reflector>, cluster: Cidr) -> NodeIpam {
         let queue = Queue::new();
         let q = queue.clone();
         nodes.on_change(Box::new(move |old, new| {

@@ -44,6 +44,30 @@ impl Default for ServiceNetwork {
     }
 }
 
+impl std::str::FromStr for ServiceNetwork {
+    type Err = String;
+
+    /// An IPv4 network of prefix /12 to /28 (`--service-cidr`; upstream
+    /// refuses ranges of more than 2^20 addresses).
+    fn from_str(s: &str) -> Result<ServiceNetwork, String> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected an IPv4 network such as 10.43.0.0/16"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (12..=28).contains(p))
+            .ok_or_else(|| format!("{s:?}: the prefix length must be 12 to 28"))?;
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        Ok(ServiceNetwork {
+            network: u32::from(ip) & mask,
+            prefix,
+            ..ServiceNetwork::default()
+        })
+    }
+}
+
 impl ServiceNetwork {
     /// Addresses handed out: all but the network and broadcast addresses.
     fn size(&self) -> u32 {
