@@ -14,9 +14,9 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Server, create_namespace_t, json};
+use common::{Server, create_namespace_t, json, wait_for};
 use serde_json::Value;
 
 /// A schedulable Node with Ready=True.
@@ -67,28 +67,6 @@ fn ready(pod: &Value) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, for at most `secs`.
-fn wait_for<T>(secs: u64, what: &str, server: &Server, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            server
-                .log()
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Waits until the budget's status has these `(field, value)` pairs.

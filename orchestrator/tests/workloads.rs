@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, create_namespace_t, json};
+use common::{Server, create_namespace_t, json, wait_for};
 use serde_json::Value;
 
 /// A Node manifest, Ready=True, with extra `labels` and `taints` (JSON).
@@ -61,28 +61,6 @@ fn phase(pod: &Value) -> &str {
 
 fn pod_name(pod: &Value) -> &str {
     pod["metadata"]["name"].as_str().expect("name")
-}
-
-/// Polls `check` every 200 ms until it returns `Some`, for at most `secs`.
-fn wait_for<T>(secs: u64, what: &str, server: &Server, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            server
-                .log()
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Sets a pod's phase (and Ready for `Running`), as the agent would.

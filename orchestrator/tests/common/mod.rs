@@ -275,6 +275,34 @@ pub fn try_curl_at(
     Ok((code, body.to_owned()))
 }
 
+/// Polls `check` every 200 ms until it returns `Some`, for at most `secs`;
+/// a timeout fails the test with the server log's last lines.
+pub fn wait_for<T>(
+    secs: u64,
+    what: &str,
+    server: &Server,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            server
+                .log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|err| panic!("not JSON ({err}): {s}"))
 }
