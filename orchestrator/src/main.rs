@@ -220,6 +220,14 @@ struct NodeArgs {
     /// cairn-init's config status file, reported as the Node condition InvalidConfig.
     #[arg(long, hide = true, value_name = "FILE")]
     config_status_file: Option<PathBuf>,
+    /// Hard eviction thresholds, the kubelet's spelling: below them the node
+    /// reports pressure (signals not named keep their defaults).
+    #[arg(
+        long,
+        value_name = "SIGNAL<VALUE,...",
+        default_value = "memory.available<100Mi,nodefs.available<10%,pid.available<10%"
+    )]
+    eviction_hard: cairn::agent::node::eviction::Thresholds,
     /// The cluster's DNS domain, in pods' resolv.conf search list.
     #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -265,6 +273,7 @@ impl NodeArgs {
         config.node_taints = self.node_taint.clone();
         config.config_status_file = self.config_status_file.clone();
         config.cluster_domain = self.cluster_domain.clone();
+        config.eviction_hard = self.eviction_hard;
         config
     }
 }

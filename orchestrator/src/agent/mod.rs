@@ -105,6 +105,9 @@ pub struct Config {
     pub system_images_dir: PathBuf,
     /// Labels the user asked for (`--node-label`), merged at every start.
     pub node_labels: std::collections::BTreeMap<String, String>,
+    /// Hard eviction thresholds (`--eviction-hard`): pressure conditions
+    /// and allocatable.
+    pub eviction_hard: node::eviction::Thresholds,
     /// cairn-init's config outcome (`/run/cairn/config-status`), reported
     /// as the Node condition `InvalidConfig`.
     pub config_status_file: Option<PathBuf>,
@@ -139,6 +142,7 @@ impl Config {
             node_labels: Default::default(),
             node_taints: Vec::new(),
             config_status_file: None,
+            eviction_hard: Default::default(),
         }
     }
 }

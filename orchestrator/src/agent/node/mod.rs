@@ -31,6 +31,7 @@
 //! as soon as the Node has a pod CIDR), False with the runtime's reason
 //! otherwise.
 
+pub mod eviction;
 pub mod lease;
 pub mod machine;
 pub mod status;

@@ -7,26 +7,21 @@
 //! [`unchanged`] compares two statuses without their heartbeat times, which
 //! is how the agent decides that a heartbeat has nothing to write.
 //!
-//! Thresholds are the kubelet's default hard eviction thresholds:
-//! `memory.available<100Mi`, `nodefs.available<10%`; process ids under
-//! pressure when fewer than 10% of `pid_max` are left. Allocatable is
-//! capacity less those thresholds (nothing is reserved for the system).
+//! Thresholds are the hard eviction thresholds of [`super::eviction`]
+//! (the kubelet's defaults unless `--eviction-hard` says otherwise).
+//! Allocatable is capacity less those thresholds (nothing is reserved for
+//! the system).
 
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use super::eviction::Thresholds;
 use super::machine::{Machine, architecture};
 use crate::agent::Config;
 
 /// Pods a node accepts (the kubelet's `maxPods` default).
 pub const MAX_PODS: u64 = 110;
-/// Memory kept available: below this the node is under memory pressure.
-const MEMORY_EVICTION_KIB: u64 = 100 * 1024;
-/// Share of the disk kept available, in percent.
-const DISK_EVICTION_PERCENT: u64 = 10;
-/// Share of process ids kept available, in percent.
-const PID_EVICTION_PERCENT: u64 = 10;
 
 /// The version this agent reports as its kubelet's (the served API's).
 pub fn kubelet_version() -> String {
@@ -107,19 +102,19 @@ fn percent(n: u64, share: u64) -> u64 {
 }
 
 /// Capacity and allocatable.
-fn resources(m: &Machine) -> (Value, Value) {
+fn resources(m: &Machine, limits: &Thresholds) -> (Value, Value) {
     let capacity = json!({
         "cpu": m.cpus.to_string(),
         "memory": format!("{}Ki", m.memory_kib),
         "ephemeral-storage": bytes_quantity(m.disk_bytes),
         "pods": MAX_PODS.to_string(),
     });
-    let disk_reserved = percent(m.disk_bytes, DISK_EVICTION_PERCENT);
+    let disk_reserved = percent(m.disk_bytes, limits.nodefs_percent);
     // Whole KiB, as capacity.
     let disk_allocatable = m.disk_bytes.saturating_sub(disk_reserved) / 1024 * 1024;
     let allocatable = json!({
         "cpu": m.cpus.to_string(),
-        "memory": format!("{}Ki", m.memory_kib.saturating_sub(MEMORY_EVICTION_KIB)),
+        "memory": format!("{}Ki", m.memory_kib.saturating_sub(limits.memory_kib)),
         "ephemeral-storage": bytes_quantity(disk_allocatable),
         "pods": MAX_PODS.to_string(),
     });
@@ -129,11 +124,12 @@ fn resources(m: &Machine) -> (Value, Value) {
 /// `(type, status, reason, message)` of each condition, as upstream words them.
 fn condition_states(facts: &Facts<'_>) -> Vec<(&'static str, bool, String, String)> {
     let (m, runtime) = (facts.machine, facts.runtime);
-    let memory = m.memory_kib > 0 && m.memory_available_kib < MEMORY_EVICTION_KIB;
+    let limits = &facts.config.eviction_hard;
+    let memory = m.memory_kib > 0 && m.memory_available_kib < limits.memory_kib;
     let disk =
-        m.disk_bytes > 0 && m.disk_available_bytes < percent(m.disk_bytes, DISK_EVICTION_PERCENT);
+        m.disk_bytes > 0 && m.disk_available_bytes < percent(m.disk_bytes, limits.nodefs_percent);
     let pids = m.pid_max > 0
-        && m.pid_max.saturating_sub(m.pids_used) < percent(m.pid_max, PID_EVICTION_PERCENT);
+        && m.pid_max.saturating_sub(m.pids_used) < percent(m.pid_max, limits.pid_percent);
     let pressure = |kind: &'static str, on: bool, yes: (&str, &str), no: (&str, &str)| {
         let (reason, message) = if on { yes } else { no };
         (kind, on, reason.to_owned(), message.to_owned())
@@ -224,7 +220,7 @@ fn conditions(facts: &Facts<'_>, previous: &Value, now: &str) -> Value {
 /// `previous` (the status last written or read).
 pub fn desired(facts: &Facts<'_>, previous: &Value, now: &str) -> Value {
     let m = facts.machine;
-    let (capacity, allocatable) = resources(m);
+    let (capacity, allocatable) = resources(m, &facts.config.eviction_hard);
     json!({
         "capacity": capacity,
         "allocatable": allocatable,
