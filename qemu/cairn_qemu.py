@@ -604,15 +604,27 @@ class Vm:
 KERNEL_TS = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
 
 
-def socket_link(name: str, port: int, listen: bool) -> list[str]:
+def socket_link(name: str, local_port: int, remote_port: int) -> list[str]:
     """QEMU arguments for a NIC on a point-to-point Ethernet link between
-    two VMs over a host TCP socket: one VM listens on 127.0.0.1:`port`, the
-    other (started after it) connects."""
-    side = "listen" if listen else "connect"
+    two VMs, its frames carried in UDP datagrams on the host's loopback:
+    this VM sends to `remote_port` and receives on `local_port`, the other
+    the other way round. Connectionless, so the two may start in any order."""
     return [
-        "-netdev", f"socket,id={name},{side}=127.0.0.1:{port}",
+        "-netdev", f"socket,id={name},udp=127.0.0.1:{remote_port},localaddr=127.0.0.1:{local_port}",
         "-device", f"virtio-net-pci,netdev={name},romfile=",
     ]
+
+
+def free_udp_ports(n: int) -> list[int]:
+    """`n` distinct UDP ports nothing on the host's loopback is bound to (now)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def uptime_of(line: str) -> tuple[float, str] | None:

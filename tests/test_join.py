@@ -2,7 +2,8 @@
 with a config from `cairn-image config init` the way a user makes them
 (the agent's from `--role agent --server ... --token <join-token>`, with no
 CA: the agent fetches the one its token pins), linked by an Ethernet
-segment between the two VMs (a second NIC on the server,
+segment between the two VMs (UDP-carried, so their start order does not
+matter; a second NIC on the server,
 `[[network.interfaces]]` with a static address and `node_ip` naming it; the
 agent's only NIC).
 
@@ -27,7 +28,7 @@ import shutil
 import pytest
 
 import harness
-from cairn_qemu import socket_link
+from cairn_qemu import free_udp_ports, socket_link
 from test_agent import free_port, kubectl, poll
 
 SERVER_IP = "192.168.77.1"
@@ -80,7 +81,8 @@ def test_agent_joins_a_server(arch, image, workdir):
     if arch != "x86_64":
         pytest.skip("the test image is built from the host's x86_64 busybox")
     archive = busybox_archive(arch, workdir)
-    port, link_port = free_port(), free_port()
+    port = free_port()
+    server_udp, agent_udp = free_udp_ports(2)
 
     # The server: DHCP on the user NIC (the forwarded API port), a static
     # address on the link to the agent.
@@ -117,11 +119,11 @@ def test_agent_joins_a_server(arch, image, workdir):
 
     server_log, agent_log = workdir / "server-console.log", workdir / "agent-console.log"
     server = harness.boot(arch, image, server_log, forwards=[(port, 6443)], memory=1024,
-                          extra=socket_link("link", link_port, listen=True))
+                          extra=socket_link("link", server_udp, agent_udp))
     agent = None
     try:
         agent = harness.boot(arch, agent_image, agent_log, memory=768, user_net=False,
-                             extra=socket_link("link", link_port, listen=False))
+                             extra=socket_link("link", agent_udp, server_udp))
         server.wait_for(harness.READY, harness.ready_timeout(arch) + 60)
         agent.wait_for(harness.READY, harness.ready_timeout(arch) + 120)
 
