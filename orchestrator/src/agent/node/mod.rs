@@ -112,12 +112,18 @@ pub struct NodeAgent {
     written: Option<Instant>,
     /// The pod CIDR whose CNI configuration is written.
     network: Option<String>,
+    /// cairn-init's config outcome, read once: it is settled at boot.
+    config_status: Option<String>,
 }
 
 impl NodeAgent {
     /// The loop for `config`'s node, talking through `client`.
     pub fn new(config: Config, client: Client) -> NodeAgent {
         let ip = config.node_ip.unwrap_or_else(machine::first_ipv4);
+        let config_status = config
+            .config_status_file
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok());
         NodeAgent {
             config,
             client,
@@ -127,6 +133,7 @@ impl NodeAgent {
             reported: Value::Null,
             written: None,
             network: None,
+            config_status,
         }
     }
 
@@ -288,18 +295,13 @@ impl NodeAgent {
         let machine = tokio::task::spawn_blocking(move || Machine::read(&root))
             .await
             .unwrap_or_default();
-        let config_status = self
-            .config
-            .config_status_file
-            .as_ref()
-            .and_then(|path| std::fs::read_to_string(path).ok());
         let facts = Facts {
             config: &self.config,
             machine: &machine,
             runtime: &runtime,
             ip: self.ip,
             hostname: &self.hostname,
-            config_status: config_status.as_deref(),
+            config_status: self.config_status.as_deref(),
         };
         let now = crate::controllers::objects::now();
         status::desired(&facts, &self.reported, &now)
