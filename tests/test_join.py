@@ -118,11 +118,13 @@ def test_agent_joins_a_server(arch, image, workdir):
     harness.mcopy_to_partition(agent_image, "config", archive, "images/busybox.tar")
 
     server_log, agent_log = workdir / "server-console.log", workdir / "agent-console.log"
-    server = harness.boot(arch, image, server_log, forwards=[(port, 6443)], memory=1024,
+    # One vCPU each: two VMs at once beside another test's VM on a 2-core
+    # host; with two each, TCG starved the guests into soft lockups.
+    server = harness.boot(arch, image, server_log, forwards=[(port, 6443)], memory=1024, smp=1,
                           extra=socket_link("link", server_udp, agent_udp))
     agent = None
     try:
-        agent = harness.boot(arch, agent_image, agent_log, memory=768, user_net=False,
+        agent = harness.boot(arch, agent_image, agent_log, memory=768, user_net=False, smp=1,
                              extra=socket_link("link", agent_udp, server_udp))
         server.wait_for(harness.READY, harness.ready_timeout(arch) + 60)
         agent.wait_for(harness.READY, harness.ready_timeout(arch) + 120)
