@@ -237,11 +237,29 @@ struct NodeArgs {
     /// A taint for this node, key[=value]:Effect (repeatable).
     #[arg(long, value_name = "TAINT", value_parser = parse_taint)]
     node_taint: Vec<cairn_image::config::values::Taint>,
+    /// Usage of the image filesystem (percent) at which unused images are
+    /// removed, least recently used first (100: never).
+    #[arg(long, value_name = "PERCENT", default_value_t = 85,
+        value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: u8,
+    /// Usage of the image filesystem (percent) image garbage collection frees down to.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80,
+        value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
+    /// Unused images younger than this (since the agent first saw them) are kept.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    image_minimum_gc_age: Duration,
+    /// A container's log file larger than this is rotated (quantity: 10Mi, 512Ki).
+    #[arg(long, value_name = "SIZE", default_value = "10Mi", value_parser = parse_size)]
+    container_log_max_size: u64,
+    /// Log files kept per container, the current one included (at least 2).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    container_log_max_files: usize,
 }
 
 impl NodeArgs {
     /// The agent's configuration; `control_plane` inside a server.
-    fn config(&self, control_plane: bool) -> cairn::agent::Config {
+    fn config(&self, control_plane: bool) -> anyhow::Result<cairn::agent::Config> {
         let name = self
             .node_name
             .clone()
@@ -274,7 +292,18 @@ impl NodeArgs {
         config.config_status_file = self.config_status_file.clone();
         config.cluster_domain = self.cluster_domain.clone();
         config.eviction_hard = self.eviction_hard;
-        config
+        config.image_gc = cairn::agent::imagegc::Policy::new(
+            self.image_gc_high_threshold,
+            self.image_gc_low_threshold,
+            self.image_minimum_gc_age,
+        )
+        .map_err(anyhow::Error::msg)?;
+        config.log_rotation = cairn::agent::logrotate::Policy::new(
+            self.container_log_max_size,
+            self.container_log_max_files,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(config)
     }
 }
 
@@ -313,6 +342,11 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 fn parse_taint(s: &str) -> Result<cairn_image::config::values::Taint, String> {
     s.parse()
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    cairn::agent::node::eviction::quantity_bytes(s)
+        .ok_or_else(|| format!("{s:?} is not a size such as 10Mi, 512Ki or 1000000"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -418,13 +452,15 @@ fn server(args: Server) -> anyhow::Result<()> {
         not_ready_seconds: args.default_not_ready_toleration_seconds,
         unreachable_seconds: args.default_unreachable_toleration_seconds,
     };
-    config.agent = (!args.disable_agent).then(|| {
-        let mut agent = args.node.config(true);
+    config.agent = if args.disable_agent {
+        None
+    } else {
+        let mut agent = args.node.config(true)?;
         agent.cluster_cidr = args.cluster_cidr.to_string();
         // The API server's kubelet-client certificate is signed by this CA.
         agent.client_ca_file = Some(data_dir.join("pki").join("ca.crt"));
-        agent
-    });
+        Some(agent)
+    };
     if let Some(dir) = args.images_dir {
         let options = cairn::images::Options {
             socket: args.node.container_runtime_endpoint.clone(),
@@ -451,7 +487,7 @@ fn agent(args: Agent) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
-    let mut config = args.node.config(false);
+    let mut config = args.node.config(false)?;
     let ca_file = args
         .ca_file
         .clone()
@@ -597,7 +633,7 @@ mod tests {
         let Command::Agent(a) = cli.command else {
             panic!("not agent")
         };
-        let config = a.node.config(false);
+        let config = a.node.config(false).expect("config");
         assert_eq!(config.node_ip, Some("10.0.0.2".parse().expect("ip")));
         assert!(!config.control_plane);
         assert_eq!(config.status_interval, Duration::from_secs(10));
@@ -655,6 +691,51 @@ mod tests {
             let mut argv = vec!["cairn", "server"];
             argv.extend_from_slice(bad);
             assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn housekeeping_flags() {
+        let agent = |extra: &[&str]| {
+            let mut args = vec!["cairn", "agent", "--server", "https://s", "--token", "t"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(Command::Agent(a)) => a.node.config(false).map_err(|e| e.to_string()),
+                Ok(_) => panic!("not agent"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let config = agent(&[]).expect("defaults");
+        assert_eq!(config.image_gc, cairn::agent::imagegc::Policy::default());
+        assert_eq!(
+            config.log_rotation,
+            cairn::agent::logrotate::Policy::default()
+        );
+        let config = agent(&[
+            "--image-gc-high-threshold=90",
+            "--image-gc-low-threshold=70",
+            "--image-minimum-gc-age=0s",
+            "--container-log-max-size=2Ki",
+            "--container-log-max-files=2",
+        ])
+        .expect("set");
+        assert_eq!(
+            (config.image_gc.high_percent, config.image_gc.low_percent),
+            (90, 70)
+        );
+        assert_eq!(config.image_gc.min_age, Duration::ZERO);
+        assert_eq!(config.log_rotation.max_size, 2048);
+        assert_eq!(config.log_rotation.max_files, 2);
+        for bad in [
+            &["--image-gc-high-threshold=101"][..],
+            &[
+                "--image-gc-high-threshold=70",
+                "--image-gc-low-threshold=80",
+            ],
+            &["--container-log-max-size=ten"],
+            &["--container-log-max-files=1"],
+        ] {
+            assert!(agent(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -21,6 +21,8 @@
 //!   reports about the machine.
 //! - [`network`]: the CNI configuration for the node's pod CIDR.
 //! - [`join`]: the cluster CA a joining agent trusts, pinned by its token.
+//! - [`imagegc`]: unused images removed when the image filesystem passes
+//!   the high threshold; [`logrotate`]: container logs rotated by size.
 //!
 //! [`run`] starts the loops; `cairn server` runs it with the in-process
 //! client (as `system:node:<node>` in `system:nodes`), `cairn agent` with a
@@ -48,7 +50,9 @@ use crate::api::User;
 use crate::controllers::client::Client;
 
 pub mod cri;
+pub mod imagegc;
 pub mod join;
+pub mod logrotate;
 pub mod logs;
 pub mod network;
 pub mod node;
@@ -114,6 +118,12 @@ pub struct Config {
     /// Taints the user asked for (`--node-taint`), added at every start
     /// where missing (never removed: taints are also the cluster's to set).
     pub node_taints: Vec<cairn_image::config::values::Taint>,
+    /// Image garbage collection (`--image-gc-high-threshold`,
+    /// `--image-gc-low-threshold`, `--image-minimum-gc-age`).
+    pub image_gc: imagegc::Policy,
+    /// Container log rotation (`--container-log-max-size`,
+    /// `--container-log-max-files`).
+    pub log_rotation: logrotate::Policy,
 }
 
 impl Config {
@@ -143,6 +153,8 @@ impl Config {
             node_taints: Vec::new(),
             config_status_file: None,
             eviction_hard: Default::default(),
+            image_gc: Default::default(),
+            log_rotation: Default::default(),
         }
     }
 }
@@ -203,6 +215,12 @@ pub async fn run(
     }
     let context = Context { config, client };
     loops.spawn(node::NodeAgent::new(context.config.clone(), context.client.clone()).run());
+    loops.spawn(imagegc::ImageGc::new(cri.clone(), context.client.clone(), &context.config).run());
+    loops.spawn(logrotate::run(
+        cri.clone(),
+        context.config.log_rotation,
+        logrotate::PERIOD,
+    ));
     loops.spawn(pods::run_on(
         cri,
         context.config.clone(),

@@ -42,13 +42,20 @@ fn percent(signal: &str, value: &str) -> Result<u64, String> {
 
 /// `100Mi`, `1Gi`, `512Ki`, `100M`, or bytes → KiB.
 fn quantity_kib(signal: &str, value: &str) -> Result<u64, String> {
-    let bad = || format!("{signal}<{value}: expected a quantity such as 100Mi");
+    quantity_bytes(value)
+        .map(|b| b / 1024)
+        .ok_or_else(|| format!("{signal}<{value}: expected a quantity such as 100Mi"))
+}
+
+/// A byte quantity as Kubernetes writes it (`100Mi`, `1Gi`, `512Ki`,
+/// `100M`, `1k`, or plain bytes); `None` when it is not one.
+pub fn quantity_bytes(value: &str) -> Option<u64> {
     let digits = value
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(value.len());
     let (number, unit) = value.split_at(digits);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let bytes = match unit {
+    let number: u64 = number.parse().ok()?;
+    let bytes: u64 = match unit {
         "" => 1,
         "Ki" => 1 << 10,
         "Mi" => 1 << 20,
@@ -56,9 +63,9 @@ fn quantity_kib(signal: &str, value: &str) -> Result<u64, String> {
         "k" => 1_000,
         "M" => 1_000_000,
         "G" => 1_000_000_000,
-        _ => return Err(bad()),
+        _ => return None,
     };
-    number.checked_mul(bytes).map(|b| b / 1024).ok_or_else(bad)
+    number.checked_mul(bytes)
 }
 
 impl FromStr for Thresholds {

@@ -116,7 +116,7 @@ pub fn os_image(os_release: &str) -> String {
 }
 
 /// Size and available bytes of the filesystem holding `path`.
-fn disk(path: &Path) -> (u64, u64) {
+pub fn disk(path: &Path) -> (u64, u64) {
     match nix::sys::statvfs::statvfs(path) {
         Ok(fs) => {
             let unit = fs.fragment_size();

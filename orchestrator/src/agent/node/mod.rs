@@ -258,34 +258,9 @@ impl NodeAgent {
         }
     }
 
-    /// Records a Node event as the kubelet does: in `default`, the
-    /// involved object's uid being the node's name (what `kubectl describe
-    /// node` looks for). Best effort.
+    /// Records a Node event (see [`event`]).
     async fn event(&self, reason: &str, message: &str) {
-        let name = &self.config.node_name;
-        let now = crate::controllers::objects::now();
-        let event = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": format!("{name}."), "namespace": "default"},
-            "involvedObject": {"kind": "Node", "name": name, "uid": name},
-            "reason": reason,
-            "message": message,
-            "type": "Normal",
-            "source": {"component": "kubelet", "host": name},
-            "reportingComponent": "kubelet",
-            "reportingInstance": name,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        });
-        if let Err(err) = self
-            .client
-            .post("/api/v1/namespaces/default/events", &event)
-            .await
-        {
-            debug!(%err, reason, "node event not written");
-        }
+        event(&self.client, &self.config.node_name, false, reason, message).await;
     }
 
     /// The status now, times carried over from the last one reported.
@@ -443,6 +418,34 @@ fn uid(node: &Value) -> &str {
 
 fn lease_uid(lease: &lease::Lease) -> &str {
     lease.node_uid()
+}
+
+/// Records a Node event as the kubelet does (a warning when `warning`):
+/// in `default`, the involved object's uid being the node's name (what
+/// `kubectl describe node` looks for). Best effort.
+pub async fn event(client: &Client, node: &str, warning: bool, reason: &str, message: &str) {
+    let now = crate::controllers::objects::now();
+    let event = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{node}."), "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": node, "uid": node},
+        "reason": reason,
+        "message": message,
+        "type": if warning { "Warning" } else { "Normal" },
+        "source": {"component": "kubelet", "host": node},
+        "reportingComponent": "kubelet",
+        "reportingInstance": node,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    });
+    if let Err(err) = client
+        .post("/api/v1/namespaces/default/events", &event)
+        .await
+    {
+        debug!(%err, reason, "node event not written");
+    }
 }
 
 #[cfg(test)]
