@@ -16,9 +16,14 @@
 //! longer running and its last output is sent, as the kubelet's does.
 //! Reading blocks, so [`stream`] runs on the blocking pool.
 //!
+//! Files rotated by [`logrotate`](super::logrotate) (`<file>.<time>`) are
+//! read back, newest first, as far as `tailLines` (more lines than the
+//! current file has) or `since` (earlier than its first line) need; a
+//! plain read is the current file only, as the kubelet's.
+//!
 //! # Current limitations
-//! - `tailLines` reads the whole current file (the kubelet rotates files
-//!   at 10 MB, so that is bounded); rotated `*.log.<time>` files are not read.
+//! - `tailLines` reads whole files (bounded by the rotation size, 10 MB).
+//! - A partial line cut by a rotation reads as two lines.
 
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -255,16 +260,58 @@ impl Writer {
 }
 
 /// Reads a whole log file's lines with `tailLines`, `since`, `timestamps`
-/// and `limitBytes` applied (no follow).
+/// and `limitBytes` applied (no follow), reading back into its rotated
+/// files as far as `tailLines` or `since` need.
 pub fn read_all(path: &Path, options: &LogOptions) -> std::io::Result<Vec<u8>> {
     let bytes = std::fs::read(path)?;
-    let mut lines = Vec::new();
-    let mut assembler = Assembler::default();
-    assembler.feed(&bytes, &mut lines);
-    assembler.finish(&mut lines);
+    let lines = with_rotated(path, lines_of(&bytes), options);
     Ok(Writer::new(options)
         .render(tail(&lines, options.tail_lines))
         .0)
+}
+
+/// The lines in `bytes`, unfinished ones included.
+fn lines_of(bytes: &[u8]) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let mut assembler = Assembler::default();
+    assembler.feed(bytes, &mut lines);
+    assembler.finish(&mut lines);
+    lines
+}
+
+/// `lines` (those of the current file at `path`) preceded by the lines of
+/// its rotated files ([`logrotate::rotated_files`](super::logrotate::rotated_files)),
+/// newest first, while `tailLines` wants more lines and `since` reaches
+/// further back. Without either only the current file is read, as the
+/// kubelet does. A rotated file that cannot be read ends the search.
+fn with_rotated(path: &Path, mut lines: Vec<Line>, options: &LogOptions) -> Vec<Line> {
+    let wants_more = |lines: &[Line]| {
+        let before_since = |since: Timestamp| lines.first().is_some_and(|l| l.time < since);
+        match (options.tail_lines, options.since) {
+            (Some(n), since) => (lines.len() as u64) < n && !since.is_some_and(before_since),
+            (None, Some(since)) => !before_since(since),
+            (None, None) => false,
+        }
+    };
+    let rotated = super::logrotate::rotated_files(path);
+    for older in rotated.iter().rev() {
+        if !wants_more(&lines) {
+            break;
+        }
+        match std::fs::read(older) {
+            Ok(bytes) => {
+                let mut before = lines_of(&bytes);
+                before.append(&mut lines);
+                lines = before;
+            }
+            Err(error) => {
+                // Removed by a rotation meanwhile: older ones are gone too.
+                tracing::debug!(path = %older.display(), %error, "rotated log not read");
+                break;
+            }
+        }
+    }
+    lines
 }
 
 fn tail(lines: &[Line], n: Option<u64>) -> &[Line] {
@@ -295,6 +342,7 @@ pub fn stream(
     file.read_to_end(&mut buf)?;
     let mut lines = Vec::new();
     assembler.feed(&buf, &mut lines);
+    let lines = with_rotated(&path, lines, &options);
     let (bytes, done) = writer.render(tail(&lines, options.tail_lines));
     if !send(bytes) || done {
         return Ok(());
@@ -452,6 +500,51 @@ mod tests {
             ..LogOptions::default()
         };
         assert_eq!(read(limited), "one\ntw");
+    }
+
+    #[test]
+    fn tail_and_since_read_back_across_rotated_files() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("0.log");
+        let entry = |s: u32, text: &str| format!("2026-01-02T03:04:{s:02}Z stdout F {text}\n");
+        // Oldest to newest: two rotated files, then the current one.
+        let files = [
+            ("0.log.20260102-030400", [entry(1, "a"), entry(2, "b")].concat()),
+            ("0.log.20260102-030403", [entry(3, "c"), entry(4, "d")].concat()),
+            ("0.log", entry(5, "e")),
+            // Another attempt's rotated file is not this log's.
+            ("1.log.20260102-030409", entry(9, "other")),
+        ];
+        for (name, text) in &files {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        }
+        let read = |options: LogOptions| {
+            String::from_utf8(read_all(&path, &options).expect("read")).expect("utf8")
+        };
+        let tail = |n| LogOptions {
+            tail_lines: Some(n),
+            ..LogOptions::default()
+        };
+        assert_eq!(read(LogOptions::default()), "e\n", "plain: the current file");
+        assert_eq!(read(tail(1)), "e\n");
+        assert_eq!(read(tail(2)), "d\ne\n");
+        assert_eq!(read(tail(4)), "b\nc\nd\ne\n");
+        assert_eq!(read(tail(100)), "a\nb\nc\nd\ne\n");
+        let since = |s: &str| Some(s.parse::<Timestamp>().expect("time"));
+        let from = |s| LogOptions {
+            since: since(s),
+            ..LogOptions::default()
+        };
+        assert_eq!(read(from("2026-01-02T03:04:04Z")), "d\ne\n");
+        assert_eq!(read(from("2026-01-02T03:04:02Z")), "b\nc\nd\ne\n");
+        assert_eq!(read(from("2026-01-02T03:04:06Z")), "");
+        // tail, then since (the kubelet's order).
+        let both = LogOptions {
+            tail_lines: Some(3),
+            since: since("2026-01-02T03:04:04Z"),
+            ..LogOptions::default()
+        };
+        assert_eq!(read(both), "d\ne\n");
     }
 
     #[test]
