@@ -545,3 +545,161 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
         })
         .await;
 }
+
+/// The files in the log directory of container `app` of the pod `uid`.
+fn app_log_files(log_dir: &std::path::Path, uid: &str) -> Vec<String> {
+    let dir = log_dir.join(format!("default_{POD}_{uid}/app"));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Log rotation (`cairn::agent::logrotate`, a 1 KiB maximum size, 3
+/// files, checked every second) of a container printing ~14 KB: files are
+/// rotated and their number stays at 3 at most; `kubectl logs` reads the
+/// current file, `--tail` and `--since` read back across the rotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_are_rotated_and_read_back_across_rotations() {
+    let containerd = Containerd::start();
+    import_image(&containerd);
+    let mut cri = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Cri::connect(&containerd.socket()).await {
+                Ok(cri) => break cri,
+                Err(err) => {
+                    assert!(Instant::now() < deadline, "{err}\n{}", containerd.log());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    };
+    let server = Server::start_with(&["--disable-controllers"]);
+    let ca = std::fs::read_to_string(server.dir.path().join("pki/ca.crt")).expect("ca");
+    let mut config = cairn::agent::Config::new(NODE);
+    config.agent_port = 0;
+    config.node_ip = Some("127.0.0.1".parse().expect("ip"));
+    config.pod_log_dir = containerd.log_dir();
+    let agent = AgentServer::bind(&config, cri.clone(), &ca)
+        .await
+        .expect("agent api");
+    let agent_port = agent.local_addr().expect("addr").port();
+    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_task = tokio::spawn(agent.serve(async {
+        let _ = stopped.await;
+    }));
+    let policy = cairn::agent::logrotate::Policy::new(1024, 3).expect("policy");
+    let rotation = tokio::spawn(cairn::agent::logrotate::run(
+        cri.clone(),
+        policy,
+        Duration::from_secs(1),
+    ));
+
+    let uid = write_objects(&server, agent_port);
+    let sandbox_cfg = sandbox_config(&uid, &containerd.log_dir());
+    let sandbox = cri
+        .runtime
+        .run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(sandbox_cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", containerd.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    // ~48 bytes a line, 300 lines over 6 s or more, then two last lines.
+    let app = start_container(
+        &mut cri,
+        &sandbox,
+        &sandbox_cfg,
+        "app",
+        0,
+        "i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo line $i; sleep 0.02; done; \
+         sleep 2; echo last-a; echo last-b; exec sleep 3600",
+    )
+    .await;
+    set_pod_running(&server, &[("app", &app, 0)]);
+
+    // Rotated while it prints; never more than 3 files.
+    let mut most = 0;
+    let mut rotated_seen = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let files = app_log_files(&containerd.log_dir(), &uid);
+        most = most.max(files.len());
+        rotated_seen |= files.iter().any(|f| f.starts_with("0.log."));
+        let current = std::fs::read_to_string(
+            containerd
+                .log_dir()
+                .join(format!("default_{POD}_{uid}/app/0.log")),
+        )
+        .unwrap_or_default();
+        if current.contains("last-b") && current.len() <= 1024 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no end: {files:?}\n{}",
+            containerd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated_seen, "the log was never rotated");
+    assert!(most <= 3, "{most} files at once");
+    // Let another round pass: the current file is under the size, kept.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let files = app_log_files(&containerd.log_dir(), &uid);
+    assert!(
+        (2..=3).contains(&files.len()) && files.iter().any(|f| f.starts_with("0.log.")),
+        "{files:?}"
+    );
+
+    let expected = |n: usize| -> Vec<String> {
+        let mut all: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+        all.extend(["last-a".to_owned(), "last-b".to_owned()]);
+        all.split_off(all.len() - n)
+    };
+    // Plain: the current file only (as the kubelet), under 1 KiB: < 22 lines.
+    let current = tokio::task::block_in_place(|| server.kubectl(&["logs", POD, "-c", "app"]));
+    let current: Vec<String> = current.lines().map(str::to_owned).collect();
+    assert!(
+        !current.is_empty() && current.len() < 22,
+        "current file: {current:?}"
+    );
+    assert_eq!(current, expected(current.len()));
+    // --tail beyond the current file reads back across the rotation.
+    let tail = tokio::task::block_in_place(|| {
+        server.kubectl(&["logs", POD, "-c", "app", "--tail=40"])
+    });
+    let tail: Vec<String> = tail.lines().map(str::to_owned).collect();
+    assert_eq!(tail, expected(40));
+    // --since an hour: everything the kept files hold, in order.
+    let since = tokio::task::block_in_place(|| {
+        server.kubectl(&["logs", POD, "-c", "app", "--since=1h"])
+    });
+    let since: Vec<String> = since.lines().map(str::to_owned).collect();
+    assert!(since.len() > 40, "{}", since.len());
+    assert_eq!(since, expected(since.len()));
+
+    rotation.abort();
+    let _ = stop_agent.send(());
+    let _ = agent_task.await;
+    let _ = cri
+        .runtime
+        .stop_pod_sandbox(api::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await;
+    let _ = cri
+        .runtime
+        .remove_pod_sandbox(api::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await;
+}
