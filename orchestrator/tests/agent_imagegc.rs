@@ -2,8 +2,8 @@
 //! (`common/cri.rs`), the API in this process and the agent's pods loop:
 //! with the thresholds at 0 % (a round is forced whatever the disk's
 //! usage), an image no container uses is removed, the image of a running
-//! pod and the pod sandbox image stay, an image first seen after the
-//! agent's first look is kept for the minimum age, and the shortfall is
+//! pod and the pod sandbox image stay, an unused image seen less than the
+//! minimum age ago is kept, and the shortfall is
 //! reported as the Node event `FreeDiskSpaceFailed`.
 //!
 //! Needs root, containerd, runc, the CNI plugins and busybox-static.
@@ -86,24 +86,29 @@ async fn unused_images_go_used_pinned_and_young_ones_stay() {
 
     // High and low thresholds at 0 %: every used byte is to free, more
     // than unused images hold, so a round always runs and always falls short.
-    config.image_gc = Policy::new(0, 0, Duration::from_secs(3600)).expect("policy");
-    let mut gc = ImageGc::new(runtime.cri().await, client, &config);
+    config.image_gc = Policy::new(0, 0, Duration::ZERO).expect("policy");
+    let mut gc = ImageGc::new(runtime.cri().await, client.clone(), &config);
     let first = gc.collect().await;
     assert!(
         matches!(first, Err(GcError::NotEnough { found, .. }) if found > 0),
         "{first:?}"
     );
     assert!(!has(&runtime, OLD).await, "the unused image is removed");
-    assert!(has(&runtime, BUSYBOX).await, "the running pod's image stays");
+    assert!(
+        has(&runtime, BUSYBOX).await,
+        "the running pod's image stays"
+    );
     assert!(
         has(&runtime, &runtime.sandbox_image).await,
         "the sandbox image stays"
     );
 
-    // Seen after the first look: younger than the minimum age, kept.
+    // With an hour's minimum age, an unused image just seen is kept.
     runtime
         .import(&[(NEW, busybox_archive(NEW, &["/bin/false"]))])
         .await;
+    config.image_gc = Policy::new(0, 0, Duration::from_secs(3600)).expect("policy");
+    let mut gc = ImageGc::new(runtime.cri().await, client, &config);
     let second = gc.collect().await;
     assert!(
         matches!(second, Err(GcError::NotEnough { found: 0, .. })),

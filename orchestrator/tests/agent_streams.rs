@@ -674,15 +674,13 @@ async fn logs_are_rotated_and_read_back_across_rotations() {
     );
     assert_eq!(current, expected(current.len()));
     // --tail beyond the current file reads back across the rotation.
-    let tail = tokio::task::block_in_place(|| {
-        server.kubectl(&["logs", POD, "-c", "app", "--tail=40"])
-    });
+    let tail =
+        tokio::task::block_in_place(|| server.kubectl(&["logs", POD, "-c", "app", "--tail=40"]));
     let tail: Vec<String> = tail.lines().map(str::to_owned).collect();
     assert_eq!(tail, expected(40));
     // --since an hour: everything the kept files hold, in order.
-    let since = tokio::task::block_in_place(|| {
-        server.kubectl(&["logs", POD, "-c", "app", "--since=1h"])
-    });
+    let since =
+        tokio::task::block_in_place(|| server.kubectl(&["logs", POD, "-c", "app", "--since=1h"]));
     let since: Vec<String> = since.lines().map(str::to_owned).collect();
     assert!(since.len() > 40, "{}", since.len());
     assert_eq!(since, expected(since.len()));

@@ -509,8 +509,14 @@ mod tests {
         let entry = |s: u32, text: &str| format!("2026-01-02T03:04:{s:02}Z stdout F {text}\n");
         // Oldest to newest: two rotated files, then the current one.
         let files = [
-            ("0.log.20260102-030400", [entry(1, "a"), entry(2, "b")].concat()),
-            ("0.log.20260102-030403", [entry(3, "c"), entry(4, "d")].concat()),
+            (
+                "0.log.20260102-030400",
+                [entry(1, "a"), entry(2, "b")].concat(),
+            ),
+            (
+                "0.log.20260102-030403",
+                [entry(3, "c"), entry(4, "d")].concat(),
+            ),
             ("0.log", entry(5, "e")),
             // Another attempt's rotated file is not this log's.
             ("1.log.20260102-030409", entry(9, "other")),
@@ -525,7 +531,11 @@ mod tests {
             tail_lines: Some(n),
             ..LogOptions::default()
         };
-        assert_eq!(read(LogOptions::default()), "e\n", "plain: the current file");
+        assert_eq!(
+            read(LogOptions::default()),
+            "e\n",
+            "plain: the current file"
+        );
         assert_eq!(read(tail(1)), "e\n");
         assert_eq!(read(tail(2)), "d\ne\n");
         assert_eq!(read(tail(4)), "b\nc\nd\ne\n");

@@ -11,8 +11,10 @@
 //!   exited container may be restarted). Never removed: images CRI reports
 //!   `pinned` and the pod sandbox image, in use or not.
 //! - First-detected and last-used times live in memory ([`policy::Records`]);
-//!   images already there at the agent's first look count as old, images
-//!   seen later are kept for `--image-minimum-gc-age` (2 min).
+//!   an image is kept for `--image-minimum-gc-age` (2 min) from when the
+//!   agent first saw it, images already there at its start included (the
+//!   kubelet counts those as old; here images imported at boot for
+//!   air-gapped use stay until the pods wanting them had time to start).
 //! - A round that cannot free enough records the Node warning
 //!   `FreeDiskSpaceFailed`; a second failing round in a row also
 //!   `ImageGCFailed`, as the kubelet does. Each removed image is logged.

@@ -86,9 +86,8 @@ pub struct Seen {
 /// What the collector remembers of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// When first seen; `None`: already there at the agent's first look
-    /// (old enough to go, as the kubelet treats images found at start).
-    pub first_detected: Option<Instant>,
+    /// When the agent first saw it (at its start for images already there).
+    pub first_detected: Instant,
     /// When last seen used by a container; `None`: never seen used.
     pub last_used: Option<Instant>,
     /// Its size.
@@ -101,21 +100,23 @@ pub struct Record {
 #[derive(Debug, Default)]
 pub struct Records {
     images: HashMap<String, Record>,
-    initialized: bool,
 }
 
 impl Records {
     /// Takes in the images the runtime has now and the ids in use by a
-    /// container: new images are recorded (as detected `now`, or as old
-    /// at the first look), used ones marked used `now`, gone ones forgotten.
+    /// container: new images are recorded as detected `now`, used ones
+    /// marked used `now`, gone ones forgotten.
+    ///
+    /// Unlike the kubelet, which counts images there at its first look as
+    /// old, every image gets the minimum age from when the agent first saw
+    /// it: images imported at boot for air-gapped use are not removed
+    /// before the pods that want them had time to start.
     pub fn detect(&mut self, images: &[Seen], in_use: &HashSet<String>, now: Instant) {
-        let detected = self.initialized.then_some(now);
-        self.initialized = true;
         let present: HashSet<&str> = images.iter().map(|i| i.id.as_str()).collect();
         self.images.retain(|id, _| present.contains(id.as_str()));
         for image in images {
             let record = self.images.entry(image.id.clone()).or_insert(Record {
-                first_detected: detected,
+                first_detected: now,
                 last_used: None,
                 size: 0,
                 pinned: false,
@@ -152,8 +153,7 @@ impl Records {
                 !in_use.contains(*id)
                     && !r.pinned
                     && r.last_used.is_none_or(|t| t < now)
-                    && r.first_detected
-                        .is_none_or(|t| now.saturating_duration_since(t) >= min_age)
+                    && now.saturating_duration_since(r.first_detected) >= min_age
             })
             .collect();
         candidates.sort_by(|(a_id, a), (b_id, b)| {
@@ -224,19 +224,22 @@ mod tests {
         let none = HashSet::new();
         let running: HashSet<String> = ["running".to_owned()].into();
         let early: HashSet<String> = ["used-early".to_owned(), "running".to_owned()].into();
-        // First look: all there "before start".
         records.detect(&images, &early, at(0));
-        assert_eq!(records.get("old").expect("old").first_detected, None);
+        assert_eq!(records.get("old").expect("old").first_detected, at(0));
+        let min_age = Duration::from_secs(120);
+        // Everything is younger than the minimum age at first.
+        assert!(
+            records
+                .choose(u64::MAX, &none, at(60), min_age)
+                .0
+                .is_empty()
+        );
         records.detect(&images, &running, at(100));
-        // A new image, seen now, too young for a 2 min minimum age.
+        // A new image, seen later, too young for a while.
         let mut later = images.to_vec();
         later.push(seen("fresh", 40));
         records.detect(&later, &running, at(200));
-        assert_eq!(
-            records.get("fresh").expect("fresh").first_detected,
-            Some(at(200))
-        );
-        let min_age = Duration::from_secs(120);
+        assert_eq!(records.get("fresh").expect("fresh").first_detected, at(200));
         // Never used goes before used long ago; running, pinned and fresh stay.
         let (chosen, freed) = records.choose(u64::MAX, &running, at(250), min_age);
         assert_eq!(chosen, ["old", "used-early"]);
