@@ -9,7 +9,9 @@
 //! the pods part uses (sandbox metadata = the Pod's namespace, name and
 //! uid; logs in `<ns>_<name>_<uid>/<container>/<attempt>.log`), and writes
 //! the matching Pod and Node objects (status included) through the API.
-//! The image is built here from the host's static busybox.
+//! The image is built here from the host's static busybox. A second test
+//! runs the agent's log rotation on a chatty container and reads the
+//! logs back across the rotated files.
 //!
 //! Needs root, `containerd`, `runc`, `ctr`, `kubectl`, `curl` and
 //! `/bin/busybox` (a static one); without them the test fails.
