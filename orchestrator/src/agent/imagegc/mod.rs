@@ -23,7 +23,7 @@
 
 pub mod policy;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,8 @@ pub struct ImageGc {
     fallback_fs: PathBuf,
     policy: Policy,
     records: policy::Records,
+    /// Tags of each image id, as last listed (for the logs).
+    tags: HashMap<String, Vec<String>>,
 }
 
 impl ImageGc {
@@ -88,6 +90,7 @@ impl ImageGc {
             fallback_fs: config.root_dir.clone(),
             policy: config.image_gc,
             records: policy::Records::default(),
+            tags: HashMap::new(),
         }
     }
 
@@ -156,7 +159,8 @@ impl ImageGc {
             let size = self.records.get(&id).map_or(0, |r| r.size);
             match self.remove(&id).await {
                 Ok(()) => {
-                    info!(image = %id, size, "removed an unused image");
+                    let tags = self.tags.get(&id).cloned().unwrap_or_default();
+                    info!(image = %id, ?tags, size, "removed an unused image");
                     outcome.freed = outcome.freed.saturating_add(size);
                     outcome.removed.push(id);
                 }
@@ -215,6 +219,10 @@ impl ImageGc {
         }
         let sandbox_id = self.sandbox_image_id().await?;
         let mut in_use = HashSet::new();
+        self.tags = images
+            .iter()
+            .map(|i| (i.id.clone(), i.repo_tags.clone()))
+            .collect();
         let seen = images
             .into_iter()
             .map(|image| {
