@@ -20,6 +20,15 @@
 //!   `ImageGCFailed`, as the kubelet does. Each removed image is logged.
 //!
 //! The decisions are [`policy`]'s, as data; this module does the I/O.
+//!
+//! # Current limitations
+//! - No `--image-maximum-gc-age` (unused images are only removed under
+//!   disk pressure).
+//! - The records live in memory: after a restart every image waits the
+//!   minimum age again and last-used times start over.
+//! - Only the image filesystem is watched; container writable layers on
+//!   the same filesystem are not counted apart (containerd 1.6 reports no
+//!   separate container filesystem).
 
 pub mod policy;
 
