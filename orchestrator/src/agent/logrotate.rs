@@ -183,50 +183,72 @@ enum RotateError {
     Cri(#[from] CriError),
 }
 
+/// What [`rename_if_needed`] found or did.
+enum Step {
+    /// No current file: containerd is to write a new one.
+    Missing,
+    /// Under the size, or rotated this second already.
+    Kept,
+    /// Renamed to `.0`; `.1` bytes.
+    Renamed(PathBuf, u64),
+}
+
 async fn rotate_if_needed(
     cri: &mut Cri,
     id: &str,
     path: &Path,
     policy: Policy,
 ) -> Result<(), RotateError> {
-    let size = match tokio::fs::metadata(path).await {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Removed underneath (or a rotation whose reopen failed):
-            // have containerd write a new one.
-            reopen(cri, id).await?;
-            return Ok(());
+    let owned = path.to_owned();
+    let step = tokio::task::spawn_blocking(move || rename_if_needed(&owned, policy))
+        .await
+        .map_err(std::io::Error::other)??;
+    match step {
+        Step::Kept => Ok(()),
+        // Removed underneath (or a rotation whose reopen failed).
+        Step::Missing => Ok(reopen(cri, id).await?),
+        Step::Renamed(target, size) => {
+            if let Err(error) = reopen(cri, id).await {
+                // Put it back: containerd still writes to it.
+                if let Err(e) = std::fs::rename(&target, path) {
+                    warn!(path = %target.display(), %e, "a rotated log could not be put back");
+                }
+                return Err(error.into());
+            }
+            info!(container = %id, path = %path.display(), size, "rotated a container log");
+            Ok(())
         }
-        Err(e) => return Err(e.into()),
+    }
+}
+
+/// Blocking: when the file at `path` is over the size, deletes the
+/// rotated files beyond the count and renames it to `<path>.<stamp>`.
+fn rename_if_needed(path: &Path, policy: Policy) -> std::io::Result<Step> {
+    let size = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Step::Missing),
+        Err(e) => return Err(e),
     };
     if size <= policy.max_size {
-        return Ok(());
+        return Ok(Step::Kept);
     }
     let rotated = rotated_files(path);
     for old in excess(&rotated, policy.max_files) {
-        match tokio::fs::remove_file(old).await {
+        match std::fs::remove_file(old) {
             Ok(()) => debug!(path = %old.display(), "removed a rotated log"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     let mut target = path.as_os_str().to_owned();
     target.push(format!(".{}", stamp(jiff::Timestamp::now())));
     let target = PathBuf::from(target);
-    if tokio::fs::try_exists(&target).await? {
+    if target.try_exists()? {
         debug!(path = %target.display(), "rotated this second already; next round");
-        return Ok(());
+        return Ok(Step::Kept);
     }
-    tokio::fs::rename(path, &target).await?;
-    if let Err(error) = reopen(cri, id).await {
-        // Put it back: containerd still writes to it.
-        if let Err(e) = tokio::fs::rename(&target, path).await {
-            warn!(path = %target.display(), %e, "a rotated log could not be put back");
-        }
-        return Err(error.into());
-    }
-    info!(container = %id, path = %path.display(), size, "rotated a container log");
-    Ok(())
+    std::fs::rename(path, &target)?;
+    Ok(Step::Renamed(target, size))
 }
 
 async fn reopen(cri: &mut Cri, id: &str) -> Result<(), CriError> {
