@@ -34,6 +34,8 @@ pub mod grub;
 #[cfg(feature = "host")]
 pub mod initramfs;
 #[cfg(feature = "host")]
+pub mod iptables;
+#[cfg(feature = "host")]
 pub mod inspect;
 #[cfg(feature = "host")]
 pub mod modules;
