@@ -91,7 +91,9 @@ pub const MODULES: [&str; 11] = [
 
 /// The extension directory, relative to the tree.
 fn xtables_dir(arch: Arch) -> PathBuf {
-    PathBuf::from("usr/lib").join(arch.multiarch()).join("xtables")
+    PathBuf::from("usr/lib")
+        .join(arch.multiarch())
+        .join("xtables")
 }
 
 /// ELF files to copy with their library closure: the program and the

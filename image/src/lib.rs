@@ -34,9 +34,9 @@ pub mod grub;
 #[cfg(feature = "host")]
 pub mod initramfs;
 #[cfg(feature = "host")]
-pub mod iptables;
-#[cfg(feature = "host")]
 pub mod inspect;
+#[cfg(feature = "host")]
+pub mod iptables;
 #[cfg(feature = "host")]
 pub mod modules;
 #[cfg(feature = "host")]
