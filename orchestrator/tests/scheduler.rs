@@ -193,15 +193,21 @@ fn required_anti_affinity_puts_one_replica_per_node() {
     // A fourth node takes one of the two waiting pods; whichever comes
     // first keeps the other off (its own terms, or the replica's).
     register_nodes(&server, &[node("n4", "2", "b", "", "")]);
-    let (bound, waiting) = settle(&server, 4, 5);
+    let (bound, waiting) = wait_for(30, "the other pod reconsidered", &server, || {
+        let (bound, waiting) = settle(&server, 4, 5);
+        waiting[0].starts_with("0/4").then_some((bound, waiting))
+    });
     assert_eq!(
         bound.values().filter(|n| *n == "n4").count(),
         1,
         "{bound:?}"
     );
+    let reason = waiting[0].as_str();
     assert!(
-        waiting[0].starts_with("0/4 nodes are available: 4 node(s) didn't"),
-        "{waiting:?}"
+        reason == "0/4 nodes are available: 4 node(s) didn't match pod anti-affinity rules."
+            || reason
+                == "0/4 nodes are available: 4 node(s) didn't satisfy existing pods anti-affinity rules.",
+        "{reason}"
     );
 }
 
