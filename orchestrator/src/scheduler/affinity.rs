@@ -133,7 +133,7 @@ impl Term {
 
     /// Whether `pod` is one the term selects (namespace and labels).
     pub fn matches(&self, pod: &PodMeta, ns_labels: &NsLabels<'_>) -> bool {
-        let in_namespace = self.namespaces.iter().any(|n| *n == pod.namespace)
+        let in_namespace = self.namespaces.contains(&pod.namespace)
             || (self.namespace_selector.is_object()
                 && selector_matches(&self.namespace_selector, &ns_labels(&pod.namespace)));
         in_namespace && selector_matches(&self.selector, &pod.labels)
@@ -275,7 +275,8 @@ impl Filter {
         }
         // The first of a group of pods with affinity to each other: no pod
         // matches anywhere, and the pod matches its own terms.
-        if !pods_exist && !(self.affinity.is_empty() && self.self_match) {
+        let first_of_group = self.affinity.is_empty() && self.self_match;
+        if !pods_exist && !first_of_group {
             return Err(AFFINITY);
         }
         for term in &self.required_anti {

@@ -76,7 +76,7 @@ pub fn intolerable_taints(pod: &Value, node: &Value) -> i64 {
         .filter(|t| {
             let key = t["key"].as_str().unwrap_or("");
             let value = t["value"].as_str().unwrap_or("");
-            !tolerates(&tolerations, key, value, "PreferNoSchedule")
+            !tolerates(tolerations, key, value, "PreferNoSchedule")
         })
         .count() as i64
 }

@@ -48,7 +48,7 @@ impl Constraint {
             .as_array()
             .map_or(&[][..], Vec::as_slice);
         (!self.honor_affinity || matches_node(pod, node))
-            && (!self.honor_taints || untolerated_taint(&tolerations, node).is_none())
+            && (!self.honor_taints || untolerated_taint(tolerations, node).is_none())
     }
 
     /// The pods of `pods` in `namespace` it counts.
