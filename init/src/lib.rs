@@ -10,6 +10,7 @@
 
 pub mod log;
 pub mod network;
+pub mod prefetch;
 pub mod stage1;
 pub mod stage2;
 pub mod supervisor;

@@ -78,12 +78,15 @@ pub fn load(
 /// [`load`] on two threads: drivers (`kernel/drivers/`, with `defer`) on
 /// this one, everything else (filesystems, libraries, crypto) on another.
 /// Most of a module load is the kernel checking and relocating it, which
-/// runs in parallel. A module whose dependency was loading on the other
+/// runs in parallel. Once the drivers are in, `meanwhile` runs on this
+/// thread while the other may still be loading; it is told whether that
+/// thread is done. A module whose dependency was loading on the other
 /// thread fails the first time (unknown symbol), so failures are retried
 /// once both are done.
 pub fn load_parallel(
     modules: Vec<PathBuf>,
     defer: impl FnMut(&Path) -> bool,
+    meanwhile: impl FnOnce(&dyn Fn() -> bool),
 ) -> ((usize, usize), Vec<PathBuf>) {
     let start = Instant::now();
     let (drivers, others): (Vec<_>, Vec<_>) = modules
@@ -93,6 +96,10 @@ pub fn load_parallel(
         .name("modules".into())
         .spawn(move || load_each(others, |_| false, false));
     let mut run = load_each(drivers, defer, false);
+    match &other_thread {
+        Ok(handle) => meanwhile(&|| handle.is_finished()),
+        Err(_) => meanwhile(&|| true),
+    }
     match other_thread {
         Ok(handle) => match handle.join() {
             Ok(other) => run.merge(other),

@@ -7,6 +7,7 @@ use cairn_image::config::cluster::Registries;
 use containerd_client::services::v1::version_client::VersionClient;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// containerd's gRPC socket.
 pub const SOCKET: &str = "/run/containerd/containerd.sock";
@@ -37,6 +38,15 @@ pub fn config_text(registries: &Registries) -> String {
 version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
+# Snapshotters for filesystems the device does not have, and /opt (the root
+# is read-only): each only costs start-up time to find out it cannot run.
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.internal.v1.opt",
+]
 
 [grpc]
   address = "{SOCKET}"
@@ -50,23 +60,6 @@ state = "/run/containerd"
     );
     text.push_str(&super::registries::cri_section(registries));
     text
-}
-
-/// Reads containerd's binary into the page cache on a thread of its own.
-/// containerd's start is mostly the kernel decompressing its ~45 MB from
-/// squashfs as it faults pages in, one at a time; reading the file ahead,
-/// on the other CPU, turns those faults into cache hits.
-pub fn prefetch() {
-    let spawned = std::thread::Builder::new()
-        .name("prefetch".into())
-        .spawn(|| {
-            if let Ok(mut file) = std::fs::File::open(PROGRAM) {
-                let _ = std::io::copy(&mut file, &mut std::io::sink());
-            }
-        });
-    if let Err(error) = spawned {
-        tracing::debug!(%error, "no prefetch thread");
-    }
 }
 
 /// Writes the configuration and the registry hosts files, and creates the
@@ -106,14 +99,32 @@ async fn version() -> Result<String> {
     Ok(reply.into_inner().version)
 }
 
-/// Polls containerd's `Version` every 100 ms until it answers.
+/// How often readiness asks: until the socket exists an attempt is one
+/// `stat`, so asking often costs nothing and sees the answer sooner.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls containerd's `Version` until it answers; returns its version.
 pub async fn wait_ready() -> String {
     loop {
-        if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(2), version()).await {
+        if Path::new(SOCKET).exists()
+            && let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(2), version()).await
+        {
             return v;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL).await;
     }
+}
+
+/// Watches containerd from its start: the receiver holds its version once
+/// it has answered (logged then, the boot's "containerd answered").
+pub fn watch_ready() -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let version = wait_ready().await;
+        tracing::info!(%version, "containerd answered");
+        let _ = tx.send(Some(version));
+    });
+    rx
 }
 
 #[cfg(test)]
@@ -126,6 +137,18 @@ mod tests {
         assert!(text.contains("version = 2\n"));
         assert!(text.contains("root = \"/var/lib/containerd\""));
         assert!(text.contains("state = \"/run/containerd\""));
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        let disabled = parsed["disabled_plugins"].as_array().unwrap();
+        assert!(
+            disabled
+                .iter()
+                .any(|p| p.as_str() == Some("io.containerd.snapshotter.v1.aufs"))
+        );
+        assert!(
+            !disabled
+                .iter()
+                .any(|p| p.as_str().is_some_and(|p| p.ends_with("overlayfs")))
+        );
         assert!(text.contains("address = \"/run/containerd/containerd.sock\""));
         assert!(text.contains("[plugins.\"io.containerd.grpc.v1.cri\".cni]"));
         assert!(text.contains("bin_dir = \"/usr/lib/cni\""));

@@ -38,7 +38,7 @@ use cairn_image::{Slot, layout};
 use std::convert::Infallible;
 use std::path::Path;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// How long the system may take to become healthy before init reboots so
 /// that the boot loader can fall back (`cairn.health_timeout=<seconds>`).
@@ -47,6 +47,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(600);
 /// The module containerd needs before it starts (its overlayfs snapshotter
 /// probes for it).
 const CONTAINERD_MODULE: &str = "overlay";
+/// How long the rest of the boot waits for containerd to answer first.
+const CONTAINERD_FIRST: Duration = Duration::from_secs(20);
 
 /// init's own log file on the data partition.
 pub const INIT_LOG: &str = "/var/log/cairn/init.log";
@@ -72,7 +74,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     }
     shutdown::listen_signals(tx.clone());
 
-    containerd::prefetch();
+    crate::prefetch::start(Path::new("/"));
     mounts::mount_all();
     mounts::enable_controllers();
     if let Err(error) = crate::log::attach_file(Path::new(INIT_LOG)) {
@@ -113,6 +115,9 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         }
         Err(error) => tracing::error!(error = format!("{error:#}"), "containerd not started"),
     }
+    // Watched from its start, so the moment it answers is seen at once (the
+    // cluster start and readiness below wait on it).
+    let containerd_up = containerd::watch_ready();
     // A clock that was never set (no RTC) makes every certificate the
     // server issues or checks wrong: then the server waits for SNTP.
     let ntp: Vec<String> = config.host.ntp.iter().map(|s| s.to_string()).collect();
@@ -154,12 +159,16 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         }
     };
     let mut start_cluster = Some(start_cluster);
+    // containerd first: under emulation, or on a board with few cores,
+    // whatever starts beside it (the cluster binary, the network drivers,
+    // DHCP) takes the CPU its start needs, and the cluster's node agent
+    // waits for it anyway. So the rest of the boot waits until it answers.
+    containerd_first(containerd_up.clone()).await;
     if !clock_first && let Some(start) = start_cluster.take() {
         start(&supervisor, &config);
     }
 
     // Disk drivers stage 1 did not need wait until the system is ready.
-    // On a blocking thread, so the runtime goes on to spawn containerd.
     let disk_drivers =
         tokio::task::spawn_blocking(move || modules::load(later, modules::is_disk_driver).1)
             .await
@@ -202,9 +211,12 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
             }
             other => (None, other),
         };
-        if tokio::time::timeout(health_timeout, healthy(slot, boot_disk, gate))
-            .await
-            .is_err()
+        if tokio::time::timeout(
+            health_timeout,
+            healthy(slot, boot_disk, containerd_up, gate),
+        )
+        .await
+        .is_err()
         {
             // The slot stays unconfirmed: rebooting lets GRUB count the try
             // and fall back to the other slot once this one has used them.
@@ -260,6 +272,18 @@ fn serial_shell(supervisor: &Supervisor) {
     }
 }
 
+/// Waits until containerd has answered, or [`CONTAINERD_FIRST`] has passed
+/// (a broken containerd must not also keep the network and the API down).
+async fn containerd_first(mut up: watch::Receiver<Option<String>>) {
+    let answered = tokio::time::timeout(CONTAINERD_FIRST, up.wait_for(Option::is_some)).await;
+    if !matches!(answered, Ok(Ok(_))) {
+        tracing::warn!(
+            waited_s = CONTAINERD_FIRST.as_secs(),
+            "containerd has not answered; starting the rest of the system anyway"
+        );
+    }
+}
+
 /// Waits for the API and then for this node's Ready condition in it.
 async fn node_ready(node: &str, readiness: &cluster::Readiness) {
     let probes = readiness.wait(None).await;
@@ -273,11 +297,12 @@ async fn node_ready(node: &str, readiness: &cluster::Readiness) {
 async fn healthy(
     slot: Option<Slot>,
     boot_disk: Option<String>,
+    mut containerd_up: watch::Receiver<Option<String>>,
     cluster: Option<(String, cluster::Readiness)>,
 ) {
     let containerd = async {
-        let version = containerd::wait_ready().await;
-        tracing::info!(%version, "containerd answered");
+        // The watcher polls until containerd answers; it never gives up.
+        let _ = containerd_up.wait_for(Option::is_some).await;
     };
     let api = async {
         if let Some((node, readiness)) = &cluster {
