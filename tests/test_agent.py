@@ -10,21 +10,30 @@ the others keep running. An image only in a password-protected local
 registry, named under a registry host that does not exist, is pulled
 through the mirror and credentials of `[cluster.registries]`.
 
+Pod networking beyond the node (the image's iptables, driven by the CNI
+bridge plugin's `ipMasq` and the portmap plugin): a pod's `hostPort` answers
+on the node's address, reached from the host through a QEMU port forward;
+and a pod fetches a page from an HTTP server on the host at 10.0.2.2 (QEMU
+user networking's host address), which only answers a source address on
+the user network, so the pod's traffic must be masqueraded.
+
 aarch64 is not covered here: the test image is made from the host's busybox
 (x86_64); the aarch64 image boots the same agent code in test_boot.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
-
 import urllib.error
+import urllib.request
 
 import pytest
 
@@ -68,6 +77,25 @@ spec:
     command: ["/bin/sh", "-c", "echo pulled through the mirror; exec sleep 3600"]
 """
 
+HOSTPORT = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hostport
+spec:
+  containers:
+  - name: httpd
+    image: localhost/test/busybox:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "exec httpd -f -p 8080 -h /etc"]
+    ports:
+    - containerPort: 8080
+      hostPort: %d
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 2
+"""
+
 MISSING = """\
 apiVersion: v1
 kind: Pod
@@ -104,6 +132,39 @@ def poll(what: str, check, timeout: float, log) -> object:
 
 
 @pytest.fixture
+def host_http():
+    """An HTTP server on the host's loopback (10.0.2.2 from the VM) that
+    answers every GET with a token; yields (port, token)."""
+    token = f"cairn-egress-{os.getpid()}-{time.time_ns()}"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = token.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], token
+    server.shutdown()
+    server.server_close()
+
+
+def http_get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.read().decode()
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+@pytest.fixture
 def registry(workdir):
     """A password-protected registry on the host (10.0.2.2 from the VM)."""
     (workdir / "registry").mkdir()
@@ -113,7 +174,7 @@ def registry(workdir):
 
 
 @pytest.mark.boots(1)
-def test_deployment_logs_exec_and_bad_image(arch, image, workdir, registry):
+def test_deployment_logs_exec_and_bad_image(arch, image, workdir, registry, host_http):
     if arch != "x86_64":
         pytest.skip("the test image is built from the host's x86_64 busybox")
     busybox = shutil.which("busybox")
@@ -124,7 +185,7 @@ def test_deployment_logs_exec_and_bad_image(arch, image, workdir, registry):
     harness.tool("config", "init", "--server", f"https://127.0.0.1:{port}", out)
     kubeconfig = out / "kubeconfig.yaml"
     archive = workdir / "busybox.tar"
-    links = [f"--link=bin/{a}=busybox" for a in ("sh", "httpd", "cat", "hostname", "sleep")]
+    links = [f"--link=bin/{a}=busybox" for a in ("sh", "httpd", "cat", "hostname", "sleep", "nc")]
     harness.tool(
         "oci", "--name", "localhost/test/busybox:1", "--arch", arch,
         "--entrypoint", "/bin/sh", f"--file={busybox}=bin/busybox", *links, archive,
@@ -150,7 +211,10 @@ def test_deployment_logs_exec_and_bad_image(arch, image, workdir, registry):
     harness.mcopy_to_partition(image, "config", archive, "images/busybox.tar")
 
     log = workdir / "console.log"
-    vm = harness.boot(arch, image, log, forwards=[(port, 6443)], memory=1024)
+    # The host's side of the hostPort pod: a QEMU forward to the guest's port.
+    host_port, guest_port = free_port(), 8088
+    vm = harness.boot(arch, image, log, forwards=[(port, 6443), (host_port, guest_port)],
+                      memory=1024)
     try:
         vm.wait_for(harness.READY, harness.ready_timeout(arch) + 60)
         nodes = kubectl(kubeconfig, "get", "nodes", "-o", "json")
@@ -181,6 +245,25 @@ def test_deployment_logs_exec_and_bad_image(arch, image, workdir, registry):
         assert got.returncode == 0 and got.stdout.strip() == name, got
         code = kubectl(kubeconfig, "exec", name, "--", "sh", "-c", "exit 3")
         assert code.returncode == 3, code
+
+        # Masquerading: from the pod to the host's server at 10.0.2.2 (busybox
+        # nc; the static busybox's wget crashes when it cannot connect).
+        egress_port, token = host_http
+        egress = kubectl(kubeconfig, "exec", name, "--", "sh", "-c",
+                         f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 10.0.2.2 {egress_port}")
+        assert egress.returncode == 0 and token in egress.stdout, f"{egress} ({log})"
+
+        # hostPort: the node's port 8088 reaches the pod's 8080.
+        assert kubectl(kubeconfig, "apply", "-f", "-",
+                       stdin=HOSTPORT % guest_port).returncode == 0
+        waited = kubectl(kubeconfig, "wait", "pod/hostport", "--for=condition=Ready",
+                         "--timeout=180s", timeout=200)
+        assert waited.returncode == 0, (
+            f"{waited} {kubectl(kubeconfig, 'describe', 'pod', 'hostport').stdout} ({log})"
+        )
+        served = poll("the hostPort answers through the forwarded port",
+                      lambda: http_get(f"http://127.0.0.1:{host_port}/hostname"), 60, log)
+        assert served.strip() == "hostport", served
 
         assert kubectl(kubeconfig, "apply", "-f", "-", stdin=MISSING).returncode == 0
         reason = poll(

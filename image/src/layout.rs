@@ -22,6 +22,11 @@ pub const ROOT_IMAGES_DIR: &str = "usr/share/cairn/images";
 /// is configured with it as `sandbox_image`, so it is never pulled.
 pub const PAUSE_IMAGE: &str = "localhost/cairn/pause:1";
 
+/// The root filesystem's list of netfilter modules (what `iptables` needs,
+/// see the image builder's `iptables` module), loaded by stage 2 in the
+/// background; one absolute `.ko` path per line, dependencies first.
+pub const NETFILTER_MODULES_LIST: &str = "/etc/cairn/modules.netfilter";
+
 /// GPT name of the EFI system partition.
 pub const PART_ESP: &str = "ESP";
 /// GPT name of the configuration partition.

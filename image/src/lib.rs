@@ -36,6 +36,8 @@ pub mod initramfs;
 #[cfg(feature = "host")]
 pub mod inspect;
 #[cfg(feature = "host")]
+pub mod iptables;
+#[cfg(feature = "host")]
 pub mod modules;
 #[cfg(feature = "host")]
 pub mod oci;

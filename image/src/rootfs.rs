@@ -2,9 +2,11 @@
 //! read-only squashfs.
 //!
 //! What goes in: `cairn-init` as `/sbin/init`, `cairn` as
-//! `/usr/bin/cairn`, the pause image (`cairn-pause` in an OCI archive), containerd + shim, runc, the CNI plugins, the
+//! `/usr/bin/cairn`, the pause image (`cairn-pause` in an OCI archive), containerd + shim, runc, the CNI plugins,
+//! iptables for them ([`crate::iptables`]), the
 //! shared libraries they load (at Debian's paths, symlinks kept as
-//! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, and a
+//! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, the
+//! netfilter ones with their own list, and a
 //! small `/etc` whose machine-specific files are symlinks into `/run` and
 //! `/var`, written by init at boot. squashfs is chosen over erofs because
 //! GRUB 2.06 and every kernel Cairn targets read it; zstd because it
@@ -12,10 +14,11 @@
 //! more bytes.
 
 use crate::arch::Arch;
-use crate::components::{Components, ELF_BINARIES};
+use crate::components::{self, Components};
 use crate::disk::{self, DiskError};
 use crate::elf::{self, ElfError};
 use crate::initramfs;
+use crate::iptables;
 use crate::layout;
 use crate::modules::{self, ModuleSet, ModulesError};
 use std::fs;
@@ -209,7 +212,7 @@ pub fn stage(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
     pause_image(spec, root)?;
 
     let c = spec.components;
-    let userland: Vec<PathBuf> = ELF_BINARIES.iter().map(PathBuf::from).collect();
+    let userland = components::elf_binaries(c.arch);
     for rel in &userland {
         if !c.tree.join(rel).exists() {
             return Err(RootfsError::MissingComponent(rel.clone()));
@@ -219,28 +222,74 @@ pub fn stage(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
     for rel in userland.iter().chain(&libs) {
         copy_entry(&c.tree, root, rel)?;
     }
+    iptables_links(c, root)?;
     tracing::info!(
         binaries = userland.len(),
         libraries = libs.len(),
         "userland staged"
     );
 
-    let mods_dir = c.modules_dir();
-    let set = resolve_modules(&mods_dir, &stage2_modules(c.arch), "stage 2")?;
-    let dest = root.join("lib/modules").join(&c.kernel_version);
-    for module in &set.ordered {
-        let to = dest.join(module);
-        if let Some(parent) = to.parent() {
-            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-        }
-        fs::copy(mods_dir.join(module), &to).map_err(io_err("copy to", &to))?;
-    }
+    let set = resolve_modules(&c.modules_dir(), &stage2_modules(c.arch), "stage 2")?;
+    copy_modules(c, root, &set.ordered)?;
     write(
         root,
         "etc/cairn/modules",
         &initramfs::module_list(&c.kernel_version, &set.ordered),
     )?;
+    netfilter_modules(c, root, &set.ordered)?;
     etc(root, c.arch, spec.version)
+}
+
+/// Copies `modules` (relative to the modules dir) into the root's modules dir.
+fn copy_modules(c: &Components, root: &Path, modules: &[PathBuf]) -> Result<(), RootfsError> {
+    let from = c.modules_dir();
+    let dest = root.join("lib/modules").join(&c.kernel_version);
+    for module in modules {
+        let to = dest.join(module);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        fs::copy(from.join(module), &to).map_err(io_err("copy to", &to))?;
+    }
+    Ok(())
+}
+
+/// iptables' names: the extension symlinks from the tree, and the command
+/// names dpkg's alternatives would have made, all linked to the one binary.
+fn iptables_links(c: &Components, root: &Path) -> Result<(), RootfsError> {
+    for rel in iptables::links(c.arch) {
+        if fs::symlink_metadata(c.tree.join(&rel)).is_err() {
+            return Err(RootfsError::MissingComponent(rel));
+        }
+        copy_entry(&c.tree, root, &rel)?;
+    }
+    let program = Path::new(iptables::PROGRAM);
+    let (dir, target) = (
+        program.parent().unwrap_or(Path::new("")),
+        program.file_name().unwrap_or_default(),
+    );
+    for name in iptables::COMMANDS {
+        let rel = dir.join(name);
+        link(root, &rel.to_string_lossy(), &target.to_string_lossy())?;
+    }
+    Ok(())
+}
+
+/// The netfilter modules iptables needs, besides those stage 2 loads anyway
+/// (`stage2`), with their list at [`layout::NETFILTER_MODULES_LIST`].
+fn netfilter_modules(c: &Components, root: &Path, stage2: &[PathBuf]) -> Result<(), RootfsError> {
+    let set = resolve_modules(&c.modules_dir(), &iptables::MODULES, "netfilter")?;
+    let own: Vec<PathBuf> = set
+        .ordered
+        .into_iter()
+        .filter(|m| !stage2.contains(m))
+        .collect();
+    copy_modules(c, root, &own)?;
+    write(
+        root,
+        layout::NETFILTER_MODULES_LIST.trim_start_matches('/'),
+        &initramfs::module_list(&c.kernel_version, &own),
+    )
 }
 
 /// How `arch`'s root is compressed. Boot time is mostly containerd paging
@@ -299,5 +348,41 @@ mod tests {
         );
         assert!(stage2_modules(Arch::Aarch64).contains(&"gpio_pl061"));
         assert!(stage2_modules(Arch::X86_64).contains(&"virtio_blk"));
+    }
+
+    #[test]
+    fn iptables_names_link_to_the_multi_call_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let xtables = tree.join("usr/lib/x86_64-linux-gnu/xtables");
+        fs::create_dir_all(&xtables).unwrap();
+        for alias in iptables::EXTENSION_LINKS {
+            symlink("libxt_NAT.so", xtables.join(alias)).unwrap();
+        }
+        let c = Components {
+            arch: Arch::X86_64,
+            kernel_version: "6.1.0-56-amd64".into(),
+            vmlinuz: tree.join("boot/vmlinuz-6.1.0-56-amd64"),
+            grub_modules: tree.join("usr/lib/grub/x86_64-efi"),
+            tree: tree.clone(),
+        };
+        let root = dir.path().join("root");
+        iptables_links(&c, &root).unwrap();
+        for name in ["iptables", "ip6tables", "iptables-save"] {
+            assert_eq!(
+                fs::read_link(root.join("usr/sbin").join(name)).unwrap(),
+                Path::new("xtables-nft-multi"),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            fs::read_link(root.join("usr/lib/x86_64-linux-gnu/xtables/libxt_MASQUERADE.so"))
+                .unwrap(),
+            Path::new("libxt_NAT.so")
+        );
+        // A tree without the extension links is an incomplete lock, not a silent gap.
+        fs::remove_file(xtables.join("libxt_DNAT.so")).unwrap();
+        let err = iptables_links(&c, &dir.path().join("root2")).unwrap_err();
+        assert!(matches!(err, RootfsError::MissingComponent(_)), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! Prebuilt components: the Debian 12 packages an image is assembled from.
 //!
-//! The kernel (with its modules), containerd, runc, the CNI plugins, GRUB's
-//! EFI modules and the shared libraries those binaries load come from
+//! The kernel (with its modules), containerd, runc, the CNI plugins,
+//! iptables, GRUB's EFI modules and the shared libraries those binaries load come from
 //! Debian 12 packages pinned in `image/components.lock` (see [`lockfile`]).
 //! [`fetch`] downloads them once into a cache through a private apt setup
 //! ([`apt`]) and checks each against its SHA-256; [`prepare`] also extracts
@@ -40,7 +40,7 @@ pub const LOCK_TEXT: &str = include_str!("../../components.lock");
 const TREE_FORMAT: &str = "cairn-tree-v1";
 
 /// The ELF binaries a Cairn root filesystem takes from the tree
-/// (tree-relative); their library closure must be locked too.
+/// (tree-relative), besides iptables (see [`elf_binaries`]).
 pub const ELF_BINARIES: [&str; 7] = [
     "usr/bin/containerd",
     "usr/bin/containerd-shim-runc-v2",
@@ -50,6 +50,17 @@ pub const ELF_BINARIES: [&str; 7] = [
     "usr/lib/cni/loopback",
     "usr/lib/cni/portmap",
 ];
+
+/// Every ELF file the root filesystem of `arch` takes from the tree:
+/// [`ELF_BINARIES`], iptables and its extensions ([`crate::iptables`]).
+/// Their library closure must be locked too.
+pub fn elf_binaries(arch: Arch) -> Vec<PathBuf> {
+    ELF_BINARIES
+        .iter()
+        .map(PathBuf::from)
+        .chain(crate::iptables::elf_files(arch))
+        .collect()
+}
 
 /// Errors fetching, verifying or extracting components.
 #[derive(Debug, thiserror::Error)]
@@ -266,8 +277,7 @@ mod tests {
         for arch in Arch::ALL {
             let c = prepare(arch, &cache).expect("prepare");
             assert!(c.vmlinuz.is_file() && c.grub_modules.is_dir());
-            let bins: Vec<PathBuf> = ELF_BINARIES.iter().map(PathBuf::from).collect();
-            let libs = crate::elf::closure(&c.tree, arch, &bins).expect("closure");
+            let libs = crate::elf::closure(&c.tree, arch, &elf_binaries(arch)).expect("closure");
             assert!(libs.iter().any(|l| l.ends_with("libc.so.6")), "{libs:?}");
             let set = crate::modules::resolve(&c.modules_dir(), &["virtio_blk", "squashfs"])
                 .expect("modules");

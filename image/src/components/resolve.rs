@@ -12,12 +12,17 @@ use std::process::Command;
 
 use super::apt::{Apt, PackageInfo, run};
 use super::lockfile::{Entry, sha256_file};
-use super::{ComponentsError, ELF_BINARIES, extract, io_err};
+use super::{ComponentsError, elf_binaries, extract, io_err};
 use crate::Arch;
 use crate::elf::{self, ElfError};
 
 /// Packages whose dependencies may provide the binaries' libraries.
-const BINARY_PACKAGES: [&str; 3] = ["containerd", "runc", "containernetworking-plugins"];
+const BINARY_PACKAGES: [&str; 4] = [
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "iptables",
+];
 
 /// Resolves and downloads the current package set of `arch` under `dir`
 /// (`<cache>/<arch>`), returning lock entries.
@@ -54,7 +59,7 @@ pub fn resolve(arch: Arch, dir: &Path) -> Result<Vec<Entry>, ComponentsError> {
         chosen.insert(name.clone(), (info, path));
     }
     let candidates = apt.depends_closure(&BINARY_PACKAGES)?;
-    let binaries: Vec<PathBuf> = ELF_BINARIES.iter().map(PathBuf::from).collect();
+    let binaries = elf_binaries(arch);
     loop {
         let (library, needed_by) = match elf::closure(&scratch, arch, &binaries) {
             Ok(_) => break,

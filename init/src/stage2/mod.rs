@@ -22,6 +22,7 @@ pub mod etc;
 pub mod host;
 pub mod input;
 pub mod mounts;
+pub mod netfilter;
 pub mod registries;
 pub mod shutdown;
 pub mod sntp;
@@ -173,6 +174,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
         tokio::task::spawn_blocking(move || modules::load(later, modules::is_disk_driver).1)
             .await
             .unwrap_or_default();
+    netfilter::load_in_background();
     let button = tx.clone();
     input::watch(move || {
         let _ = button.send(PowerAction::PowerOff);

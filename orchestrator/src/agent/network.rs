@@ -9,10 +9,11 @@
 //!   through the bridge, reservations under `<root_dir>/cni/networks`;
 //! - `portmap` for `hostPort`s (capability `portMappings`).
 //!
-//! Masquerading and `portmap` need `iptables`; on a machine without it
-//! (the device images carry none yet) the list has neither, so pods still
-//! get addresses and reach the node and each other, but not beyond the
-//! node, and `hostPort`s are not mapped (logged once).
+//! Masquerading and `portmap` need `iptables` (the device images carry
+//! Debian's, nf_tables back end, in `/usr/sbin`); on a machine without it
+//! the list has neither, so pods still get addresses and reach the node and
+//! each other, but not beyond the node, and `hostPort`s are not mapped
+//! (logged once).
 //!
 //! containerd adds the loopback interface itself. cniVersion 1.0.0 is what
 //! the CNI plugins (1.1) and containerd 1.6 agree on. The file is replaced

@@ -193,7 +193,12 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
         },
     );
     loops.spawn(disruption.run(WORKERS));
-    let scheduler = Scheduler::new(scheduler_client, pods.clone(), nodes.clone());
+    let scheduler = Scheduler::new(
+        scheduler_client,
+        pods.clone(),
+        nodes.clone(),
+        namespaces.clone(),
+    );
     loops.spawn(scheduler.run(WORKERS));
     let collector = gc::Collector::new(
         client.clone(),

@@ -175,18 +175,10 @@ pub fn evaluate(
             "node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into(),
         ]);
     }
-    for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
-        let effect = taint["effect"].as_str().unwrap_or("");
-        if effect != "NoSchedule" && effect != "NoExecute" {
-            continue;
-        }
-        let key = taint["key"].as_str().unwrap_or("");
-        let value = taint["value"].as_str().unwrap_or("");
-        if !tolerates(&tolerations, key, value, effect) {
-            return Err(vec![format!(
-                "node(s) had untolerated taint {{{key}: {value}}}"
-            )]);
-        }
+    if let Some((key, value)) = untolerated_taint(&tolerations, node) {
+        return Err(vec![format!(
+            "node(s) had untolerated taint {{{key}: {value}}}"
+        )]);
     }
     if !matches_node(pod, node) {
         return Err(vec![
@@ -252,6 +244,24 @@ pub fn tolerates(tolerations: &[Value], key: &str, value: &str, effect: &str) ->
     })
 }
 
+/// The first NoSchedule or NoExecute taint of `node` that no toleration
+/// tolerates, as `(key, value)`.
+pub fn untolerated_taint<'a>(tolerations: &[Value], node: &'a Value) -> Option<(&'a str, &'a str)> {
+    node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|taint| {
+            let effect = taint["effect"].as_str().unwrap_or("");
+            if effect != "NoSchedule" && effect != "NoExecute" {
+                return None;
+            }
+            let key = taint["key"].as_str().unwrap_or("");
+            let value = taint["value"].as_str().unwrap_or("");
+            (!tolerates(tolerations, key, value, effect)).then_some((key, value))
+        })
+}
+
 /// `nodeSelector` and required node affinity.
 pub fn matches_node(pod: &Value, node: &Value) -> bool {
     let labels = &node["metadata"]["labels"];
@@ -267,23 +277,27 @@ pub fn matches_node(pod: &Value, node: &Value) -> bool {
     let Some(terms) = required["nodeSelectorTerms"].as_array() else {
         return true;
     };
+    terms.iter().any(|term| term_matches(term, node))
+}
+
+/// Whether a `NodeSelectorTerm` matches `node` (an empty term matches
+/// nothing).
+pub fn term_matches(term: &Value, node: &Value) -> bool {
+    let labels = &node["metadata"]["labels"];
     let name = node["metadata"]["name"].as_str().unwrap_or("");
-    terms.iter().any(|term| {
-        let exprs = term["matchExpressions"].as_array();
-        let fields = term["matchFields"].as_array();
-        if exprs.is_none_or(|e| e.is_empty()) && fields.is_none_or(|f| f.is_empty()) {
-            // An empty term matches nothing.
-            return false;
-        }
-        exprs
+    let exprs = term["matchExpressions"].as_array();
+    let fields = term["matchFields"].as_array();
+    if exprs.is_none_or(|e| e.is_empty()) && fields.is_none_or(|f| f.is_empty()) {
+        return false;
+    }
+    exprs
+        .into_iter()
+        .flatten()
+        .all(|e| requirement(e, labels[e["key"].as_str().unwrap_or("")].as_str()))
+        && fields
             .into_iter()
             .flatten()
-            .all(|e| requirement(e, labels[e["key"].as_str().unwrap_or("")].as_str()))
-            && fields
-                .into_iter()
-                .flatten()
-                .all(|e| e["key"] == "metadata.name" && requirement(e, Some(name)))
-    })
+            .all(|e| e["key"] == "metadata.name" && requirement(e, Some(name)))
 }
 
 fn requirement(expr: &Value, value: Option<&str>) -> bool {

@@ -3,30 +3,40 @@
 //! `binding` subresource, as kube-scheduler does.
 //!
 //! It runs under the controller manager's leadership (see
-//! [`crate::controllers`]) on the same reflectors of pods and nodes. For
-//! each pending pod, every node goes through the [`filters`]; the feasible
-//! node with the best LeastAllocated score wins (ties: fewer pods, then the
-//! name). The chosen node's usage is *assumed* at once, before the binding
-//! is written, so that concurrent scheduling of the next pods (several
-//! workers) counts it; the watch then confirms it (or a failed binding
-//! forgets it).
+//! [`crate::controllers`]) on the same reflectors of pods, nodes and
+//! namespaces. For each pending pod, every node goes through the
+//! [`filters`], then the pod's DoNotSchedule topology spread constraints
+//! ([`spread`]) and inter-pod (anti-)affinity ([`affinity`]), in upstream's
+//! plugin order; the feasible nodes are ranked by the weighted, normalised
+//! scores of [`score`] (ties: fewer pods, then the name). The chosen node
+//! and the pod's labels and affinity are *assumed* at once, before the
+//! binding is written, so that concurrent scheduling of the next pods
+//! (several workers) counts it for resources, affinity and spreading alike;
+//! the watch then confirms it (or a failed binding forgets it).
 //!
 //! A pod that fits no node gets `PodScheduled=False`, reason
 //! `Unschedulable`, message `0/N nodes are available: <count> <reason>, ...`
 //! (reasons sorted, as upstream) and a `FailedScheduling` Warning event; it
 //! is tried again when a node is added or changes, when a bound pod goes
-//! away, and every 30 s.
+//! away, when a pod is placed (for pods with pod affinity or spread
+//! constraints), and every 30 s.
 //!
 //! # Current limitations
 //! - Filters: node readiness, cordon, NoSchedule/NoExecute taints,
-//!   `nodeSelector`, required node affinity, host ports, cpu/memory/pods.
-//!   No pod (anti-)affinity, topology spread, preferred affinity or
-//!   PreferNoSchedule scoring, volumes, or preemption (the message carries
-//!   no `preemption:` part).
+//!   `nodeSelector`, required node affinity, host ports, cpu/memory/pods,
+//!   topology spread (DoNotSchedule), pod affinity and anti-affinity. No
+//!   volume filters, no preemption (the message carries no `preemption:`
+//!   part), no default (system) topology spreading.
+//! - Scores: LeastAllocated, preferred node affinity, PreferNoSchedule
+//!   taints, topology spread (ScheduleAnyway), preferred pod (anti-)affinity;
+//!   no BalancedAllocation or ImageLocality.
 
+pub mod affinity;
 pub mod filters;
+pub mod score;
+pub mod spread;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +46,7 @@ use crate::controllers::client::Client;
 use crate::controllers::objects::{name, namespace, now, pod_active, uid};
 use crate::controllers::queue::Queue;
 use crate::controllers::reflector::{PODS, Reflector, key_of};
+use affinity::{Cluster, PodMeta};
 use filters::{Demand, Usage};
 
 /// The scheduler name pods ask for by default.
@@ -44,31 +55,71 @@ pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 /// How often unschedulable pods are tried again regardless.
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
 
+/// A pod placed on a node.
+#[derive(Debug)]
+struct Bound {
+    node: String,
+    demand: Demand,
+    /// Assumed by this scheduler, not yet seen bound.
+    assumed: bool,
+    meta: Arc<PodMeta>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Pod key → (node, demand, assumed but not yet seen bound).
-    bound: HashMap<String, (String, Demand, bool)>,
+    bound: HashMap<String, Bound>,
     usage: HashMap<String, Usage>,
-    unschedulable: HashSet<String>,
+    /// Pods that fit no node → whether placing other pods may change that
+    /// (they have pod affinity or spread constraints).
+    unschedulable: HashMap<String, bool>,
+    /// How many placed pods have pod (anti-)affinity terms.
+    affine: usize,
 }
 
 impl State {
     fn unbind(&mut self, key: &str) {
-        if let Some((node, demand, _)) = self.bound.remove(key)
-            && let Some(usage) = self.usage.get_mut(&node)
-        {
-            usage.apply(&demand, -1);
+        let Some(bound) = self.bound.remove(key) else {
+            return;
+        };
+        if bound.meta.affinity.is_some() {
+            self.affine -= 1;
+        }
+        if let Some(usage) = self.usage.get_mut(&bound.node) {
+            usage.apply(&bound.demand, -1);
         }
     }
 
-    fn bind(&mut self, key: &str, node: &str, demand: Demand, assumed: bool) {
+    fn bind(&mut self, key: &str, node: &str, demand: Demand, meta: Arc<PodMeta>, assumed: bool) {
         self.unbind(key);
         self.usage
             .entry(node.to_owned())
             .or_default()
             .apply(&demand, 1);
-        self.bound
-            .insert(key.to_owned(), (node.to_owned(), demand, assumed));
+        if meta.affinity.is_some() {
+            self.affine += 1;
+        }
+        let bound = Bound {
+            node: node.to_owned(),
+            demand,
+            assumed,
+            meta,
+        };
+        self.bound.insert(key.to_owned(), bound);
+    }
+
+    /// Queues the unschedulable pods again (only those depending on other
+    /// pods' placement if `dependent`).
+    fn retry(&mut self, queue: &Queue, dependent: bool) {
+        let keys: Vec<String> = self
+            .unschedulable
+            .iter()
+            .filter(|(_, depends)| !dependent || **depends)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.unschedulable.remove(&key);
+            queue.add(key);
+        }
     }
 }
 
@@ -78,6 +129,7 @@ pub struct Scheduler {
     client: Client,
     pods: Arc<Reflector>,
     nodes: Arc<Reflector>,
+    namespaces: Arc<Reflector>,
     state: Arc<Mutex<State>>,
     /// Keys of pods to schedule.
     pub queue: Queue,
@@ -99,6 +151,12 @@ fn finished(pod: &Value) -> bool {
     )
 }
 
+fn has_spread_constraints(pod: &Value) -> bool {
+    pod["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty())
+}
+
 /// The parts of a node that scheduling depends on.
 fn schedulable_view(node: &Value) -> Value {
     let ready = node["status"]["conditions"]
@@ -117,7 +175,12 @@ fn schedulable_view(node: &Value) -> Value {
 
 impl Scheduler {
     /// Registers the scheduler's handlers on the reflectors.
-    pub fn new(client: Client, pods: Arc<Reflector>, nodes: Arc<Reflector>) -> Scheduler {
+    pub fn new(
+        client: Client,
+        pods: Arc<Reflector>,
+        nodes: Arc<Reflector>,
+        namespaces: Arc<Reflector>,
+    ) -> Scheduler {
         let queue = Queue::new();
         let state: Arc<Mutex<State>> = Arc::default();
         let (q, st) = (queue.clone(), state.clone());
@@ -131,14 +194,24 @@ impl Scheduler {
                         // A terminating pod still runs on its node (its
                         // grace period) and counts there until it is gone.
                         Some(node) if !finished(pod) => {
-                            state.bind(&key, node, filters::demand(pod), false);
+                            let meta = PodMeta::of(pod);
+                            // A pod newly placed (or relabelled) may be what
+                            // a pending pod's affinity or spreading awaits.
+                            let news = state
+                                .bound
+                                .get(&key)
+                                .is_none_or(|b| b.assumed || *b.meta != meta);
+                            state.bind(&key, node, filters::demand(pod), Arc::new(meta), false);
                             state.unschedulable.remove(&key);
+                            if news {
+                                state.retry(&q, true);
+                            }
                         }
                         Some(_) => state.unbind(&key),
                         None if !pod_active(pod) => state.unbind(&key),
                         None => {}
                     }
-                    if wants_scheduling(pod) && !state.unschedulable.contains(&key) {
+                    if wants_scheduling(pod) && !state.unschedulable.contains_key(&key) {
                         q.add(key);
                     }
                 }
@@ -149,9 +222,7 @@ impl Scheduler {
                     state.unbind(&key);
                     state.unschedulable.remove(&key);
                     if freed {
-                        for key in state.unschedulable.drain() {
-                            q.add(key);
-                        }
+                        state.retry(&q, false);
                     }
                 }
             }
@@ -164,15 +235,14 @@ impl Scheduler {
             };
             if changed {
                 let mut state = st.lock().unwrap_or_else(|e| e.into_inner());
-                for key in state.unschedulable.drain() {
-                    q.add(key);
-                }
+                state.retry(&q, false);
             }
         }));
         Scheduler {
             client,
             pods,
             nodes,
+            namespaces,
             state,
             queue,
         }
@@ -186,14 +256,12 @@ impl Scheduler {
     pub async fn run(self, workers: usize) {
         self.pods.synced().await;
         self.nodes.synced().await;
+        self.namespaces.synced().await;
         let retry = self.clone();
         let retrier = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(RETRY_UNSCHEDULABLE).await;
-                let keys: Vec<String> = retry.lock().unschedulable.drain().collect();
-                for key in keys {
-                    retry.queue.add(key);
-                }
+                retry.lock().retry(&retry.queue, false);
             }
         });
         let this = self.clone();
@@ -213,7 +281,6 @@ impl Scheduler {
         if !wants_scheduling(&pod) {
             return Ok(());
         }
-        let demand = filters::demand(&pod);
         let nodes = self.nodes.list(|_| true);
         let choice = {
             let mut state = self.lock();
@@ -221,36 +288,17 @@ impl Scheduler {
                 // Assumed by another worker, or bound meanwhile.
                 return Ok(());
             }
-            let mut best: Option<(i64, i64, &str)> = None;
-            let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-            for node in &nodes {
-                let node_name = name(node);
-                let usage = state.usage.get(node_name).cloned().unwrap_or_default();
-                match filters::evaluate(&pod, &demand, node, &usage) {
-                    Ok(score) => {
-                        let rank = (score, -usage.pods, node_name);
-                        let better = best.is_none_or(|(s, p, n)| {
-                            (rank.0, rank.1) > (s, p) || ((rank.0, rank.1) == (s, p) && rank.2 < n)
-                        });
-                        if better {
-                            best = Some(rank);
-                        }
-                    }
-                    Err(why) => {
-                        for reason in why {
-                            *reasons.entry(reason).or_default() += 1;
-                        }
-                    }
+            let meta = Arc::new(PodMeta::of(&pod));
+            let demand = filters::demand(&pod);
+            match self.choose(&pod, &meta, &demand, &nodes, &state) {
+                Ok(node) => {
+                    state.bind(key, &node, demand, meta, true);
+                    Ok(node)
                 }
-            }
-            match best {
-                Some((_, _, node)) => {
-                    state.bind(key, node, demand.clone(), true);
-                    Ok(node.to_owned())
-                }
-                None => {
-                    state.unschedulable.insert(key.to_owned());
-                    Err(unschedulable_message(nodes.len(), &reasons))
+                Err(message) => {
+                    let depends = meta.affinity.is_some() || has_spread_constraints(&pod);
+                    state.unschedulable.insert(key.to_owned(), depends);
+                    Err(message)
                 }
             }
         };
@@ -258,6 +306,96 @@ impl Scheduler {
             Ok(node) => self.bind(&pod, key, &node).await,
             Err(message) => self.report_unschedulable(&pod, &message).await,
         }
+    }
+
+    /// The best node for `pod`, or the `0/N nodes are available` message.
+    fn choose(
+        &self,
+        pod: &Value,
+        meta: &PodMeta,
+        demand: &Demand,
+        nodes: &[Arc<Value>],
+        state: &State,
+    ) -> Result<String, String> {
+        let nodes: Vec<&Value> = nodes.iter().map(|n| n.as_ref()).collect();
+        let ns_labels = |ns: &str| {
+            self.namespaces
+                .get(ns)
+                .map(|n| n["metadata"]["labels"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let mut cluster = Cluster {
+            nodes: nodes
+                .iter()
+                .map(|n| (name(n), &n["metadata"]["labels"]))
+                .collect(),
+            pods: HashMap::new(),
+            ns_labels: &ns_labels,
+        };
+        // Other pods matter only to pods with pod affinity or spreading,
+        // or when a placed pod has (anti-)affinity terms of its own.
+        if meta.affinity.is_some() || has_spread_constraints(pod) || state.affine > 0 {
+            for bound in state.bound.values() {
+                cluster
+                    .pods
+                    .entry(bound.node.as_str())
+                    .or_default()
+                    .push(&bound.meta);
+            }
+        }
+        let inter_pod = affinity::prefilter(meta, &cluster);
+        let spreading = spread::prefilter(pod, meta, &nodes, &cluster);
+        let idle = Usage::default();
+        let mut feasible: Vec<(&Value, i64)> = Vec::new();
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for node in &nodes {
+            let usage = state.usage.get(name(node)).unwrap_or(&idle);
+            let labels = &node["metadata"]["labels"];
+            let verdict = filters::evaluate(pod, demand, node, usage).and_then(|score| {
+                spreading
+                    .check(meta, labels)
+                    .and_then(|()| inter_pod.check(labels))
+                    .map(|()| score)
+                    .map_err(|reason| vec![reason.to_owned()])
+            });
+            match verdict {
+                Ok(score) => feasible.push((node, score)),
+                Err(why) => {
+                    for reason in why {
+                        *reasons.entry(reason).or_default() += 1;
+                    }
+                }
+            }
+        }
+        if feasible.is_empty() {
+            return Err(unschedulable_message(nodes.len(), &reasons));
+        }
+        let candidates: Vec<&Value> = feasible.iter().map(|(n, _)| *n).collect();
+        let least: Vec<i64> = feasible.iter().map(|(_, s)| *s).collect();
+        let extra = score::Extra {
+            inter_pod: if cluster.pods.is_empty() {
+                Vec::new()
+            } else {
+                let labels: Vec<&Value> = candidates
+                    .iter()
+                    .map(|n| &n["metadata"]["labels"])
+                    .collect();
+                affinity::score(meta, &cluster, &labels)
+            },
+            spread: spread::score(pod, meta, &nodes, &cluster, &candidates).unwrap_or_default(),
+        };
+        let totals = score::totals(pod, &candidates, &least, &extra);
+        let pods_on = |n: &Value| state.usage.get(name(n)).map_or(0, |u| u.pods);
+        let best = candidates
+            .iter()
+            .zip(&totals)
+            .min_by(|(a, sa), (b, sb)| {
+                sb.cmp(sa)
+                    .then(pods_on(a).cmp(&pods_on(b)))
+                    .then(name(a).cmp(name(b)))
+            })
+            .map(|(n, _)| name(n).to_owned());
+        best.ok_or_else(|| unschedulable_message(nodes.len(), &reasons))
     }
 
     async fn bind(&self, pod: &Value, key: &str, node: &str) -> Result<(), String> {
@@ -288,7 +426,11 @@ impl Scheduler {
     /// Drops an assumption that the binding did not confirm.
     fn forget(&self, key: &str, node: &str) {
         let mut state = self.lock();
-        if matches!(state.bound.get(key), Some((n, _, true)) if n == node) {
+        if state
+            .bound
+            .get(key)
+            .is_some_and(|b| b.assumed && b.node == node)
+        {
             state.unbind(key);
         }
     }
