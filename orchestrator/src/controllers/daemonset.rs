@@ -198,14 +198,10 @@ impl DaemonSets {
 
     /// Processes the queue until aborted.
     pub async fn run(self, workers: usize) {
-        self.sets.synced().await;
-        self.pods.synced().await;
-        self.nodes.synced().await;
-        let this = self.clone();
+        let caches = [&self.sets, &self.pods, &self.nodes];
         self.queue
-            .run(workers, move |key| {
-                let this = this.clone();
-                async move { this.sync(&key).await }
+            .run_synced(&caches, workers, self.clone(), |this, key| async move {
+                this.sync(&key).await
             })
             .await;
     }

@@ -107,20 +107,16 @@ impl Disruption {
 
     /// Processes the queue until aborted.
     pub async fn run(self, workers: usize) {
-        for cache in [
+        let caches = [
             &self.pdbs,
             &self.pods,
             &self.sets,
             &self.deployments,
             &self.statefulsets,
-        ] {
-            cache.synced().await;
-        }
-        let this = self.clone();
+        ];
         self.queue
-            .run(workers, move |key| {
-                let this = this.clone();
-                async move { this.sync(&key).await }
+            .run_synced(&caches, workers, self.clone(), |this, key| async move {
+                this.sync(&key).await
             })
             .await;
     }

@@ -90,13 +90,10 @@ impl Endpoints {
 
     /// Processes the queue until aborted.
     pub async fn run(self, workers: usize) {
-        self.services.synced().await;
-        self.pods.synced().await;
-        let this = self.clone();
+        let caches = [&self.services, &self.pods];
         self.queue
-            .run(workers, move |key| {
-                let this = this.clone();
-                async move { this.sync(&key).await }
+            .run_synced(&caches, workers, self.clone(), |this, key| async move {
+                this.sync(&key).await
             })
             .await;
     }

@@ -134,15 +134,10 @@ impl Collector {
 
     /// Processes the queue until aborted.
     pub async fn run(self) {
-        for reflector in &self.kinds {
-            reflector.synced().await;
-        }
-        self.namespaces.synced().await;
-        let this = self.clone();
+        let caches: Vec<_> = self.kinds.iter().chain([&self.namespaces]).collect();
         self.queue
-            .run(2, move |key| {
-                let this = this.clone();
-                async move { this.sync(&key).await }
+            .run_synced(&caches, 2, self.clone(), |this, key| async move {
+                this.sync(&key).await
             })
             .await;
     }

@@ -155,19 +155,13 @@ impl LocalPath {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(std::time::Duration::from_secs(10));
         }
-        self.claims.synced().await;
-        self.volumes.synced().await;
-        self.classes.synced().await;
-        let this = self.clone();
+        let caches = [&self.claims, &self.volumes, &self.classes];
         self.queue
-            .run(workers, move |key| {
-                let this = this.clone();
-                async move {
-                    match key.split_once('/') {
-                        Some(("pvc", key)) => this.sync_claim(key).await,
-                        Some(("pv", name)) => this.sync_volume(name).await,
-                        _ => Ok(()),
-                    }
+            .run_synced(&caches, workers, self.clone(), |this, key| async move {
+                match key.split_once('/') {
+                    Some(("pvc", key)) => this.sync_claim(key).await,
+                    Some(("pv", name)) => this.sync_volume(name).await,
+                    _ => Ok(()),
                 }
             })
             .await;

@@ -134,12 +134,10 @@ impl NodeIpam {
 
     /// Processes the queue until aborted (one worker: assignments are serial).
     pub async fn run(self) {
-        self.nodes.synced().await;
-        let this = self.clone();
+        let caches = [&self.nodes];
         self.queue
-            .run(1, move |key| {
-                let this = this.clone();
-                async move { this.sync(&key).await }
+            .run_synced(&caches, 1, self.clone(), |this, key| async move {
+                this.sync(&key).await
             })
             .await;
     }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::reflector::Reflector;
+
 const BASE_DELAY: Duration = Duration::from_millis(5);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 
@@ -152,6 +154,27 @@ impl Queue {
         if again {
             self.add(key);
         }
+    }
+
+    /// The start every controller shares: waits until each of `caches` has
+    /// listed, then [`run`](Queue::run)s `workers` that hand each key to
+    /// `sync` along with a clone of `controller`.
+    pub async fn run_synced<C, F, Fut>(
+        &self,
+        caches: &[&Arc<Reflector>],
+        workers: usize,
+        controller: C,
+        sync: F,
+    ) where
+        C: Clone + Send + Sync + 'static,
+        F: Fn(C, String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        for cache in caches {
+            cache.synced().await;
+        }
+        self.run(workers, move |key| sync(controller.clone(), key))
+            .await;
     }
 
     /// Runs `workers` tasks that process keys with `sync` until aborted;

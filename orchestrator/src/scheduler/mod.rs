@@ -254,9 +254,6 @@ impl Scheduler {
 
     /// Schedules until aborted.
     pub async fn run(self, workers: usize) {
-        self.pods.synced().await;
-        self.nodes.synced().await;
-        self.namespaces.synced().await;
         let retry = self.clone();
         let retrier = tokio::spawn(async move {
             loop {
@@ -264,11 +261,10 @@ impl Scheduler {
                 retry.lock().retry(&retry.queue, false);
             }
         });
-        let this = self.clone();
+        let caches = [&self.pods, &self.nodes, &self.namespaces];
         self.queue
-            .run(workers, move |key| {
-                let this = this.clone();
-                async move { this.schedule(&key).await }
+            .run_synced(&caches, workers, self.clone(), |this, key| async move {
+                this.schedule(&key).await
             })
             .await;
         retrier.abort();

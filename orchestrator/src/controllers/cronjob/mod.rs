@@ -113,13 +113,10 @@ impl CronJobs {
 
     /// Processes the queue until aborted.
     pub async fn run(self, workers: usize) {
-        self.cronjobs.synced().await;
-        self.jobs.synced().await;
-        let this = self.clone();
+        let caches = [&self.cronjobs, &self.jobs];
         self.queue
-            .run(workers, move |key| {
-                let this = this.clone();
-                async move { this.sync(&key).await }
+            .run_synced(&caches, workers, self.clone(), |this, key| async move {
+                this.sync(&key).await
             })
             .await;
     }

@@ -118,13 +118,10 @@ impl Deployments {
 
     /// Processes the queue until aborted.
     pub async fn run(self, workers: usize) {
-        self.deployments.synced().await;
-        self.sets.synced().await;
-        let this = self.clone();
+        let caches = [&self.deployments, &self.sets];
         self.queue
-            .run(workers, move |key| {
-                let this = this.clone();
-                async move { this.sync(&key).await }
+            .run_synced(&caches, workers, self.clone(), |this, key| async move {
+                this.sync(&key).await
             })
             .await;
     }

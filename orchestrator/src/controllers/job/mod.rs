@@ -92,13 +92,10 @@ impl Jobs {
 
     /// Processes the queue until aborted.
     pub async fn run(self, workers: usize) {
-        self.jobs.synced().await;
-        self.pods.synced().await;
-        let this = self.clone();
+        let caches = [&self.jobs, &self.pods];
         self.queue
-            .run(workers, move |key| {
-                let this = this.clone();
-                async move { this.sync(&key).await }
+            .run_synced(&caches, workers, self.clone(), |this, key| async move {
+                this.sync(&key).await
             })
             .await;
     }
