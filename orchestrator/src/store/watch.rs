@@ -51,11 +51,15 @@ impl futures_core::Stream for Watch {
 
 pub(super) async fn start(store: Store, prefix: String, after: Revision) -> Result<Watch> {
     let sub = store.feed().tx.subscribe();
+    // Published before the subscription: replayed from the log. Everything
+    // after is in `sub`, however late the task below first runs (renewals
+    // coalesced meanwhile are gaps in the log, not in the feed).
+    let published = store.feed().published();
     store.revisions().await?.check(after)?;
     let (tx, rx) = mpsc::channel(256);
     let range = Range::prefix(&prefix);
     let task = tokio::spawn(async move {
-        if let Err(error) = run(&store, &range, after, sub, &tx).await {
+        if let Err(error) = run(&store, &range, after, published, sub, &tx).await {
             debug!(%error, prefix = %range.lo, "watch ended with an error");
             let _ = tx.send(Err(error)).await;
         }
@@ -66,18 +70,21 @@ pub(super) async fn start(store: Store, prefix: String, after: Revision) -> Resu
     })
 }
 
-/// Feeds `tx` until the receiver goes away (`Ok`) or the store fails.
+/// Feeds `tx` until the receiver goes away (`Ok`) or the store fails:
+/// replays the log from `last` up to `upto` (what was published before
+/// `sub` subscribed), then follows `sub`.
 async fn run(
     store: &Store,
     range: &Range,
     mut last: Revision,
+    mut upto: Revision,
     mut sub: broadcast::Receiver<Arc<FeedItem>>,
     tx: &mpsc::Sender<Result<Event>>,
 ) -> Result<()> {
     loop {
-        // Replay from the log up to what the feed has published.
-        let upto = store.feed().published();
-        loop {
+        // Only when there is something to replay: asking the log from a
+        // revision below a coalesced heartbeat fails even for nothing.
+        while upto > last {
             let events = store.events(range.clone(), last, upto).await?;
             let full = events.len() as i64 >= sql::EVENT_BATCH;
             for event in events {
@@ -102,7 +109,11 @@ async fn run(
                 Ok(item) => {
                     let event = match &*item {
                         FeedItem::Event(event) => event,
-                        FeedItem::Compacted(revision) if *revision > last => break,
+                        FeedItem::Compacted(revision) if *revision > last => {
+                            // Replay, and fail there: the log lost what we missed.
+                            upto = store.feed().published();
+                            break;
+                        }
                         FeedItem::Compacted(_) => continue,
                     };
                     let revision = event.revision();
@@ -121,6 +132,7 @@ async fn run(
                         last, "watch fell behind the feed, replaying from the log"
                     );
                     sub = store.feed().tx.subscribe();
+                    upto = store.feed().published();
                     break;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
