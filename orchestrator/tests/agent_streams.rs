@@ -128,36 +128,69 @@ fn run(cmd: &mut Command, stdin: &[u8]) -> (i32, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn logs_exec_port_forward_and_cp_through_the_agent() {
-    let containerd = Containerd::start();
-    import_image(&containerd);
-    let mut cri = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match Cri::connect(&containerd.socket()).await {
-                Ok(cri) => break cri,
-                Err(err) => {
-                    assert!(Instant::now() < deadline, "{err}\n{}", containerd.log());
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+/// What both tests start: containerd with the test image and its CRI
+/// connection, an API server without controllers, and the agent's API
+/// server on a free port (stopped through `stop_agent`).
+struct Fixture {
+    containerd: Containerd,
+    cri: Cri,
+    server: Server,
+    agent_port: u16,
+    stop_agent: tokio::sync::oneshot::Sender<()>,
+    agent_task: tokio::task::JoinHandle<()>,
+}
+
+impl Fixture {
+    async fn start() -> Fixture {
+        let containerd = Containerd::start();
+        import_image(&containerd);
+        let cri = {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match Cri::connect(&containerd.socket()).await {
+                    Ok(cri) => break cri,
+                    Err(err) => {
+                        assert!(Instant::now() < deadline, "{err}\n{}", containerd.log());
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
+        };
+        let server = Server::start_with(&["--disable-controllers"]);
+        let ca = std::fs::read_to_string(server.dir.path().join("pki/ca.crt")).expect("ca");
+        let mut config = cairn::agent::Config::new(NODE);
+        config.agent_port = 0;
+        config.node_ip = Some("127.0.0.1".parse().expect("ip"));
+        config.pod_log_dir = containerd.log_dir();
+        let agent = AgentServer::bind(&config, cri.clone(), &ca)
+            .await
+            .expect("agent api");
+        let agent_port = agent.local_addr().expect("addr").port();
+        let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+        let agent_task = tokio::spawn(agent.serve(async {
+            let _ = stopped.await;
+        }));
+        Fixture {
+            containerd,
+            cri,
+            server,
+            agent_port,
+            stop_agent,
+            agent_task,
         }
-    };
-    let server = Server::start_with(&["--disable-controllers"]);
-    let ca = std::fs::read_to_string(server.dir.path().join("pki/ca.crt")).expect("ca");
-    let mut config = cairn::agent::Config::new(NODE);
-    config.agent_port = 0;
-    config.node_ip = Some("127.0.0.1".parse().expect("ip"));
-    config.pod_log_dir = containerd.log_dir();
-    let agent = AgentServer::bind(&config, cri.clone(), &ca)
-        .await
-        .expect("agent api");
-    let agent_port = agent.local_addr().expect("addr").port();
-    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent_task = tokio::spawn(agent.serve(async {
-        let _ = stopped.await;
-    }));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_exec_port_forward_and_cp_through_the_agent() {
+    let Fixture {
+        containerd,
+        mut cri,
+        server,
+        agent_port,
+        stop_agent,
+        agent_task,
+    } = Fixture::start().await;
 
     let uid = write_objects(&server, agent_port);
     let sandbox_cfg = sandbox_config(&uid, &containerd.log_dir());
@@ -568,34 +601,14 @@ fn app_log_files(log_dir: &std::path::Path, uid: &str) -> Vec<String> {
 /// current file, `--tail` and `--since` read back across the rotations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logs_are_rotated_and_read_back_across_rotations() {
-    let containerd = Containerd::start();
-    import_image(&containerd);
-    let mut cri = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match Cri::connect(&containerd.socket()).await {
-                Ok(cri) => break cri,
-                Err(err) => {
-                    assert!(Instant::now() < deadline, "{err}\n{}", containerd.log());
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    };
-    let server = Server::start_with(&["--disable-controllers"]);
-    let ca = std::fs::read_to_string(server.dir.path().join("pki/ca.crt")).expect("ca");
-    let mut config = cairn::agent::Config::new(NODE);
-    config.agent_port = 0;
-    config.node_ip = Some("127.0.0.1".parse().expect("ip"));
-    config.pod_log_dir = containerd.log_dir();
-    let agent = AgentServer::bind(&config, cri.clone(), &ca)
-        .await
-        .expect("agent api");
-    let agent_port = agent.local_addr().expect("addr").port();
-    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent_task = tokio::spawn(agent.serve(async {
-        let _ = stopped.await;
-    }));
+    let Fixture {
+        containerd,
+        mut cri,
+        server,
+        agent_port,
+        stop_agent,
+        agent_task,
+    } = Fixture::start().await;
     let policy = cairn::agent::logrotate::Policy::new(1024, 3).expect("policy");
     let rotation = tokio::spawn(cairn::agent::logrotate::run(
         cri.clone(),

@@ -28,14 +28,6 @@ fn node(name: &str, cpu: &str, memory: &str, labels: &str) -> String {
     )
 }
 
-/// Registers nodes (one `kubectl create` of a multi-document file).
-fn register_nodes(server: &Server, nodes: &[String]) {
-    // A leading `---` makes kubectl read YAML documents (JSON is YAML).
-    let list = format!("---\n{}", nodes.join("\n---\n"));
-    let file = server.write(&format!("nodes-{}.yaml", nodes.len()), &list);
-    server.kubectl(&["create", "-f", common::path_str(&file)]);
-}
-
 fn get_json(server: &Server, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);
@@ -149,14 +141,11 @@ fn images(pods: &[Value]) -> Vec<String> {
 fn deployment_rolls_out_scales_updates_and_undoes() {
     let server = Arc::new(Server::start());
     create_namespace_t(&server);
-    register_nodes(
-        &server,
-        &[
-            node("n1", "4", "8Gi", ""),
-            node("n2", "4", "8Gi", ""),
-            node("n3", "4", "8Gi", ""),
-        ],
-    );
+    server.register_nodes(&[
+        node("n1", "4", "8Gi", ""),
+        node("n2", "4", "8Gi", ""),
+        node("n3", "4", "8Gi", ""),
+    ]);
     // No agent runs: a stand-in finishes the pods deleted on these nodes.
     let _kubelet = server.fake_kubelet();
     server.kubectl(&[
@@ -283,7 +272,7 @@ fn deployment_rolls_out_scales_updates_and_undoes() {
 fn unschedulable_pods_say_why_and_are_retried() {
     let server = Server::start();
     create_namespace_t(&server);
-    register_nodes(&server, &[node("small", "1", "2Gi", "")]);
+    server.register_nodes(&[node("small", "1", "2Gi", "")]);
     let pod = |name: &str, cpu: &str, selector: &str| {
         format!(
             r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"t"}},
@@ -332,7 +321,7 @@ fn unschedulable_pods_say_why_and_are_retried() {
     let mut tainted = json(&node("tainted", "16", "32Gi", r#","disk":"ssd""#));
     tainted["spec"]["taints"] =
         json(r#"[{"key":"dedicated","value":"gpu","effect":"NoSchedule"}]"#);
-    register_nodes(&server, &[tainted.to_string()]);
+    server.register_nodes(&[tainted.to_string()]);
     let picky = wait_for(20, "picky reconsidered", &server, || {
         condition("picky").filter(|c| c["message"].as_str().is_some_and(|m| m.starts_with("0/2")))
     });
@@ -340,7 +329,7 @@ fn unschedulable_pods_say_why_and_are_retried() {
         picky["message"],
         "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had untolerated taint {dedicated: gpu}."
     );
-    register_nodes(&server, &[node("fast", "16", "32Gi", r#","disk":"ssd""#)]);
+    server.register_nodes(&[node("fast", "16", "32Gi", r#","disk":"ssd""#)]);
     wait_for(20, "picky bound to fast", &server, || {
         let pod = get_json(&server, &["get", "pod", "picky", "-n", "t"]);
         (pod["spec"]["nodeName"] == "fast").then_some(())
@@ -358,7 +347,7 @@ fn unschedulable_pods_say_why_and_are_retried() {
 fn terminating_pods_hold_their_node_until_gone() {
     let server = Server::start();
     create_namespace_t(&server);
-    register_nodes(&server, &[node("small", "1", "2Gi", "")]);
+    server.register_nodes(&[node("small", "1", "2Gi", "")]);
     let create = |name: &str| {
         let pod = format!(
             r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"t"}},
@@ -397,7 +386,7 @@ fn terminating_pods_hold_their_node_until_gone() {
 fn garbage_collection_and_leadership() {
     let server = Server::start();
     create_namespace_t(&server);
-    register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
+    server.register_nodes(&[node("n1", "8", "16Gi", "")]);
     // No agent runs: a stand-in finishes the pods deleted on these nodes.
     let _kubelet = server.fake_kubelet();
     // The leader holds the Lease; every namespace gets its default ServiceAccount.
@@ -528,7 +517,7 @@ fn bench_bind_1000_pods_on_100_nodes() {
     let nodes: Vec<String> = (0..100)
         .map(|i| node(&format!("n{i:03}"), "64", "256Gi", ""))
         .collect();
-    register_nodes(&server, &nodes);
+    server.register_nodes(&nodes);
     let pods_json: Vec<String> = (0..1000)
         .map(|i| {
             format!(
@@ -583,7 +572,7 @@ fn two_servers_on_postgresql_act_once_and_fail_over() {
     let a = Server::start_with(&["--datastore-endpoint", &url]);
     let b = Server::start_in_with(dir_sharing_ca(&a), &["--datastore-endpoint", &url]);
     create_namespace_t(&a);
-    register_nodes(&a, &[node("n1", "8", "16Gi", "")]);
+    a.register_nodes(&[node("n1", "8", "16Gi", "")]);
     let leader_log = "acquired the controller lease";
     let first = wait_for(30, "a leader", &a, || {
         match (a.log().contains(leader_log), b.log().contains(leader_log)) {
@@ -671,7 +660,7 @@ fn run_pod(server: &Server, name: &str, ip: &str, ready: bool) {
 fn services_get_endpoints_and_slices_from_ready_pods() {
     let server = Server::start();
     create_namespace_t(&server);
-    register_nodes(&server, &[node("n1", "8", "16Gi", "")]);
+    server.register_nodes(&[node("n1", "8", "16Gi", "")]);
     server.kubectl(&[
         "create",
         "deployment",

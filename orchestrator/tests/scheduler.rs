@@ -33,17 +33,6 @@ fn node(name: &str, cpu: &str, zone: &str, labels: &str, taints: &str) -> String
     )
 }
 
-fn register_nodes(server: &Server, nodes: &[String]) {
-    let list = format!("---\n{}", nodes.join("\n---\n"));
-    let file = server.write(&format!("nodes-{}.yaml", nodes.len()), &list);
-    server.kubectl(&["create", "-f", common::path_str(&file)]);
-}
-
-fn create(server: &Server, name: &str, manifest: &str) {
-    let file = server.write(name, manifest);
-    server.kubectl(&["create", "-f", common::path_str(&file)]);
-}
-
 fn pods(server: &Server) -> Vec<Value> {
     json(&server.kubectl(&["get", "pods", "-n", "t", "-o", "json"]))["items"]
         .as_array()
@@ -131,20 +120,17 @@ fn required_anti_affinity_puts_one_replica_per_node() {
     create_namespace_t(&server);
     // "big" has the most room: without anti-affinity it would take more
     // than one replica.
-    register_nodes(
-        &server,
-        &[
-            node("big", "32", "a", "", ""),
-            node("n2", "2", "a", "", ""),
-            node("n3", "2", "b", "", ""),
-        ],
-    );
+    server.register_nodes(&[
+        node("big", "32", "a", "", ""),
+        node("n2", "2", "a", "", ""),
+        node("n3", "2", "b", "", ""),
+    ]);
     let anti = r#"      affinity:
         podAntiAffinity:
           requiredDuringSchedulingIgnoredDuringExecution:
           - labelSelector: {matchLabels: {group: web}}
             topologyKey: kubernetes.io/hostname"#;
-    create(&server, "web.yaml", &deployment("web", 3, "100m", anti));
+    server.create_file("web.yaml", &deployment("web", 3, "100m", anti));
     let (bound, _) = settle(&server, 3, 3);
     let mut nodes: Vec<&String> = bound.values().collect();
     nodes.sort();
@@ -176,11 +162,7 @@ fn required_anti_affinity_puts_one_replica_per_node() {
     // A pod without affinity of its own (and outside the Deployment's
     // selector), selected by the replicas' terms, is kept off every node
     // by them.
-    create(
-        &server,
-        "stray.yaml",
-        &pod("stray", "group: web", "100m", ""),
-    );
+    server.create_file("stray.yaml", &pod("stray", "group: web", "100m", ""));
     let stray = wait_for(30, "stray unschedulable", &server, || {
         let p = json(&server.kubectl(&["get", "pod", "stray", "-n", "t", "-o", "json"]));
         scheduled_message(&p)
@@ -192,7 +174,7 @@ fn required_anti_affinity_puts_one_replica_per_node() {
 
     // A fourth node takes one of the two waiting pods; whichever comes
     // first keeps the other off (its own terms, or the replica's).
-    register_nodes(&server, &[node("n4", "2", "b", "", "")]);
+    server.register_nodes(&[node("n4", "2", "b", "", "")]);
     let (bound, waiting) = wait_for(30, "the other pod reconsidered", &server, || {
         let (bound, waiting) = settle(&server, 4, 5);
         waiting[0].starts_with("0/4").then_some((bound, waiting))
@@ -215,18 +197,14 @@ fn required_anti_affinity_puts_one_replica_per_node() {
 fn required_affinity_follows_the_labelled_pod() {
     let server = Server::start();
     create_namespace_t(&server);
-    register_nodes(
-        &server,
-        &[
-            node("big", "32", "a", "", ""),
-            node("small1", "2", "a", "", ""),
-            node("small2", "2", "b", "", ""),
-        ],
-    );
+    server.register_nodes(&[
+        node("big", "32", "a", "", ""),
+        node("small1", "2", "a", "", ""),
+        node("small2", "2", "b", "", ""),
+    ]);
     // The db pod goes to a small node by node selector; its companion's
     // LeastAllocated choice would be "big".
-    create(
-        &server,
+    server.create_file(
         "db.yaml",
         &pod(
             "db",
@@ -244,8 +222,7 @@ fn required_affinity_follows_the_labelled_pod() {
         topologyKey: kubernetes.io/hostname"#
         )
     };
-    create(
-        &server,
+    server.create_file(
         "cache.yaml",
         &pod("cache", "app: cache", "100m", &with("db")),
     );
@@ -254,8 +231,7 @@ fn required_affinity_follows_the_labelled_pod() {
 
     // A pod whose target does not exist yet waits, and follows it once it
     // is placed.
-    create(
-        &server,
+    server.create_file(
         "worker.yaml",
         &pod("worker", "app: worker", "100m", &with("queue")),
     );
@@ -264,8 +240,7 @@ fn required_affinity_follows_the_labelled_pod() {
         waiting,
         ["0/3 nodes are available: 3 node(s) didn't match pod affinity rules."]
     );
-    create(
-        &server,
+    server.create_file(
         "queue.yaml",
         &pod(
             "queue",
@@ -284,24 +259,17 @@ fn topology_spread_keeps_zones_within_max_skew() {
     create_namespace_t(&server);
     // Zone a has the room (LeastAllocated alone would fill it); zone b's
     // one node holds two replicas at most.
-    register_nodes(
-        &server,
-        &[
-            node("a1", "16", "a", "", ""),
-            node("a2", "16", "a", "", ""),
-            node("b1", "1", "b", "", ""),
-        ],
-    );
+    server.register_nodes(&[
+        node("a1", "16", "a", "", ""),
+        node("a2", "16", "a", "", ""),
+        node("b1", "1", "b", "", ""),
+    ]);
     let spread = r#"      topologySpreadConstraints:
       - maxSkew: 1
         topologyKey: topology.kubernetes.io/zone
         whenUnsatisfiable: DoNotSchedule
         labelSelector: {matchLabels: {app: spread}}"#;
-    create(
-        &server,
-        "spread.yaml",
-        &deployment("spread", 4, "500m", spread),
-    );
+    server.create_file("spread.yaml", &deployment("spread", 4, "500m", spread));
     let (bound, _) = settle(&server, 4, 4);
     let in_b = bound.values().filter(|n| *n == "b1").count();
     assert_eq!(in_b, 2, "two per zone: {bound:?}");
@@ -327,20 +295,17 @@ fn topology_spread_keeps_zones_within_max_skew() {
 fn preferred_node_affinity_and_prefer_no_schedule_steer_scoring() {
     let server = Server::start();
     create_namespace_t(&server);
-    register_nodes(
-        &server,
-        &[
-            node("roomy", "32", "a", "", ""),
-            node("ssd", "2", "a", r#","disk":"ssd""#, ""),
-            node(
-                "soft",
-                "64",
-                "b",
-                "",
-                r#"[{"key":"maintenance","value":"soon","effect":"PreferNoSchedule"}]"#,
-            ),
-        ],
-    );
+    server.register_nodes(&[
+        node("roomy", "32", "a", "", ""),
+        node("ssd", "2", "a", r#","disk":"ssd""#, ""),
+        node(
+            "soft",
+            "64",
+            "b",
+            "",
+            r#"[{"key":"maintenance","value":"soon","effect":"PreferNoSchedule"}]"#,
+        ),
+    ]);
     // Preferred node affinity beats the emptier nodes.
     let prefer_ssd = r#"  affinity:
     nodeAffinity:
@@ -348,25 +313,17 @@ fn preferred_node_affinity_and_prefer_no_schedule_steer_scoring() {
       - weight: 50
         preference:
           matchExpressions: [{key: disk, operator: In, values: [ssd]}]"#;
-    create(
-        &server,
-        "fast.yaml",
-        &pod("fast", "app: fast", "500m", prefer_ssd),
-    );
+    server.create_file("fast.yaml", &pod("fast", "app: fast", "500m", prefer_ssd));
     let (bound, _) = settle(&server, 1, 1);
     assert_eq!(bound["fast"], "ssd");
 
     // The PreferNoSchedule node is the emptiest, but avoided while
     // another node fits...
-    create(
-        &server,
-        "plain.yaml",
-        &pod("plain", "app: plain", "500m", ""),
-    );
+    server.create_file("plain.yaml", &pod("plain", "app: plain", "500m", ""));
     let (bound, _) = settle(&server, 2, 2);
     assert_eq!(bound["plain"], "roomy");
     // ...and used when none other does (the taint is only a preference).
-    create(&server, "huge.yaml", &pod("huge", "app: huge", "40", ""));
+    server.create_file("huge.yaml", &pod("huge", "app: huge", "40", ""));
     let (bound, _) = settle(&server, 3, 3);
     assert_eq!(bound["huge"], "soft");
 }

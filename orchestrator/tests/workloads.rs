@@ -27,12 +27,6 @@ fn node(name: &str, labels: &str, taints: &str) -> String {
     )
 }
 
-fn register_nodes(server: &Server, nodes: &[String]) {
-    let list = format!("---\n{}", nodes.join("\n---\n"));
-    let file = server.write(&format!("nodes-{}.yaml", nodes.len()), &list);
-    server.kubectl(&["create", "-f", common::path_str(&file)]);
-}
-
 fn apply(server: &Server, name: &str, yaml: &str) {
     let file = server.write(name, yaml);
     server.kubectl(&["apply", "-n", "t", "-f", common::path_str(&file)]);
@@ -126,7 +120,7 @@ fn job_yaml(name: &str, extra_spec: &str) -> String {
 fn start() -> (Server, common::kubelet::FakeKubelet) {
     let server = Server::start();
     create_namespace_t(&server);
-    register_nodes(&server, &[node("n1", "", ""), node("n2", "", "")]);
+    server.register_nodes(&[node("n1", "", ""), node("n2", "", "")]);
     let kubelet = server.fake_kubelet();
     (server, kubelet)
 }
@@ -633,14 +627,11 @@ spec:
 fn daemonset_runs_on_each_eligible_node_and_rolls() {
     let (server, _kubelet) = start();
     let server = Arc::new(server);
-    register_nodes(
-        &server,
-        &[node(
-            "n3",
-            r#","gpu":"yes""#,
-            r#"{"key":"dedicated","value":"gpu","effect":"NoSchedule"}"#,
-        )],
-    );
+    server.register_nodes(&[node(
+        "n3",
+        r#","gpu":"yes""#,
+        r#"{"key":"dedicated","value":"gpu","effect":"NoSchedule"}"#,
+    )]);
     apply(&server, "ds.yaml", DAEMONSET);
     let two = |img: &str| {
         vec![

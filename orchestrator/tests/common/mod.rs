@@ -165,6 +165,20 @@ impl Server {
         path
     }
 
+    /// Writes `manifest` to `name` in the data dir and `kubectl create -f`s it.
+    pub fn create_file(&self, name: &str, manifest: &str) -> String {
+        let file = self.write(name, manifest);
+        self.kubectl(&["create", "-f", path_str(&file)])
+    }
+
+    /// Registers Node manifests (JSON) as a client could, with one
+    /// `kubectl create` of a multi-document file.
+    pub fn register_nodes(&self, nodes: &[String]) {
+        // A leading `---` makes kubectl read YAML documents (JSON is YAML).
+        let list = format!("---\n{}", nodes.join("\n---\n"));
+        self.create_file(&format!("nodes-{}.yaml", nodes.len()), &list);
+    }
+
     /// One HTTPS request with curl and the admin client certificate:
     /// `(status code, body)`. `body` is sent as is with `content_type`.
     pub fn curl(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
