@@ -104,7 +104,7 @@ async fn version() -> Result<String> {
 const POLL: Duration = Duration::from_millis(20);
 
 /// Polls containerd's `Version` until it answers; returns its version.
-pub async fn wait_ready() -> String {
+async fn wait_ready() -> String {
     loop {
         if Path::new(SOCKET).exists()
             && let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(2), version()).await
@@ -115,14 +115,14 @@ pub async fn wait_ready() -> String {
     }
 }
 
-/// Watches containerd from its start: the receiver holds its version once
-/// it has answered (logged then, the boot's "containerd answered").
-pub fn watch_ready() -> watch::Receiver<Option<String>> {
-    let (tx, rx) = watch::channel(None);
+/// Watches containerd from its start: the receiver turns true once it has
+/// answered (logged then with its version: the boot's "containerd answered").
+pub fn watch_ready() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         let version = wait_ready().await;
         tracing::info!(%version, "containerd answered");
-        let _ = tx.send(Some(version));
+        let _ = tx.send(true);
     });
     rx
 }

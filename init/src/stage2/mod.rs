@@ -276,8 +276,8 @@ fn serial_shell(supervisor: &Supervisor) {
 
 /// Waits until containerd has answered, or [`CONTAINERD_FIRST`] has passed
 /// (a broken containerd must not also keep the network and the API down).
-async fn containerd_first(mut up: watch::Receiver<Option<String>>) {
-    let answered = tokio::time::timeout(CONTAINERD_FIRST, up.wait_for(Option::is_some)).await;
+async fn containerd_first(mut up: watch::Receiver<bool>) {
+    let answered = tokio::time::timeout(CONTAINERD_FIRST, up.wait_for(|up| *up)).await;
     if !matches!(answered, Ok(Ok(_))) {
         tracing::warn!(
             waited_s = CONTAINERD_FIRST.as_secs(),
@@ -299,12 +299,12 @@ async fn node_ready(node: &str, readiness: &cluster::Readiness) {
 async fn healthy(
     slot: Option<Slot>,
     boot_disk: Option<String>,
-    mut containerd_up: watch::Receiver<Option<String>>,
+    mut containerd_up: watch::Receiver<bool>,
     cluster: Option<(String, cluster::Readiness)>,
 ) {
     let containerd = async {
         // The watcher polls until containerd answers; it never gives up.
-        let _ = containerd_up.wait_for(Option::is_some).await;
+        let _ = containerd_up.wait_for(|up| *up).await;
     };
     let api = async {
         if let Some((node, readiness)) = &cluster {
