@@ -27,6 +27,14 @@ pub const PAUSE_IMAGE: &str = "localhost/cairn/pause:1";
 /// background; one absolute `.ko` path per line, dependencies first.
 pub const NETFILTER_MODULES_LIST: &str = "/etc/cairn/modules.netfilter";
 
+/// The root filesystem's list of Wi-Fi modules (cfg80211, mac80211 and the
+/// WPA2 crypto, see the image builder's `wifi` module), loaded by stage 2
+/// only when `[network.wifi]` is set; same format as the netfilter list.
+pub const WIFI_MODULES_LIST: &str = "/etc/cairn/modules.wifi";
+
+/// Where `wpa_supplicant` is in the root filesystem.
+pub const WPA_SUPPLICANT: &str = "/sbin/wpa_supplicant";
+
 /// GPT name of the EFI system partition.
 pub const PART_ESP: &str = "ESP";
 /// GPT name of the configuration partition.

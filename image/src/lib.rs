@@ -43,6 +43,8 @@ pub mod modules;
 pub mod oci;
 #[cfg(feature = "host")]
 pub mod rootfs;
+#[cfg(feature = "host")]
+pub mod wifi;
 
 pub use arch::Arch;
 pub use slot::Slot;

@@ -3,10 +3,10 @@
 //!
 //! What goes in: `cairn-init` as `/sbin/init`, `cairn` as
 //! `/usr/bin/cairn`, the pause image (`cairn-pause` in an OCI archive), containerd + shim, runc, the CNI plugins,
-//! iptables for them ([`crate::iptables`]), the
+//! iptables for them ([`crate::iptables`]), wpa_supplicant ([`crate::wifi`]), the
 //! shared libraries they load (at Debian's paths, symlinks kept as
 //! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, the
-//! netfilter ones with their own list, and a
+//! netfilter and Wi-Fi ones with their own lists, and a
 //! small `/etc` whose machine-specific files are symlinks into `/run` and
 //! `/var`, written by init at boot. squashfs is chosen over erofs because
 //! GRUB 2.06 and every kernel Cairn targets read it; zstd because it
@@ -21,6 +21,7 @@ use crate::initramfs;
 use crate::iptables;
 use crate::layout;
 use crate::modules::{self, ModuleSet, ModulesError};
+use crate::wifi;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -236,7 +237,9 @@ pub fn stage(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
         "etc/cairn/modules",
         &initramfs::module_list(&c.kernel_version, &set.ordered),
     )?;
-    netfilter_modules(c, root, &set.ordered)?;
+    let netfilter = netfilter_modules(c, root, &set.ordered)?;
+    let listed: Vec<PathBuf> = set.ordered.into_iter().chain(netfilter).collect();
+    wifi_modules(c, root, &listed)?;
     etc(root, c.arch, spec.version)
 }
 
@@ -277,7 +280,12 @@ fn iptables_links(c: &Components, root: &Path) -> Result<(), RootfsError> {
 
 /// The netfilter modules iptables needs, besides those stage 2 loads anyway
 /// (`stage2`), with their list at [`layout::NETFILTER_MODULES_LIST`].
-fn netfilter_modules(c: &Components, root: &Path, stage2: &[PathBuf]) -> Result<(), RootfsError> {
+/// Returns the modules copied.
+fn netfilter_modules(
+    c: &Components,
+    root: &Path,
+    stage2: &[PathBuf],
+) -> Result<Vec<PathBuf>, RootfsError> {
     let set = resolve_modules(&c.modules_dir(), &iptables::MODULES, "netfilter")?;
     let own: Vec<PathBuf> = set
         .ordered
@@ -289,7 +297,32 @@ fn netfilter_modules(c: &Components, root: &Path, stage2: &[PathBuf]) -> Result<
         root,
         layout::NETFILTER_MODULES_LIST.trim_start_matches('/'),
         &initramfs::module_list(&c.kernel_version, &own),
-    )
+    )?;
+    Ok(own)
+}
+
+/// The Wi-Fi modules besides those already copied (`listed`), with their
+/// list at [`layout::WIFI_MODULES_LIST`], and the unlisted test modules.
+fn wifi_modules(c: &Components, root: &Path, listed: &[PathBuf]) -> Result<(), RootfsError> {
+    let set = resolve_modules(&c.modules_dir(), &wifi::MODULES, "wifi")?;
+    let own: Vec<PathBuf> = set
+        .ordered
+        .into_iter()
+        .filter(|m| !listed.contains(m))
+        .collect();
+    copy_modules(c, root, &own)?;
+    write(
+        root,
+        layout::WIFI_MODULES_LIST.trim_start_matches('/'),
+        &initramfs::module_list(&c.kernel_version, &own),
+    )?;
+    let test = resolve_modules(&c.modules_dir(), &wifi::TEST_MODULES, "wifi test")?;
+    let extra: Vec<PathBuf> = test
+        .ordered
+        .into_iter()
+        .filter(|m| !listed.contains(m) && !own.contains(m))
+        .collect();
+    copy_modules(c, root, &extra)
 }
 
 /// How `arch`'s root is compressed. Boot time is mostly containerd paging

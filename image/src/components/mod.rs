@@ -1,7 +1,7 @@
 //! Prebuilt components: the Debian 12 packages an image is assembled from.
 //!
 //! The kernel (with its modules), containerd, runc, the CNI plugins,
-//! iptables, GRUB's EFI modules and the shared libraries those binaries load come from
+//! iptables, wpa_supplicant, GRUB's EFI modules and the shared libraries those binaries load come from
 //! Debian 12 packages pinned in `image/components.lock` (see [`lockfile`]).
 //! [`fetch`] downloads them once into a cache through a private apt setup
 //! ([`apt`]) and checks each against its SHA-256; [`prepare`] also extracts
@@ -40,7 +40,7 @@ pub const LOCK_TEXT: &str = include_str!("../../components.lock");
 const TREE_FORMAT: &str = "cairn-tree-v1";
 
 /// The ELF binaries a Cairn root filesystem takes from the tree
-/// (tree-relative), besides iptables (see [`elf_binaries`]).
+/// (tree-relative), besides iptables and wpa_supplicant (see [`elf_binaries`]).
 pub const ELF_BINARIES: [&str; 7] = [
     "usr/bin/containerd",
     "usr/bin/containerd-shim-runc-v2",
@@ -52,13 +52,15 @@ pub const ELF_BINARIES: [&str; 7] = [
 ];
 
 /// Every ELF file the root filesystem of `arch` takes from the tree:
-/// [`ELF_BINARIES`], iptables and its extensions ([`crate::iptables`]).
+/// [`ELF_BINARIES`], iptables and its extensions ([`crate::iptables`]),
+/// wpa_supplicant ([`crate::wifi`]).
 /// Their library closure must be locked too.
 pub fn elf_binaries(arch: Arch) -> Vec<PathBuf> {
     ELF_BINARIES
         .iter()
         .map(PathBuf::from)
         .chain(crate::iptables::elf_files(arch))
+        .chain(crate::wifi::elf_files())
         .collect()
 }
 

@@ -17,11 +17,12 @@ use crate::Arch;
 use crate::elf::{self, ElfError};
 
 /// Packages whose dependencies may provide the binaries' libraries.
-const BINARY_PACKAGES: [&str; 4] = [
+const BINARY_PACKAGES: [&str; 5] = [
     "containerd",
     "runc",
     "containernetworking-plugins",
     "iptables",
+    "wpasupplicant",
 ];
 
 /// Resolves and downloads the current package set of `arch` under `dir`
