@@ -9,6 +9,7 @@
 //! - [`lease`]: what an ACK grants, and its T1/T2/expiry times.
 //! - `client`: the tokio task running the state machine over UDP port 68.
 //! - [`resolv`]: rendering and atomically replacing `resolv.conf`.
+//! - [`wifi`]: `[network.wifi]`: the supervised `wpa_supplicant`.
 //!
 //! Static configuration is complete when [`start`] returns. DHCP runs in a
 //! background task so boot never waits for a lease: containerd starts
@@ -21,7 +22,7 @@
 //! `dhcp = false`; DHCP on the primary interface only (a further interface
 //! with `dhcp = true` is reported and left down), and a further
 //! interface's `dns` is used only when the primary one is static; VLANs
-//! and Wi-Fi are validated, not configured; no link-state tracking
+//! are validated, not configured; no link-state tracking
 //! (a cable pulled and replugged is noticed only at renewal); routers
 //! outside the leased subnet (on-link /32 leases) are not supported.
 
@@ -31,6 +32,7 @@ pub mod iface;
 pub mod lease;
 pub mod link;
 pub mod resolv;
+pub mod wifi;
 
 use cairn_image::config::Network;
 use std::net::IpAddr;

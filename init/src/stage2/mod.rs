@@ -103,6 +103,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     if let Err(error) = etc::ensure_machine_id(Path::new(etc::MACHINE_ID)) {
         tracing::error!(error = format!("{error:#}"), "no machine id");
     }
+    network::wifi::load_modules(&config.network);
     host::apply(&config, Path::new(etc::RUN_ETC));
     let service_env = host::service_env(&config);
 
@@ -184,6 +185,7 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
     if let Err(error) = network::start(&config.network, &resolv).await {
         tracing::error!(%error, "network not configured");
     }
+    network::wifi::start(&config.network, &supervisor);
     if clock_first {
         tracing::info!("clock not set: waiting for SNTP before the cluster starts");
         sntp::run(ntp, 5, Duration::from_secs(3)).await;
