@@ -12,7 +12,8 @@
 //!    reach the console as `[wpa_supplicant] ...`), then sets the static
 //!    addresses.
 //!
-//! The PSK goes into [`CONF`] only: it is never logged, and the
+//! The key goes into [`CONF`] only, always as the raw PSK (a passphrase is
+//! turned into it here: see [`psk_value`]): it is never logged, and the
 //! supplicant hides keys in its own output unless run with `-K`.
 //!
 //! Current limitations: addressing is static only (`dhcp = false` with
@@ -131,7 +132,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 /// The supplicant's configuration for `wifi`: the regulatory domain and one
-/// network, WPA-PSK with the passphrase or raw key as given, or open.
+/// network, WPA-PSK with the raw key, or open.
 pub fn render(wifi: &Wifi) -> String {
     let mut out = String::from("# written by cairn-init from config.toml [network.wifi]\n");
     if let Some(country) = &wifi.country {
@@ -145,7 +146,7 @@ pub fn render(wifi: &Wifi) -> String {
         None => out.push_str("\tkey_mgmt=NONE\n"),
         Some(psk) => {
             out.push_str("\tkey_mgmt=WPA-PSK\n");
-            let _ = writeln!(out, "\tpsk={}", psk_value(psk.expose()));
+            let _ = writeln!(out, "\tpsk={}", psk_value(psk.expose(), &wifi.ssid));
         }
     }
     out.push_str("}\n");
@@ -156,28 +157,35 @@ pub fn render(wifi: &Wifi) -> String {
 /// without `"` or `\`, else the hex of its bytes (the supplicant's
 /// unquoted form), which holds any bytes.
 fn ssid(ssid: &str) -> String {
-    let plain = ssid.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    let plain = ssid
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
     if plain {
         format!("\"{ssid}\"")
     } else {
-        ssid.bytes().fold(String::new(), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+        hex(ssid.as_bytes())
     }
 }
 
-/// A PSK as the supplicant parses it: 64 hex digits are the raw key,
-/// unquoted; anything else (validated: 8-63 printable ASCII characters) is
-/// a passphrase, quoted. The supplicant takes a quoted value up to the
-/// line's last `"` and does no escaping, so a passphrase holding `"`, `\`
-/// or `#` is written as it is.
-fn psk_value(psk: &str) -> String {
+/// The raw PSK, 64 hex digits, as the supplicant takes it unquoted: a raw
+/// key as given, or derived from the passphrase and the SSID (IEEE 802.11i
+/// PBKDF2-HMAC-SHA1, 4096 rounds, 32 bytes). A passphrase is never written
+/// quoted: the supplicant ends a quoted value at a `#` after a second `"`
+/// and then prints what it read in its error.
+fn psk_value(psk: &str, ssid: &str) -> String {
     if psk.len() == 64 && psk.bytes().all(|b| b.is_ascii_hexdigit()) {
-        psk.to_ascii_lowercase()
-    } else {
-        format!("\"{psk}\"")
+        return psk.to_ascii_lowercase();
     }
+    let mut key = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha1::Sha1>(psk.as_bytes(), ssid.as_bytes(), 4096, &mut key);
+    hex(&key)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 #[cfg(test)]
@@ -197,12 +205,29 @@ mod tests {
 
     #[test]
     fn a_passphrase_network_with_country() {
-        let w = wifi("ssid = \"home\"\npsk = \"correct horse\"\ncountry = \"DE\"\n");
+        // IEEE 802.11i-2004 H.4.1's first test vector.
+        let w = wifi("ssid = \"IEEE\"\npsk = \"password\"\ncountry = \"DE\"\n");
         assert_eq!(
             render(&w),
             "# written by cairn-init from config.toml [network.wifi]\ncountry=DE\nnetwork={\n\
-             \tssid=\"home\"\n\tscan_ssid=1\n\tkey_mgmt=WPA-PSK\n\tpsk=\"correct horse\"\n}\n"
+             \tssid=\"IEEE\"\n\tscan_ssid=1\n\tkey_mgmt=WPA-PSK\n\
+             \tpsk=f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e\n}\n"
         );
+    }
+
+    #[test]
+    fn the_key_is_derived_from_the_ssid_bytes() {
+        // H.4.1's second vector, then an SSID written as hex.
+        let psk = psk_value("ThisIsAPassword", "ThisIsASSID");
+        assert_eq!(
+            psk,
+            "0dc0d6eb90555ed6419756b9a15ec3e3209b63df707dd508d14581f8982721af"
+        );
+        let text = render(&wifi("ssid = 'a\"b #ü'\npsk = 'pa\"ss #1 \\ \"'\n"));
+        assert!(text.contains("\tssid=6122622023c3bc\n"), "{text}");
+        assert!(!text.contains("pa\"ss"), "{text}");
+        let key = psk_value("pa\"ss #1 \\ \"", "a\"b #ü");
+        assert!(text.contains(&format!("\tpsk={key}\n")), "{text}");
     }
 
     #[test]
@@ -214,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn a_raw_key_is_unquoted_hex() {
+    fn a_raw_key_is_kept_as_lower_case_hex() {
         let key = "0123456789ABCDEF".repeat(4);
         let text = render(&wifi(&format!("ssid = \"x\"\npsk = \"{key}\"\n")));
         assert!(
@@ -222,16 +247,8 @@ mod tests {
             "{text}"
         );
         // 63 hex digits are a passphrase.
-        let text = render(&wifi(&format!("ssid = \"x\"\npsk = \"{}\"\n", &key[1..])));
-        assert!(text.contains(&format!("\tpsk=\"{}\"\n", &key[1..])), "{text}");
-    }
-
-    #[test]
-    fn a_passphrase_with_quotes_and_hashes_is_kept_whole() {
-        let text = render(&wifi(r##"ssid = "x"
-psk = 'pa"ss #1 \ "'
-"##));
-        assert!(text.contains("\tpsk=\"pa\"ss #1 \\ \"\"\n"), "{text}");
+        assert_eq!(psk_value(&key[1..], "x").len(), 64);
+        assert_ne!(psk_value(&key[1..], "x"), key[1..].to_ascii_lowercase());
     }
 
     #[test]
