@@ -284,6 +284,16 @@ mod tests {
             let set = crate::modules::resolve(&c.modules_dir(), &["virtio_blk", "squashfs"])
                 .expect("modules");
             assert!(set.missing.is_empty(), "{set:?}");
+            let wanted: Vec<&str> = crate::wifi::MODULES
+                .iter()
+                .chain(&crate::wifi::TEST_MODULES)
+                .copied()
+                .collect();
+            let wifi = crate::modules::resolve(&c.modules_dir(), &wanted).expect("wifi modules");
+            assert!(
+                wifi.missing.is_empty() && wifi.builtin.is_empty(),
+                "{wifi:?}"
+            );
         }
     }
 }
