@@ -235,10 +235,10 @@ pub async fn serve(
         }
         _ => {
             let mut url = format!("/portForward/{namespace}/{name}");
-            push_query(
-                &mut url,
-                query.all("ports").into_iter().map(|p| ("port", p)),
-            );
+            // `ports=80&ports=8080` or `ports=80,8080` (the Python
+            // client's), as upstream's query conversion reads it.
+            let ports = query.all("ports").into_iter().flat_map(|p| p.split(','));
+            push_query(&mut url, ports.map(|p| ("port", p.trim())));
             url
         }
     };
