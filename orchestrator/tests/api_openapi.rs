@@ -180,8 +180,9 @@ fn review_kinds_are_validated_by_kubectl_from_openapi_v2() {
     let (out, err) =
         server.kubectl_with_stderr(&["create", "-v=6", "-f", path_str(&review), "-o", "yaml"]);
     assert!(
-        err.lines()
-            .any(|l| l.contains("GET https://") && l.contains("/openapi/v2?") && l.contains("200 OK")),
+        err.lines().any(|l| l.contains("GET https://")
+            && l.contains("/openapi/v2?")
+            && l.contains("200 OK")),
         "validated from /openapi/v2: {err}"
     );
     assert!(out.contains("kind: SelfSubjectAccessReview"), "{out}");
