@@ -477,6 +477,12 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
         "{seen}"
     );
     assert_eq!(seen["forward_error"], serde_json::Value::Null, "{seen}");
+    assert!(
+        seen["closed_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connection refused")),
+        "{seen}"
+    );
 
     // follow: new lines arrive; the stream ends when the container stops.
     let mut follow = server
@@ -616,7 +622,7 @@ fn python_client(server: &Server) -> serde_json::Value {
         .arg(venv.join("bin/python"))
         .arg(script)
         .arg(server.kubeconfig())
-        .args([POD, "app", &HTTP_PORT.to_string()])
+        .args([POD, "app", &HTTP_PORT.to_string(), &free_port().to_string()])
         .output()
         .expect("the venv's python");
     assert!(

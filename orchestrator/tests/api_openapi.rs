@@ -170,12 +170,50 @@ spec:
   bogus: 1
 ";
 
+/// A CRD whose schema says what Swagger 2.0 cannot (nullable, anyOf,
+/// int-or-string, preserved unknown fields): converted, not refused.
+const GADGET_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+              note: {type: string, nullable: true}
+              port:
+                x-kubernetes-int-or-string: true
+                anyOf: [{type: integer}, {type: string}]
+              extra:
+                type: object
+                x-kubernetes-preserve-unknown-fields: true
+              tags:
+                type: array
+                items: {type: string}
+";
+
 /// The review kinds are only created (no `patch` in their v3 documents),
 /// so kubectl cannot leave Strict validation to the server: it validates
 /// them itself against `/openapi/v2`, fetched as protobuf.
 #[test]
 fn review_kinds_are_validated_by_kubectl_from_openapi_v2() {
     let server = Server::start();
+    // A served CRD's definition is part of the document kubectl parses.
+    let crd = server.write("crd.yaml", GADGET_CRD);
+    server.kubectl(&["apply", "-f", path_str(&crd)]);
     let review = server.write("ssar.yaml", ACCESS_REVIEW);
     let (out, err) =
         server.kubectl_with_stderr(&["create", "-v=6", "-f", path_str(&review), "-o", "yaml"]);
@@ -235,5 +273,16 @@ fn review_kinds_are_validated_by_kubectl_from_openapi_v2() {
     );
     assert!(
         doc["paths"]["/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"]["post"].is_object()
+    );
+    let gadget = &doc["definitions"]["com.example.v1.Gadget"];
+    assert_eq!(
+        gadget["properties"]["spec"]["properties"]["size"],
+        serde_json::json!({"type": "integer", "minimum": 1.0}),
+        "{gadget}"
+    );
+    assert_eq!(
+        gadget["properties"]["spec"]["properties"]["port"],
+        serde_json::json!({"x-kubernetes-int-or-string": true}),
+        "{gadget}"
     );
 }

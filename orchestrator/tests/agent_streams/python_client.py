@@ -2,7 +2,7 @@
 speaks WebSocket only (`v4.channel.k8s.io`, no SPDY fallback): run by
 agent_streams.rs against its pod, prints one JSON object of what it saw.
 
-usage: python_client.py KUBECONFIG POD CONTAINER HTTP_PORT
+usage: python_client.py KUBECONFIG POD CONTAINER HTTP_PORT CLOSED_PORT
 """
 
 import json
@@ -11,7 +11,8 @@ import sys
 from kubernetes import client, config
 from kubernetes.stream import portforward, stream
 
-kubeconfig, pod, container, http_port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+kubeconfig, pod, container = sys.argv[1], sys.argv[2], sys.argv[3]
+http_port, closed_port = int(sys.argv[4]), int(sys.argv[5])
 config.load_kube_config(config_file=kubeconfig)
 api = client.CoreV1Api()
 seen = {}
@@ -39,8 +40,12 @@ seen["stdout"], seen["stderr"] = out, err
 # Parsed from the Status on channel 3 (NonZeroExitCode and its cause).
 seen["returncode"] = resp.returncode
 
-# Port-forward: an HTTP request through the forwarded socket.
-pf = portforward(api.connect_get_namespaced_pod_portforward, pod, "default", ports=str(http_port))
+# Port-forward: an HTTP request through the forwarded socket; two ports in
+# one `ports=A,B`, the second with nothing listening (its error channel
+# says so).
+pf = portforward(
+    api.connect_get_namespaced_pod_portforward, pod, "default", ports=f"{http_port},{closed_port}",
+)
 sock = pf.socket(http_port)
 sock.settimeout(20)
 sock.sendall(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n")
@@ -53,4 +58,5 @@ while True:
 sock.close()
 seen["forwarded"] = reply.decode(errors="replace")
 seen["forward_error"] = pf.error(http_port)
+seen["closed_error"] = pf.error(closed_port)
 print(json.dumps(seen))
