@@ -17,13 +17,15 @@
 //! documents (`convert`), built-in and custom alike, so both versions say
 //! the same: definitions named as upstream (`io.k8s.api.core.v1.Pod`),
 //! `#/definitions/` references, the `x-kubernetes-group-version-kind` and
-//! merge-key extensions. It is built on request and not kept: it is as
-//! large as all v3 documents together (~1.6 MB as protobuf), which would
-//! add to the server's resident memory for a document kubectl asks for
-//! only when it validates a review kind, and then with the `ETag` of its
-//! last copy in its HTTP cache. The `ETag` is derived from the v3 root's
-//! hash (it changes whenever a v3 document does), so `If-None-Match` is
-//! answered with 304 without building anything.
+//! merge-key extensions. It is built on request and not kept: it is about
+//! as large as all v3 documents together (0.63 MB as protobuf, 0.73 MB as
+//! JSON), which would add to the server's resident memory for a document
+//! kubectl asks for only when it validates a review kind, and then with
+//! the `ETag` of its last copy in its HTTP cache. Building it takes ~50 ms
+//! in the release binary and leaves RSS within ~0.1 MB of where it was.
+//! The `ETag` is derived from the v3 root's hash (it changes whenever a v3
+//! document does), so `If-None-Match` is answered with 304 without
+//! building anything.
 //!
 //! # Current limitations
 //! - Paths carry what the v3 documents describe (ids, `x-kubernetes-*`,
