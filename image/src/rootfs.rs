@@ -68,6 +68,8 @@ pub fn stage2_modules(arch: Arch) -> Vec<&'static str> {
         "bridge",
         "br_netfilter",
         "veth",
+        // [[network.vlans]]: the device has no modprobe to load it on demand.
+        "8021q",
         "evdev",
         "af_packet",
     ];
@@ -348,6 +350,7 @@ mod tests {
         );
         assert!(stage2_modules(Arch::Aarch64).contains(&"gpio_pl061"));
         assert!(stage2_modules(Arch::X86_64).contains(&"virtio_blk"));
+        assert!(stage2_modules(Arch::Aarch64).contains(&"8021q"), "VLANs");
     }
 
     #[test]
