@@ -22,10 +22,11 @@
 //! route with its interface's metric (the primary's wins) and its DNS
 //! servers to `resolv.conf` in rank order (see [`plan`]).
 //!
-//! A VLAN is created over rtnetlink (the `8021q` module is in the image's
-//! module list) once its parent exists; the parent is set up first, with or
-//! without an address of its own, then the VLAN is configured like any
-//! interface.
+//! A VLAN is created over rtnetlink once its parent exists; the parent is
+//! set up first, with or without an address of its own, then the VLAN is
+//! configured like any interface. The `8021q` module has its own list in
+//! the image ([`cairn_image::layout::VLAN_MODULES_LIST`]), loaded here only
+//! when the config has VLANs: other boots do not pay for it.
 //!
 //! Static addresses may be IPv4 and IPv6 (with an IPv6 default route);
 //! DHCP is IPv4 (IPv6 comes from router advertisements). A further
@@ -114,6 +115,9 @@ pub async fn start(config: &Network, resolv_conf: &Path) -> Result<(), NetworkEr
             source,
         })?;
     info!(dns = ?dns, "network: resolv.conf written");
+    if plans.iter().any(|p| p.vlan.is_some()) {
+        load_vlan_modules().await;
+    }
     let mut primary = Ok(());
     for plan in plans {
         let (rank, key) = (plan.rank, plan.key());
@@ -175,6 +179,15 @@ async fn configure_static(
         metric: plan.metric(),
     };
     settings.apply(nl, &name)
+}
+
+/// Loads the image's VLAN module list, if it has one (a host test has not);
+/// the loader logs what it did.
+async fn load_vlan_modules() {
+    let list = Path::new(cairn_image::layout::VLAN_MODULES_LIST);
+    if list.exists() {
+        let _ = tokio::task::spawn_blocking(|| crate::stage1::modules::load_list(list)).await;
+    }
 }
 
 /// Brings `parent` up (it may have no address of its own: a trunk port)
