@@ -6,7 +6,7 @@
 //! iptables for them ([`crate::iptables`]), wpa_supplicant ([`crate::wifi`]), the
 //! shared libraries they load (at Debian's paths, symlinks kept as
 //! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, the
-//! netfilter and Wi-Fi ones with their own lists, and a
+//! netfilter, VLAN and Wi-Fi ones with their own lists (loaded on demand), and a
 //! small `/etc` whose machine-specific files are symlinks into `/run` and
 //! `/var`, written by init at boot. squashfs is chosen over erofs because
 //! GRUB 2.06 and every kernel Cairn targets read it; zstd because it
@@ -237,9 +237,13 @@ pub fn stage(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
         "etc/cairn/modules",
         &initramfs::module_list(&c.kernel_version, &set.ordered),
     )?;
-    let netfilter = netfilter_modules(c, root, &set.ordered)?;
-    let listed: Vec<PathBuf> = set.ordered.into_iter().chain(netfilter).collect();
-    wifi_modules(c, root, &listed)?;
+    let netfilter = (&iptables::MODULES[..], layout::NETFILTER_MODULES_LIST);
+    listed_modules(c, root, &set.ordered, netfilter, "netfilter")?;
+    let vlan = (&VLAN_MODULES[..], layout::VLAN_MODULES_LIST);
+    listed_modules(c, root, &set.ordered, vlan, "vlan")?;
+    let wifi = (&wifi::MODULES[..], layout::WIFI_MODULES_LIST);
+    listed_modules(c, root, &set.ordered, wifi, "wifi")?;
+    wifi_test_modules(c, root, &set.ordered)?;
     etc(root, c.arch, spec.version)
 }
 
@@ -278,15 +282,23 @@ fn iptables_links(c: &Components, root: &Path) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// The netfilter modules iptables needs, besides those stage 2 loads anyway
-/// (`stage2`), with their list at [`layout::NETFILTER_MODULES_LIST`].
-/// Returns the modules copied.
-fn netfilter_modules(
+/// 802.1Q VLANs (`[[network.vlans]]`): loaded only when the config has
+/// some, so other boots do not pay for them.
+const VLAN_MODULES: [&str; 1] = ["8021q"];
+
+/// Modules loaded on demand — the netfilter modules iptables needs
+/// ([`layout::NETFILTER_MODULES_LIST`]), VLAN support
+/// ([`layout::VLAN_MODULES_LIST`]), Wi-Fi ([`layout::WIFI_MODULES_LIST`])
+/// — besides those stage 2 loads anyway
+/// (`stage2`), with their own list (`wanted`, list path).
+fn listed_modules(
     c: &Components,
     root: &Path,
     stage2: &[PathBuf],
-) -> Result<Vec<PathBuf>, RootfsError> {
-    let set = resolve_modules(&c.modules_dir(), &iptables::MODULES, "netfilter")?;
+    (wanted, list): (&[&str], &str),
+    stage: &str,
+) -> Result<(), RootfsError> {
+    let set = resolve_modules(&c.modules_dir(), wanted, stage)?;
     let own: Vec<PathBuf> = set
         .ordered
         .into_iter()
@@ -295,34 +307,22 @@ fn netfilter_modules(
     copy_modules(c, root, &own)?;
     write(
         root,
-        layout::NETFILTER_MODULES_LIST.trim_start_matches('/'),
+        list.trim_start_matches('/'),
         &initramfs::module_list(&c.kernel_version, &own),
-    )?;
-    Ok(own)
+    )
 }
 
-/// The Wi-Fi modules besides those already copied (`listed`), with their
-/// list at [`layout::WIFI_MODULES_LIST`], and the unlisted test modules.
-fn wifi_modules(c: &Components, root: &Path, listed: &[PathBuf]) -> Result<(), RootfsError> {
-    let set = resolve_modules(&c.modules_dir(), &wifi::MODULES, "wifi")?;
+/// [`wifi::TEST_MODULES`] with what they need beyond stage 2's modules, in
+/// no list (the Wi-Fi list's modules among them are copied again: the same
+/// files).
+fn wifi_test_modules(c: &Components, root: &Path, stage2: &[PathBuf]) -> Result<(), RootfsError> {
+    let set = resolve_modules(&c.modules_dir(), &wifi::TEST_MODULES, "wifi test")?;
     let own: Vec<PathBuf> = set
         .ordered
         .into_iter()
-        .filter(|m| !listed.contains(m))
+        .filter(|m| !stage2.contains(m))
         .collect();
-    copy_modules(c, root, &own)?;
-    write(
-        root,
-        layout::WIFI_MODULES_LIST.trim_start_matches('/'),
-        &initramfs::module_list(&c.kernel_version, &own),
-    )?;
-    let test = resolve_modules(&c.modules_dir(), &wifi::TEST_MODULES, "wifi test")?;
-    let extra: Vec<PathBuf> = test
-        .ordered
-        .into_iter()
-        .filter(|m| !listed.contains(m) && !own.contains(m))
-        .collect();
-    copy_modules(c, root, &extra)
+    copy_modules(c, root, &own)
 }
 
 /// How `arch`'s root is compressed. Boot time is mostly containerd paging

@@ -6,24 +6,26 @@
 //!    there finds cfg80211 and mac80211 loaded): the image's Wi-Fi list.
 //! 2. [`start`] (a background task, so the boot never waits for a radio):
 //!    waits for the interface, writes the supplicant's configuration
-//!    ([`render`]) to [`CONF`] (mode 0600: it holds the PSK), starts
+//!    ([`render`]) to [`CONF`] (mode 0600: it holds the key), and starts
 //!    `wpa_supplicant -i IFACE -c CONF` under the supervisor (restarted
 //!    with back-off if it dies; its INFO lines, e.g. `CTRL-EVENT-CONNECTED`,
-//!    reach the console as `[wpa_supplicant] ...`), then sets the static
-//!    addresses.
+//!    reach the console as `[wpa_supplicant] ...`).
+//!
+//! Addressing is not done here: the interface is one more
+//! [`super::plan::Plan`] (the last), static or DHCP like any other, its
+//! `dns` merged into `resolv.conf` in rank order.
 //!
 //! The key goes into [`CONF`] only, always as the raw PSK (a passphrase is
 //! turned into it here: see [`psk_value`]): it is never logged, and the
 //! supplicant hides keys in its own output unless run with `-K`.
 //!
-//! Current limitations: addressing is static only (`dhcp = false` with
-//! `addresses`); `dhcp = true` is reported on the console and leaves the
-//! interface associated but unaddressed until DHCP runs on interfaces other
-//! than the primary one. `network.wifi.dns` is not written to
-//! `resolv.conf`. WPA2-Personal (and WPA with TKIP, as the supplicant
-//! defaults) and open networks only: no WPA3-SAE, no enterprise (802.1X).
+//! Current limitations: no link-state tracking, so a DHCP client that
+//! started before the association finds the network at its next
+//! retransmission (up to 64 s later). WPA2-Personal (and WPA with TKIP, as
+//! the supplicant defaults) and open networks only: no WPA3-SAE, no
+//! enterprise (802.1X).
 
-use super::{Static, iface};
+use super::iface;
 use crate::stage1::modules;
 use crate::supervisor::{ServiceSpec, Supervisor};
 use cairn_image::config::Network;
@@ -53,7 +55,7 @@ pub fn load_modules(config: &Network) {
     }
 }
 
-/// Starts the supplicant and the addressing of `[network.wifi]`, if set,
+/// Starts the supplicant of `[network.wifi]`, if set,
 /// in a background task.
 pub fn start(config: &Network, supervisor: &Supervisor) {
     let Some(wifi) = config.wifi.clone() else {
@@ -84,20 +86,7 @@ async fn run(wifi: &Wifi, supervisor: &Supervisor) -> Result<(), String> {
     supervisor.start(spec(&name, conf));
     tracing::info!(interface = %name, ssid = %wifi.ssid, open = wifi.psk.is_none(),
         "Wi-Fi: wpa_supplicant started");
-    if wifi.dhcp {
-        crate::log::console(&format!(
-            "cairn: config warning: network.wifi: DHCP on {name} is not in this build (the primary interface only); set dhcp = false and addresses"
-        ));
-        return Ok(());
-    }
-    let nl = super::link::Netlink::connect().map_err(|e| e.to_string())?;
-    Static {
-        addresses: wifi.addresses.clone(),
-        gateway: wifi.gateway,
-        gateway6: wifi.gateway6,
-    }
-    .apply(&nl, &name)
-    .map_err(|e| e.to_string())
+    Ok(())
 }
 
 /// The supervised `wpa_supplicant` on `interface` with the config `conf`:

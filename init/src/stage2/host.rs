@@ -38,11 +38,6 @@ pub fn apply(config: &Config, run_etc: &Path) {
     if !config.host.modules.is_empty() {
         load_modules(config);
     }
-    if !config.network.vlans.is_empty() {
-        crate::log::console(
-            "cairn: config warning: network.vlans are validated but not applied by this build",
-        );
-    }
     if config.network.dhcp && !config.network.addresses.is_empty() {
         crate::log::console(
             "cairn: config warning: network.addresses are applied with dhcp = false only in this build",
