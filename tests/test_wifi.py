@@ -4,22 +4,24 @@ and the station answers pings across the (virtual) radio link.
 
 Radios: `mac80211_hwsim` (two virtual radios, wlan0 and wlan1, on one
 simulated medium), loaded through `host.modules`. Cairn's station uses
-wlan0 with a static address (`dhcp = false`). The image has no shell, so
+wlan0 and leases its address by DHCP (`dhcp` is the default) from the
+access point. The image has no shell, so
 the access point is a privileged `hostNetwork` pod of a tiny image built
 here (the host's static busybox and `iw`): it moves wlan1's phy into a
 network namespace of its own (`unshare -n`, `iw phy set netns`), so that the
 only way from it to the station is over the air, and runs the image's own
 wpa_supplicant (through a hostPath of the node's root, with the dynamic
 loader and libraries from there) in AP mode (`mode=2`), then pings the
-station's address from inside that namespace.
+station's leased address from inside that namespace.
 
 The SSID has a quote, a backslash and a non-ASCII letter (the station's
 config must use the hex form) and the passphrase a quote, a `#` and spaces
 (which wpa_supplicant cannot read quoted: init derives the raw key); the
 access point is given the raw PSK computed here (PBKDF2 of the two), so a
-wrongly written SSID or key cannot associate. Neither the passphrase nor a
-part of it may reach the console (wpa_supplicant quotes what it failed to
-parse).
+wrongly written SSID or key cannot associate. The access point also runs
+busybox `udhcpd` with a pool of one address, the one it then pings. Neither
+the passphrase nor a part of it may reach the console (wpa_supplicant
+quotes what it failed to parse).
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ nsenter -t "$ns" -n sh -c '
   ip addr show wlan1
   . /node.sh
   node /host/sbin/wpa_supplicant -D nl80211 -i wlan1 -c /ap.conf &
-  for i in $(seq 90); do
+  printf "start %(station)s\\nend %(station)s\\ninterface wlan1\\nlease_file /leases\\noption subnet 255.255.255.0\\n" > /udhcpd.conf
+  udhcpd -f /udhcpd.conf &
+  for i in $(seq 100); do
     if ping -c 1 -W 2 %(station)s; then echo "ap: station answered over the air"; exit 0; fi
     sleep 1
   done
@@ -139,8 +143,6 @@ def test_station_associates_and_answers_over_the_air(arch, image, workdir):
         f'ssid = "{ssid_toml}"\n'
         f"psk = '{PASSPHRASE}'\n"
         'country = "DE"\n'
-        "dhcp = false\n"
-        f'addresses = ["{STATION}/24"]\n'
     )
     (out / "config.toml").write_text(config)
     harness.tool("config", "validate", out / "config.toml")
@@ -154,7 +156,7 @@ def test_station_associates_and_answers_over_the_air(arch, image, workdir):
     node_sh = workdir / "node.sh"
     node_sh.write_text(NODE_SH)
     archive = workdir / "ap.tar"
-    applets = ("sh", "cat", "sleep", "unshare", "nsenter", "ip", "ping", "seq")
+    applets = ("sh", "cat", "sleep", "unshare", "nsenter", "ip", "ping", "seq", "printf", "udhcpd")
     harness.tool(
         "oci", "--name", "localhost/test/wifi-ap:1", "--arch", arch,
         "--entrypoint", "/bin/sh", f"--file={busybox}=bin/busybox",
@@ -172,7 +174,7 @@ def test_station_associates_and_answers_over_the_air(arch, image, workdir):
         vm.wait_for(harness.READY, harness.ready_timeout(arch) + 60)
         vm.wait_for(r"\[wpa_supplicant\] Successfully initialized wpa_supplicant", 60)
         assert kubectl(kubeconfig, "apply", "-f", "-", stdin=POD).returncode == 0
-        deadline = time.time() + 240
+        deadline = time.time() + 360
         while True:
             pod = json.loads(kubectl(kubeconfig, "get", "pod", "ap", "-o", "json").stdout)
             phase = pod.get("status", {}).get("phase")
@@ -185,6 +187,7 @@ def test_station_associates_and_answers_over_the_air(arch, image, workdir):
         assert "station answered over the air" in logs, logs
         # The station's side: the supplicant reports the association.
         vm.wait_for(r"\[wpa_supplicant\] wlan0: CTRL-EVENT-CONNECTED", 30)
+        vm.wait_for(rf"dhcp: lease acquired.*interface=wlan0.*{STATION}|interface=wlan0 address={STATION}/24", 30)
         console = vm.console
         assert "failed to parse" not in console
         for part in [PASSPHRASE, *(p for p in PASSPHRASE.split() if len(p) > 3)]:
