@@ -164,7 +164,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         &root,
     )?;
     let squashfs = work.join("root.squashfs");
-    let rootfs_size = rootfs::pack(&root, &squashfs, opts.arch, opts.sizes.root)?;
+    let rootfs_size = rootfs::pack(&root, &squashfs, opts.sizes.root)?;
 
     // Boot loader.
     let efi = work.join(

@@ -325,27 +325,14 @@ fn wifi_test_modules(c: &Components, root: &Path, stage2: &[PathBuf]) -> Result<
     copy_modules(c, root, &own)
 }
 
-/// How `arch`'s root is compressed. Boot time is mostly containerd paging
-/// its ~48 MB in from the root (stage 1 reads it ahead, but the boot waits
-/// for that read): x86_64 images mostly boot in virtual machines, often
-/// emulated, where zstd reads at ~45 MB/s and LZ4 at twice that, so x86_64
-/// takes LZ4 (its slot stays well under 64 MB). aarch64's kernel is
-/// stored uncompressed (GRUB 2.06 cannot load a compressed arm64 kernel),
-/// so its slot keeps zstd to stay small; real boards read it fast.
-pub fn compression(arch: Arch) -> disk::tools::Squashfs {
-    match arch {
-        Arch::X86_64 => disk::tools::Squashfs::Lz4Hc,
-        Arch::Aarch64 => disk::tools::Squashfs::Zstd,
-    }
-}
-
-/// Packs the staged `root` into squashfs at `out`, compressed for `arch`,
-/// and checks it fits a root slot of `room` bytes. Returns the image size.
-pub fn pack(root: &Path, out: &Path, arch: Arch, room: u64) -> Result<u64, RootfsError> {
+/// Packs the staged `root` into squashfs at `out` (zstd on both arches:
+/// LZ4 read containerd ahead ~0.1 s sooner under emulation on x86_64, but
+/// with Wi-Fi carried it put the slot over 64 MB) and checks it fits a root slot of `room` bytes. Returns the image size.
+pub fn pack(root: &Path, out: &Path, room: u64) -> Result<u64, RootfsError> {
     if out.exists() {
         fs::remove_file(out).map_err(io_err("remove", out))?;
     }
-    disk::tools::mksquashfs(root, out, compression(arch))?;
+    disk::tools::mksquashfs(root, out)?;
     let size = fs::metadata(out).map_err(io_err("stat", out))?.len();
     if size > room {
         return Err(RootfsError::TooBig { size, room });

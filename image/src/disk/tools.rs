@@ -38,35 +38,16 @@ pub fn run(mut cmd: Command) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// How a squashfs is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Squashfs {
-    /// zstd level 15: close to xz in size, several times quicker to read.
-    Zstd,
-    /// LZ4 high-compression: ~30 % larger than zstd, and the quickest to
-    /// read where the CPU is slow or emulated.
-    Lz4Hc,
-}
-
-impl Squashfs {
-    /// The `mksquashfs` options that select this compression.
-    pub fn options(self) -> &'static [&'static str] {
-        match self {
-            Squashfs::Zstd => &["-comp", "zstd", "-Xcompression-level", "15"],
-            Squashfs::Lz4Hc => &["-comp", "lz4", "-Xhc"],
-        }
-    }
-}
-
-/// Packs `dir` into a squashfs image at `out`, compressed as `compression`
-/// says, every file owned by root, fixed timestamps so the same tree gives
+/// Packs `dir` into a squashfs image at `out`, zstd-compressed, every
+/// file owned by root, fixed timestamps so the same tree gives
 /// the same bytes.
-pub fn mksquashfs(dir: &Path, out: &Path, compression: Squashfs) -> Result<(), DiskError> {
+pub fn mksquashfs(dir: &Path, out: &Path) -> Result<(), DiskError> {
     let mut cmd = Command::new(find("mksquashfs"));
     cmd.arg(dir)
         .arg(out)
         .args(["-noappend", "-all-root"])
-        .args(compression.options())
+        // zstd level 15: close to xz in size, several times quicker to read.
+        .args(["-comp", "zstd", "-Xcompression-level", "15"])
         .args(["-all-time", "0", "-mkfs-time", "0"])
         .args(["-no-progress", "-quiet"]);
     run(cmd)
