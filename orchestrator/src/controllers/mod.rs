@@ -31,7 +31,8 @@
 //! - Controllers: [`replicaset`], [`deployment`], [`daemonset`],
 //!   [`statefulset`], [`job`], [`cronjob`], [`gc`], [`endpoints`],
 //!   [`nodeipam`], [`nodelifecycle`] (nodes whose agent went quiet),
-//!   [`tainteviction`] (pods on `NoExecute`-tainted nodes), [`localpath`]
+//!   [`tainteviction`] (pods on `NoExecute`-tainted nodes), [`podgc`]
+//!   (pods of deleted nodes, old finished pods), [`localpath`]
 //!   (PVCs of the default StorageClass `local-path`), [`disruption`]
 //!   (PodDisruptionBudget status, which the API's eviction honours) and
 //!   the scheduler.
@@ -57,6 +58,7 @@ pub mod localpath;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod objects;
+pub mod podgc;
 pub mod queue;
 pub mod reflector;
 pub mod replicaset;
@@ -91,15 +93,23 @@ pub struct Settings {
     pub node_startup_grace_period: Duration,
     /// `--cluster-cidr`: the pod network node IPAM hands /24s out of.
     pub cluster_cidr: nodeipam::Cidr,
+    /// `--terminated-pod-gc-threshold`: finished pods kept before [`podgc`]
+    /// deletes the oldest (0: never).
+    pub terminated_pod_gc_threshold: usize,
+    /// How long [`podgc`] waits for a node missing from its cache to show
+    /// up before it deletes the node's pods (upstream's fixed 40 s).
+    pub pod_gc_quarantine: Duration,
 }
 
 impl Default for Settings {
-    /// Upstream's defaults: 40 s and 60 s.
+    /// Upstream's defaults: 40 s and 60 s, 12,500 pods, 40 s.
     fn default() -> Settings {
         Settings {
             node_monitor_grace_period: Duration::from_secs(40),
             node_startup_grace_period: Duration::from_secs(60),
             cluster_cidr: nodeipam::default_cluster_cidr(),
+            terminated_pod_gc_threshold: podgc::TERMINATED_THRESHOLD,
+            pod_gc_quarantine: podgc::QUARANTINE,
         }
     }
 }
@@ -225,6 +235,16 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
             leases.clone(),
             pods.clone(),
             settings,
+        )
+        .run(),
+    );
+    loops.spawn(
+        podgc::PodGc::new(
+            client.clone(),
+            pods.clone(),
+            nodes.clone(),
+            settings.terminated_pod_gc_threshold,
+            settings.pod_gc_quarantine,
         )
         .run(),
     );
