@@ -144,6 +144,36 @@ def mcopy_to_partition(image: Path, part: str, src: Path, dest_name: str) -> Non
     run(["mcopy", "-o", "-i", f"{image}@@{offset}", src, f"::{dest_name}"], env=env)
 
 
+def busybox(arch: str) -> Path:
+    """A static busybox for `arch`, to build test container images from: the
+    host's (`busybox-static`, installed by `make deps`) for the host's
+    architecture, else Debian 12's `busybox-static` for `arch`, downloaded
+    once through the private apt setup the image build made for that
+    architecture (`<CAIRN_CACHE>/<arch>/apt`) and kept beside it."""
+    host = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(os.uname().machine)
+    if arch == host:
+        found = shutil.which("busybox")
+        if not found:
+            raise RuntimeError("busybox-static must be installed (make deps)")
+        return Path(found)
+    cache = Path(os.environ.get("CAIRN_CACHE") or REPO / ".cache" / "components") / arch
+    binary = cache / "test" / "busybox"
+    if binary.exists():
+        return binary
+    conf = cache / "apt" / "apt.conf"
+    if not conf.exists():
+        raise RuntimeError(f"no private apt for {arch} at {conf}: build the image first")
+    work = cache / "test" / "download"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    run(["apt-get", "download", "busybox-static"], cwd=work, env=dict(os.environ, APT_CONFIG=str(conf)))
+    deb = next(work.glob("busybox-static_*.deb"))
+    run(["dpkg-deb", "-x", deb, work / "x"])
+    (work / "x" / "bin" / "busybox").rename(binary)
+    shutil.rmtree(work, ignore_errors=True)
+    return binary
+
+
 def which(*tools: str) -> list[str]:
     """The tools in `tools` that are not on PATH (sbin included)."""
     path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"

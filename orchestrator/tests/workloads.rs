@@ -676,6 +676,28 @@ fn daemonset_runs_on_each_eligible_node_and_rolls() {
     let status = &get_json(&server, &["get", "ds", "agent"])["status"];
     assert_eq!(status["updatedNumberScheduled"], 2, "{status}");
 
+    // Each template is a ControllerRevision: history lists them, undo puts
+    // the first back (and renumbers its revision to the top).
+    let revisions = server.kubectl(&["get", "controllerrevisions", "-n", "t"]);
+    assert!(
+        revisions.contains("daemonset.apps/agent"),
+        "no CONTROLLER column: {revisions}"
+    );
+    let history = server.kubectl(&["rollout", "history", "ds/agent", "-n", "t"]);
+    assert_eq!(revision_numbers(&history), [1, 2], "{history}");
+    let undone = server.kubectl(&["rollout", "undo", "ds/agent", "-n", "t"]);
+    assert!(undone.contains("rolled back"), "{undone}");
+    rollout_status(&server, "ds/agent");
+    assert_eq!(placement(&server), two("busybox:1"));
+    for pod in pods(&server, "app") {
+        assert_eq!(
+            pod["metadata"]["labels"]["controller-revision-hash"],
+            old_hash
+        );
+    }
+    let history = server.kubectl(&["rollout", "history", "ds/agent", "-n", "t"]);
+    assert_eq!(revision_numbers(&history), [2, 3], "{history}");
+
     // Tolerating the taint puts a pod on n3; a nodeSelector narrows it down.
     server.kubectl(&[
         "patch",
@@ -710,11 +732,20 @@ fn daemonset_runs_on_each_eligible_node_and_rolls() {
     let status = &get_json(&server, &["get", "ds", "agent"])["status"];
     assert_eq!(status["desiredNumberScheduled"], 1, "{status}");
 
-    // Deleting the DaemonSet: the collector takes its pods.
+    // Deleting the DaemonSet: the collector takes its pods and revisions.
     server.kubectl(&["delete", "ds", "agent", "-n", "t"]);
-    wait_for(30, "daemon pods collected", &server, || {
-        pods(&server, "app=agent").is_empty().then_some(())
+    wait_for(30, "daemon pods and revisions collected", &server, || {
+        let revisions = server.kubectl(&["get", "controllerrevisions", "-n", "t", "-o", "name"]);
+        (pods(&server, "app=agent").is_empty() && revisions.trim().is_empty()).then_some(())
     });
+}
+
+/// The revision numbers `kubectl rollout history` lists.
+fn revision_numbers(history: &str) -> Vec<i64> {
+    history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
 }
 
 const STATEFULSET: &str = "apiVersion: apps/v1
@@ -878,6 +909,24 @@ fn statefulset_orders_pods_claims_scale_down_and_partitioned_update() {
         status["currentRevision"], status["updateRevision"],
         "{status}"
     );
+
+    // Below the partition a pod made again keeps the current revision's
+    // template, which the history holds.
+    let by_name = "statefulset.kubernetes.io/pod-name=db-0";
+    let old_uid = pods(&server, by_name)[0]["metadata"]["uid"].clone();
+    server.kubectl(&["delete", "pod", "db-0", "-n", "t", "--wait=false"]);
+    let db0 = wait_for(30, "db-0 made again", &server, || {
+        pods(&server, by_name)
+            .into_iter()
+            .find(|p| p["metadata"]["uid"] != old_uid)
+    });
+    assert_eq!(db0["spec"]["containers"][0]["image"], "busybox:1", "{db0}");
+    assert_eq!(
+        db0["metadata"]["labels"]["controller-revision-hash"],
+        status["currentRevision"]
+    );
+    let history = server.kubectl(&["rollout", "history", "sts/db", "-n", "t"]);
+    assert_eq!(revision_numbers(&history), [1, 2], "{history}");
 
     // Deleting the StatefulSet takes its pods and keeps the claims.
     server.kubectl(&["delete", "sts", "db", "-n", "t"]);

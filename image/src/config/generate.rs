@@ -14,7 +14,6 @@
 
 use super::template::{multiline, with_cluster};
 use super::{Config, ConfigError};
-use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -113,35 +112,6 @@ pub fn join_token(ca_pem: &str, secret: &str) -> String {
     format!("K10{hash}::server:{secret}")
 }
 
-/// An admin kubeconfig with every certificate inline.
-pub fn kubeconfig_yaml(server: &str, ca: &str, cert: &str, key: &str) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: cairn
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: cairn-admin
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: cairn
-  context:
-    cluster: cairn
-    user: cairn-admin
-current-context: cairn
-",
-        ca = b64(ca),
-        cert = b64(cert),
-        key = b64(key),
-    )
-}
-
 /// Generates the files for `opts`. The config text is validated with the
 /// schema before it is returned.
 pub fn generate(opts: &InitOptions) -> Result<Generated, GenerateError> {
@@ -211,7 +181,12 @@ admin_key = {admin_key}
     );
     Ok(Generated {
         config: with_cluster(&cluster),
-        kubeconfig: Some(kubeconfig_yaml(url, &ca_cert, &admin_cert, &admin_key_pem)),
+        kubeconfig: Some(super::kubeconfig::admin_yaml(
+            url,
+            &ca_cert,
+            &admin_cert,
+            &admin_key_pem,
+        )),
         token: Some(token),
     })
 }
@@ -256,6 +231,7 @@ fn toml_string(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::Role;
+    use base64::Engine;
 
     fn server_opts() -> InitOptions {
         InitOptions {

@@ -20,6 +20,7 @@
 //! - [`spans`]: offsets to key paths and back.
 //! - [`template`]: the commented `config.toml` text (default and generated).
 //! - `generate` (host tool): `config init`'s fresh credentials.
+//! - [`kubeconfig`]: the admin kubeconfig text (`config init` and the server).
 //!
 //! Compatibility: schema version 1 grew in place; every key of its first
 //! part (`host.hostname`, `network.interface/dhcp/address/gateway/dns`)
@@ -29,6 +30,7 @@ pub mod cluster;
 #[cfg(feature = "host")]
 pub mod generate;
 pub mod host;
+pub mod kubeconfig;
 pub mod network;
 pub mod spans;
 pub mod template;

@@ -385,7 +385,12 @@ pub fn ensure(data_dir: &Path, settings: &Settings) -> Result<Pki, PkiError> {
     )?;
 
     let kubeconfig = data_dir.join("admin.kubeconfig");
-    let kubeconfig_yaml = kubeconfig_yaml(&ca.cert, &settings.server_url, &admin_cert, &admin_key);
+    let kubeconfig_yaml = cairn_image::config::kubeconfig::admin_yaml(
+        &settings.server_url,
+        &ca.cert,
+        &admin_cert,
+        &admin_key,
+    );
     write(&kubeconfig, &kubeconfig_yaml, 0o600)?;
     Ok(Pki {
         ca_cert: ca.cert,
@@ -416,35 +421,6 @@ fn hostname() -> Option<String> {
     check_san(&name)
         .ok()
         .filter(|n| n.parse::<IpAddr>().is_err())
-}
-
-/// An admin kubeconfig with every certificate inline.
-fn kubeconfig_yaml(ca: &str, server: &str, cert: &str, key: &str) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: cairn
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: cairn-admin
-  user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
-contexts:
-- name: cairn
-  context:
-    cluster: cairn
-    user: cairn-admin
-current-context: cairn
-",
-        ca = b64(ca),
-        cert = b64(cert),
-        key = b64(key),
-    )
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! short names and categories (which upstream keeps in its REST storage,
 //! `pkg/registry/<group>/<kind>/storage/storage.go`, not in the types).
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenReview};
 use k8s_openapi::api::authorization::v1::{
     LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,
@@ -373,6 +375,7 @@ impl Registry {
                     .short(&["sts"])
                     .categories(ALL)
                     .subresources(&[Status, Scale]),
+                R::of::<ControllerRevision>(),
                 // batch/v1
                 R::of::<Job>().categories(ALL).subresources(&[Status]),
                 R::of::<CronJob>()

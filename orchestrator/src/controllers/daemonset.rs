@@ -23,12 +23,15 @@
 //!   updated counts and `observedGeneration`, which is what
 //!   `kubectl rollout status ds/x` waits on.
 //!
+//! - Each template gets a ControllerRevision ([`super::history`]), so
+//!   `kubectl rollout history ds/x` lists them and `kubectl rollout undo
+//!   ds/x` puts an earlier template back.
+//!
 //! # Current limitations
-//! - No ControllerRevisions (so no `kubectl rollout history/undo ds`), no
-//!   `maxSurge` (updates delete before they create), no back-off for pods
-//!   failing again and again.
+//! - No `maxSurge` (updates delete before they create), no back-off for
+//!   pods failing again and again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +41,7 @@ use serde_json::{Value, json};
 use super::client::Client;
 use super::deployment::template_hash;
 use super::events::{self, Type};
+use super::history::{self, HASH_LABEL};
 use super::objects::{
     controlled_by, is_deleting, name, namespace, owner_ref, pod_available, pod_ready, uid,
 };
@@ -45,8 +49,6 @@ use super::queue::Queue;
 use super::reflector::{DAEMONSETS, PODS, Reflector, key_of, rv_of};
 use crate::scheduler::filters::{matches_node, tolerates};
 
-/// The label with the hash of the template a pod was made from.
-pub const HASH_LABEL: &str = "controller-revision-hash";
 const GENERATION_LABEL: &str = "pod-template-generation";
 
 /// The controller's state.
@@ -56,6 +58,7 @@ pub struct DaemonSets {
     sets: Arc<Reflector>,
     pods: Arc<Reflector>,
     nodes: Arc<Reflector>,
+    revisions: Arc<Reflector>,
     /// Keys of DaemonSets to sync.
     pub queue: Queue,
 }
@@ -171,10 +174,12 @@ impl DaemonSets {
         sets: Arc<Reflector>,
         pods: Arc<Reflector>,
         nodes: Arc<Reflector>,
+        revisions: Arc<Reflector>,
     ) -> DaemonSets {
         let queue = Queue::new();
         queue.follow(&sets);
         queue.follow_owned(&pods, "DaemonSet");
+        queue.follow_owned(&revisions, "DaemonSet");
         let (q, all) = (queue.clone(), sets.clone());
         nodes.on_change(Box::new(move |old, new| {
             let changed = match (old, new) {
@@ -192,13 +197,14 @@ impl DaemonSets {
             sets,
             pods,
             nodes,
+            revisions,
             queue,
         }
     }
 
     /// Processes the queue until aborted.
     pub async fn run(self, workers: usize) {
-        let caches = [&self.sets, &self.pods, &self.nodes];
+        let caches = [&self.sets, &self.pods, &self.nodes, &self.revisions];
         self.queue
             .run_synced(&caches, workers, self.clone(), |this, key| async move {
                 this.sync(&key).await
@@ -231,6 +237,22 @@ impl DaemonSets {
                 None => doomed.push(pod),
             }
         }
+        let in_use: HashSet<String> = by_node
+            .values()
+            .flatten()
+            .filter_map(|p| p["metadata"]["labels"][HASH_LABEL].as_str())
+            .map(|h| history::revision_name(&ds, h))
+            .collect();
+        let mut last_rv = history::record(
+            &self.client,
+            &self.revisions,
+            &ds,
+            "DaemonSet",
+            &hash,
+            &in_use,
+        )
+        .await
+        .map_err(|e| format!("daemonset {key}: {e}"))?;
         let is_current = |p: &Value| p["metadata"]["labels"][HASH_LABEL] == hash.as_str();
         let mut nodes: Vec<Arc<Value>> = self.nodes.list(|_| true);
         nodes.sort_by(|a, b| name(a).cmp(name(b)));
@@ -298,7 +320,6 @@ impl DaemonSets {
         }
 
         let mut errors = Vec::new();
-        let mut last_rv = 0;
         let new_pods: Vec<Value> = create_on
             .iter()
             .map(|node| self.pod_for(&ds, &hash, node))

@@ -2,7 +2,7 @@
 //! ServiceAccount of every namespace.
 //!
 //! Over the reflected kinds (Deployments, ReplicaSets, DaemonSets,
-//! StatefulSets, CronJobs, Jobs, Pods), as
+//! StatefulSets, CronJobs, Jobs, Pods, ControllerRevisions), as
 //! upstream's garbage collector:
 //! - Background: a dependent all of whose owners are gone (confirmed with a
 //!   live GET: absent, or another uid) is deleted; owner references to

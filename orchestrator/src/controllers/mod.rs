@@ -28,8 +28,8 @@
 //!   `kube-system/cairn-controller-manager`; only the leader runs the
 //!   reflectors and loops, so servers sharing a PostgreSQL act once. A
 //!   leader that cannot renew steps down and stops its loops.
-//! - Controllers: [`replicaset`], [`deployment`], [`daemonset`],
-//!   [`statefulset`], [`job`], [`cronjob`], [`gc`], [`endpoints`],
+//! - Controllers: [`replicaset`], [`deployment`], [`daemonset`] and
+//!   [`statefulset`] (with their ControllerRevisions, [`history`]), [`job`], [`cronjob`], [`gc`], [`endpoints`],
 //!   [`nodeipam`], [`nodelifecycle`] (nodes whose agent went quiet),
 //!   [`tainteviction`] (pods on `NoExecute`-tainted nodes), [`podgc`]
 //!   (pods of deleted nodes, old finished pods), [`localpath`]
@@ -52,6 +52,7 @@ pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod leader;
 pub mod localpath;
@@ -75,8 +76,8 @@ use crate::api::Api;
 use crate::scheduler::Scheduler;
 use client::Client;
 use reflector::{
-    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, LEASES, NAMESPACES, NODES, PDBS, PODS, REPLICASETS,
-    Reflector, SERVICES, STATEFULSETS,
+    CONTROLLER_REVISIONS, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, LEASES, NAMESPACES, NODES, PDBS,
+    PODS, REPLICASETS, Reflector, SERVICES, STATEFULSETS,
 };
 
 /// Workers per controller.
@@ -170,6 +171,7 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
     let cronjobs = Reflector::new(CRONJOBS);
     let daemonsets = Reflector::new(DAEMONSETS);
     let statefulsets = Reflector::new(STATEFULSETS);
+    let revisions = Reflector::new(CONTROLLER_REVISIONS);
     let leases = Reflector::with_field_selector(
         LEASES,
         Some("metadata.namespace=kube-node-lease".to_owned()),
@@ -188,9 +190,15 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
         daemonsets.clone(),
         pods.clone(),
         nodes.clone(),
+        revisions.clone(),
     );
     loops.spawn(dss.run(WORKERS));
-    let sts = statefulset::StatefulSets::new(client.clone(), statefulsets.clone(), pods.clone());
+    let sts = statefulset::StatefulSets::new(
+        client.clone(),
+        statefulsets.clone(),
+        pods.clone(),
+        revisions.clone(),
+    );
     loops.spawn(sts.run(WORKERS));
     let disruption = disruption::Disruption::new(
         client.clone(),
@@ -220,6 +228,7 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
             cronjobs.clone(),
             jobs.clone(),
             pods.clone(),
+            revisions.clone(),
         ],
         namespaces.clone(),
     );
@@ -262,6 +271,7 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
         cronjobs,
         daemonsets,
         statefulsets,
+        revisions,
         leases,
         pdbs,
     ] {

@@ -99,6 +99,12 @@ pub const STATEFULSETS: Kind = Kind {
     plural: "statefulsets",
     namespaced: true,
 };
+/// ControllerRevisions (DaemonSet and StatefulSet history).
+pub const CONTROLLER_REVISIONS: Kind = Kind {
+    api: "/apis/apps/v1",
+    plural: "controllerrevisions",
+    namespaced: true,
+};
 /// PodDisruptionBudgets.
 pub const PDBS: Kind = Kind {
     api: "/apis/policy/v1",

@@ -24,15 +24,16 @@
 //!   follows once every pod is updated and ready), observedGeneration —
 //!   what `kubectl rollout status sts/x` reads.
 //!
+//! - Each template gets a ControllerRevision ([`super::history`]); a pod
+//!   below the partition that has to be made again is made from the
+//!   current revision's template, not the update's, and
+//!   `kubectl rollout history/undo sts/x` work.
+//!
 //! # Current limitations
-//! - No ControllerRevisions (the API server does not serve them yet): the
-//!   old template is not kept, so a pod below the partition that is deleted
-//!   comes back from the current template, and there is no
-//!   `kubectl rollout history/undo sts`.
 //! - No `maxUnavailable` above 1, no `whenDeleted`/`whenScaled: Delete`
 //!   claim retention, no adoption of orphan pods.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,13 +42,13 @@ use serde_json::{Value, json};
 use super::client::Client;
 use super::deployment::template_hash;
 use super::events::{self, Type};
+use super::history::{self, HASH_LABEL as REVISION_LABEL};
 use super::objects::{
     controlled_by, is_deleting, name, namespace, owner_ref, pod_available, pod_ready, uid,
 };
 use super::queue::Queue;
 use super::reflector::{PODS, Reflector, STATEFULSETS, key_of, rv_of};
 
-const REVISION_LABEL: &str = "controller-revision-hash";
 const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
@@ -57,6 +58,7 @@ pub struct StatefulSets {
     client: Client,
     sets: Arc<Reflector>,
     pods: Arc<Reflector>,
+    revisions: Arc<Reflector>,
     /// Keys of StatefulSets to sync.
     pub queue: Queue,
 }
@@ -74,6 +76,25 @@ fn ordinal(set: &str, pod: &Value) -> Option<i64> {
         .parse()
         .ok()
         .filter(|o: &i64| *o >= 0)
+}
+
+/// Whether ordinal `o` stays at the current revision during a rolling
+/// update: below the partition, or, with no `rollingUpdate`, among the
+/// first `status.currentReplicas` (upstream's `newVersionedStatefulSetPod`).
+fn below_partition(sts: &Value, o: i64) -> bool {
+    let strategy = &sts["spec"]["updateStrategy"];
+    if strategy["type"].as_str().unwrap_or("RollingUpdate") != "RollingUpdate" {
+        return false;
+    }
+    let start = sts["spec"]["ordinals"]["start"]
+        .as_i64()
+        .unwrap_or(0)
+        .max(0);
+    match strategy["rollingUpdate"]["partition"].as_i64() {
+        Some(partition) => o < partition,
+        None if strategy["rollingUpdate"].is_object() => false,
+        None => o < start + sts["status"]["currentReplicas"].as_i64().unwrap_or(0),
+    }
 }
 
 /// The claims of `ordinal`'s pod, from the claim templates.
@@ -156,21 +177,28 @@ pub fn pod_for(sts: &Value, ordinal: i64, revision: &str) -> Value {
 
 impl StatefulSets {
     /// Registers the controller's handlers on the reflectors.
-    pub fn new(client: Client, sets: Arc<Reflector>, pods: Arc<Reflector>) -> StatefulSets {
+    pub fn new(
+        client: Client,
+        sets: Arc<Reflector>,
+        pods: Arc<Reflector>,
+        revisions: Arc<Reflector>,
+    ) -> StatefulSets {
         let queue = Queue::new();
         queue.follow(&sets);
         queue.follow_owned(&pods, "StatefulSet");
+        queue.follow_owned(&revisions, "StatefulSet");
         StatefulSets {
             client,
             sets,
             pods,
+            revisions,
             queue,
         }
     }
 
     /// Processes the queue until aborted.
     pub async fn run(self, workers: usize) {
-        let caches = [&self.sets, &self.pods];
+        let caches = [&self.sets, &self.pods, &self.revisions];
         self.queue
             .run_synced(&caches, workers, self.clone(), |this, key| async move {
                 this.sync(&key).await
@@ -190,10 +218,12 @@ impl StatefulSets {
         let start = spec["ordinals"]["start"].as_i64().unwrap_or(0).max(0);
         let replicas = spec["replicas"].as_i64().unwrap_or(1).max(0);
         let end = start + replicas;
-        let update_rev = format!(
-            "{set}-{}",
-            template_hash(&spec["template"], sts["status"]["collisionCount"].as_i64())
-        );
+        // The status always carries collisionCount once written (0): count
+        // from 0 before that too, or the first status write would change
+        // the update revision under the pods just made.
+        let collisions = sts["status"]["collisionCount"].as_i64().unwrap_or(0);
+        let hash = template_hash(&spec["template"], Some(collisions));
+        let update_rev = history::revision_name(&sts, &hash);
         let ordered = spec["podManagementPolicy"] != "Parallel";
         let mut wanted: BTreeMap<i64, Arc<Value>> = BTreeMap::new();
         let mut condemned: Vec<(i64, Arc<Value>)> = Vec::new();
@@ -210,14 +240,36 @@ impl StatefulSets {
             }
         }
         condemned.sort_by_key(|(o, _)| std::cmp::Reverse(*o));
+        let in_use: HashSet<String> = wanted
+            .values()
+            .chain(condemned.iter().map(|(_, p)| p))
+            .filter_map(|p| p["metadata"]["labels"][REVISION_LABEL].as_str())
+            .map(str::to_owned)
+            .collect();
+        let mut last_rv = history::record(
+            &self.client,
+            &self.revisions,
+            &sts,
+            "StatefulSet",
+            &hash,
+            &in_use,
+        )
+        .await
+        .map_err(|e| format!("statefulset {key}: {e}"))?;
+        let current = self.current_set(&sts, &update_rev);
         let mut errors = Vec::new();
-        let mut last_rv = 0;
         // Create and repair, in order.
         let mut blocked = false;
         for o in start..end {
             match wanted.get(&o) {
                 None => {
-                    match self.create(&sts, o, &update_rev).await {
+                    let made = match &current {
+                        Some((set, rev)) if below_partition(&sts, o) => {
+                            self.create(set, o, rev).await
+                        }
+                        _ => self.create(&sts, o, &update_rev).await,
+                    };
+                    match made {
                         Ok(rv) => last_rv = last_rv.max(rv),
                         Err(err) => errors.push(err),
                     }
@@ -277,6 +329,21 @@ impl StatefulSets {
             Some(err) => Err(format!("statefulset {key}: {} errors: {err}", errors.len())),
             None => Ok(()),
         }
+    }
+
+    /// The set as of its current revision (`status.currentRevision`) and
+    /// that revision's name, when it differs from the update revision and
+    /// its template is in the history.
+    fn current_set(&self, sts: &Value, update_rev: &str) -> Option<(Value, String)> {
+        let current = sts["status"]["currentRevision"]
+            .as_str()
+            .filter(|r| !r.is_empty() && *r != update_rev)?;
+        let revision = history::owned(&self.revisions, sts)
+            .into_iter()
+            .find(|r| name(r) == current)?;
+        let mut set = sts.clone();
+        set["spec"]["template"] = history::template_of(&revision);
+        Some((set, current.to_owned()))
     }
 
     /// Creates the claims of ordinal `o`, then its pod.

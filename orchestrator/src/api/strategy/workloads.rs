@@ -191,6 +191,18 @@ pub fn validate(kind: &str, old: Option<&Value>, obj: &Value, errors: &mut Error
                 errors.invalid("spec.selector", &spec["selector"], "field is immutable");
             }
         }
+        "ControllerRevision" => {
+            if obj["revision"].as_i64().is_none_or(|r| r < 0) {
+                errors.invalid(
+                    "revision",
+                    &obj["revision"],
+                    "must be greater than or equal to 0",
+                );
+            }
+            if old.is_some_and(|o| o["data"] != obj["data"]) {
+                errors.invalid("data", &obj["data"], "field is immutable");
+            }
+        }
         "CronJob" => {
             match spec["schedule"].as_str() {
                 None | Some("") => errors.required("spec.schedule", ""),

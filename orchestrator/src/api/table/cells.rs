@@ -237,6 +237,26 @@ pub fn cells(kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
             ]
         }
         "Lease" => vec![name, text(&spec["holderIdentity"]).into(), age],
+        "ControllerRevision" => {
+            // `<kind>.<group>/<name>` of the controller, lower case.
+            let controller = obj["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["controller"] == true)
+                .map_or_else(
+                    || "<none>".to_owned(),
+                    |r| {
+                        let group = text(&r["apiVersion"]).rsplit_once('/').map(|(g, _)| g);
+                        let kind = text(&r["kind"]).to_lowercase();
+                        match group {
+                            Some(g) => format!("{kind}.{g}/{}", text(&r["name"])),
+                            None => format!("{kind}/{}", text(&r["name"])),
+                        }
+                    },
+                );
+            vec![name, controller.into(), obj["revision"].clone(), age]
+        }
         "StorageClass" => {
             let default_class = [
                 "storageclass.kubernetes.io/is-default-class",

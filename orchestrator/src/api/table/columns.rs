@@ -516,6 +516,17 @@ const CLUSTER_ROLE_BINDING: &[Column] = &[
         "ServiceAccounts in the clusterRoleBinding",
     ),
 ];
+const CONTROLLER_REVISION: &[Column] = &[
+    NAME,
+    col("Controller", "string", "Controller of the object"),
+    col(
+        "Revision",
+        "string",
+        "Revision indicates the revision of the state represented by Data.",
+    ),
+    AGE,
+];
+
 const LEASE: &[Column] = &[
     NAME,
     col(
@@ -619,6 +630,7 @@ pub fn columns(kind: &str) -> &'static [Column] {
         "RoleBinding" => ROLE_BINDING,
         "ClusterRoleBinding" => CLUSTER_ROLE_BINDING,
         "Lease" => LEASE,
+        "ControllerRevision" => CONTROLLER_REVISION,
         "StorageClass" => STORAGE_CLASS,
         "ResourceQuota" => RESOURCE_QUOTA,
         "EndpointSlice" => ENDPOINT_SLICE,
