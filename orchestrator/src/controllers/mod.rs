@@ -82,6 +82,10 @@ use reflector::{
 
 /// Workers per controller.
 const WORKERS: usize = 4;
+/// The scheduler's workers: each awaits its binding's write, and the
+/// store commits concurrent writes in one transaction, so more bindings in
+/// flight cost less each (choosing a node is serialised anyway).
+const SCHEDULER_WORKERS: usize = 16;
 
 /// The controller manager's settings (kube-controller-manager's flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +221,7 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
         nodes.clone(),
         namespaces.clone(),
     );
-    loops.spawn(scheduler.run(WORKERS));
+    loops.spawn(scheduler.run(SCHEDULER_WORKERS));
     let collector = gc::Collector::new(
         client.clone(),
         vec![
