@@ -27,6 +27,11 @@ pub const PAUSE_IMAGE: &str = "localhost/cairn/pause:1";
 /// background; one absolute `.ko` path per line, dependencies first.
 pub const NETFILTER_MODULES_LIST: &str = "/etc/cairn/modules.netfilter";
 
+/// The root filesystem's list of the 802.1Q VLAN modules (`8021q` and what
+/// it needs beyond stage 2's modules), loaded by stage 2 only when the
+/// config has `[[network.vlans]]`; same format.
+pub const VLAN_MODULES_LIST: &str = "/etc/cairn/modules.vlan";
+
 /// GPT name of the EFI system partition.
 pub const PART_ESP: &str = "ESP";
 /// GPT name of the configuration partition.

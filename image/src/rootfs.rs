@@ -6,7 +6,7 @@
 //! iptables for them ([`crate::iptables`]), the
 //! shared libraries they load (at Debian's paths, symlinks kept as
 //! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, the
-//! netfilter ones with their own list, and a
+//! netfilter and VLAN ones with their own lists (loaded on demand), and a
 //! small `/etc` whose machine-specific files are symlinks into `/run` and
 //! `/var`, written by init at boot. squashfs is chosen over erofs because
 //! GRUB 2.06 and every kernel Cairn targets read it; zstd because it
@@ -236,7 +236,10 @@ pub fn stage(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
         "etc/cairn/modules",
         &initramfs::module_list(&c.kernel_version, &set.ordered),
     )?;
-    netfilter_modules(c, root, &set.ordered)?;
+    let netfilter = (&iptables::MODULES[..], layout::NETFILTER_MODULES_LIST);
+    listed_modules(c, root, &set.ordered, netfilter, "netfilter")?;
+    let vlan = (&VLAN_MODULES[..], layout::VLAN_MODULES_LIST);
+    listed_modules(c, root, &set.ordered, vlan, "vlan")?;
     etc(root, c.arch, spec.version)
 }
 
@@ -275,10 +278,22 @@ fn iptables_links(c: &Components, root: &Path) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// The netfilter modules iptables needs, besides those stage 2 loads anyway
-/// (`stage2`), with their list at [`layout::NETFILTER_MODULES_LIST`].
-fn netfilter_modules(c: &Components, root: &Path, stage2: &[PathBuf]) -> Result<(), RootfsError> {
-    let set = resolve_modules(&c.modules_dir(), &iptables::MODULES, "netfilter")?;
+/// 802.1Q VLANs (`[[network.vlans]]`): loaded only when the config has
+/// some, so other boots do not pay for them.
+const VLAN_MODULES: [&str; 1] = ["8021q"];
+
+/// Modules loaded on demand — the netfilter modules iptables needs
+/// ([`layout::NETFILTER_MODULES_LIST`]), VLAN support
+/// ([`layout::VLAN_MODULES_LIST`]) — besides those stage 2 loads anyway
+/// (`stage2`), with their own list (`wanted`, list path).
+fn listed_modules(
+    c: &Components,
+    root: &Path,
+    stage2: &[PathBuf],
+    (wanted, list): (&[&str], &str),
+    stage: &str,
+) -> Result<(), RootfsError> {
+    let set = resolve_modules(&c.modules_dir(), wanted, stage)?;
     let own: Vec<PathBuf> = set
         .ordered
         .into_iter()
@@ -287,7 +302,7 @@ fn netfilter_modules(c: &Components, root: &Path, stage2: &[PathBuf]) -> Result<
     copy_modules(c, root, &own)?;
     write(
         root,
-        layout::NETFILTER_MODULES_LIST.trim_start_matches('/'),
+        list.trim_start_matches('/'),
         &initramfs::module_list(&c.kernel_version, &own),
     )
 }

@@ -60,6 +60,85 @@ impl Drop for Lab {
     }
 }
 
+impl Lab {
+    /// A veth pair per `(client, server, net)` (`net` = the first three
+    /// octets), the server end at `.1/24`, and dnsmasq serving each net a
+    /// 2-minute lease with router `.1`, DNS server `.53` and domain
+    /// `cairn.test`.
+    fn serve(&mut self, links: &[(&str, &str, &str)], leases: &Path) {
+        let mut dnsmasq = Command::new("ip");
+        dnsmasq
+            .args([
+                "netns",
+                "exec",
+                &self.server_ns,
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+            ])
+            .args([
+                "--port=0",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+            ]);
+        for (i, (client, server, net)) in links.iter().enumerate() {
+            ip(&[
+                "link",
+                "add",
+                client,
+                "netns",
+                &self.client_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                server,
+                "netns",
+                &self.server_ns,
+            ]);
+            let addr = format!("{net}.1/24");
+            ip(&["-n", &self.server_ns, "addr", "add", &addr, "dev", server]);
+            ip(&["-n", &self.server_ns, "link", "set", server, "up"]);
+            dnsmasq
+                .arg(format!("--interface={server}"))
+                .arg(format!(
+                    "--dhcp-range=set:n{i},{net}.50,{net}.60,255.255.255.0,2m"
+                ))
+                .arg(format!("--dhcp-option=tag:n{i},option:router,{net}.1"))
+                .arg(format!("--dhcp-option=tag:n{i},option:dns-server,{net}.53"));
+        }
+        let child = dnsmasq
+            .args([
+                "--domain=cairn.test",
+                "--log-dhcp",
+                "--log-facility=-",
+                "--pid-file=",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .spawn()
+            .expect("start dnsmasq");
+        self.dnsmasq = Some(child);
+    }
+
+    /// Runs the ignored test `half` of this binary in the client namespace.
+    fn run_half(&self, half: &str, dir: &Path) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client_ns])
+            .arg(std::env::current_exe().expect("test binary"))
+            .args(["--exact", half, "--include-ignored", "--nocapture"])
+            .env(INNER, dir)
+            .env(RENEW, std::env::var_os(RENEW).unwrap_or_default())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the client half");
+        println!("{}", String::from_utf8_lossy(&out.stdout));
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "client half {half} failed");
+    }
+}
+
 #[test]
 fn dhcp_lease_from_dnsmasq_across_namespaces() {
     if std::env::var_os(INNER).is_some() {
@@ -80,82 +159,10 @@ fn dhcp_lease_from_dnsmasq_across_namespaces() {
     };
     ip(&["netns", "add", &lab.server_ns]);
     ip(&["netns", "add", &lab.client_ns]);
-    ip(&[
-        "link",
-        "add",
-        CLIENT_IF,
-        "netns",
-        &lab.client_ns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        SERVER_IF,
-        "netns",
-        &lab.server_ns,
-    ]);
-    ip(&[
-        "-n",
-        &lab.server_ns,
-        "addr",
-        "add",
-        "10.99.0.1/24",
-        "dev",
-        SERVER_IF,
-    ]);
-    ip(&["-n", &lab.server_ns, "link", "set", SERVER_IF, "up"]);
     let leases = dir.join("leases");
-    let dnsmasq = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.server_ns,
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-        ])
-        .args([
-            "--port=0",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-        ])
-        .arg(format!("--interface={SERVER_IF}"))
-        .arg("--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,2m")
-        .args([
-            "--dhcp-option=option:router,10.99.0.1",
-            "--dhcp-option=option:dns-server,10.99.0.53",
-        ])
-        .args([
-            "--domain=cairn.test",
-            "--log-dhcp",
-            "--log-facility=-",
-            "--pid-file=",
-        ])
-        .arg(format!("--dhcp-leasefile={}", leases.display()))
-        .spawn()
-        .expect("start dnsmasq");
-    lab.dnsmasq = Some(dnsmasq);
+    lab.serve(&[(CLIENT_IF, SERVER_IF, "10.99.0")], &leases);
 
-    let exe = std::env::current_exe().expect("test binary");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.client_ns])
-        .arg(exe)
-        .args([
-            "--exact",
-            "client_in_namespace",
-            "--include-ignored",
-            "--nocapture",
-        ])
-        .env(INNER, &dir)
-        .env(RENEW, std::env::var_os(RENEW).unwrap_or_default())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the client half");
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "client half failed");
+    lab.run_half("client_in_namespace", &dir);
     let leases = std::fs::read_to_string(&leases).unwrap_or_default();
     assert!(
         leases.contains("10.99.0."),
@@ -379,4 +386,110 @@ fn client_in_namespace() {
             "lo is up"
         );
     });
+}
+
+#[test]
+fn dhcp_on_two_interfaces() {
+    if std::env::var_os(INNER).is_some() {
+        return;
+    }
+    if let Some(reason) = skip_reason() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let id = std::process::id();
+    let dir = std::env::temp_dir().join(format!("cairn-dhcp2-{id}"));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let mut lab = Lab {
+        server_ns: format!("cairn-srv2-{id}"),
+        client_ns: format!("cairn-cli2-{id}"),
+        dnsmasq: None,
+        dir: dir.clone(),
+    };
+    ip(&["netns", "add", &lab.server_ns]);
+    ip(&["netns", "add", &lab.client_ns]);
+    let leases = dir.join("leases");
+    lab.serve(
+        &[
+            (CLIENT_IF, SERVER_IF, "10.99.0"),
+            ("cairn-c1", "cairn-s1", "10.97.0"),
+        ],
+        &leases,
+    );
+    lab.run_half("two_clients_in_namespace", &dir);
+}
+
+/// The client half of `dhcp_on_two_interfaces`: a DHCP primary and a DHCP
+/// further interface, each with its own lease, the primary's router as the
+/// default route and the other's as the fallback (a higher metric), DNS in
+/// rank order.
+#[test]
+#[ignore = "run inside a network namespace by dhcp_on_two_interfaces"]
+fn two_clients_in_namespace() {
+    let Some(dir) = std::env::var_os(INNER).map(PathBuf::from) else {
+        return;
+    };
+    let resolv = dir.join("resolv.conf");
+    let config = cairn_image::config::Config::parse(
+        &format!(
+            "version = 1\n[network]\ninterface = \"{CLIENT_IF}\"\n\
+             [[network.interfaces]]\nname = \"cairn-c1\"\n"
+        ),
+        "test",
+    )
+    .expect("valid config")
+    .network;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        cairn_init::network::start(&config, &resolv)
+            .await
+            .expect("start");
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let text = std::fs::read_to_string(&resolv).unwrap_or_default();
+            if text.contains("10.99.0.53") && text.contains("10.97.0.53") {
+                assert!(
+                    text.contains(
+                        "search cairn.test\nnameserver 10.99.0.53\nnameserver 10.97.0.53\n"
+                    ),
+                    "one search domain, the primary's server first: {text}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "no two leases in 40 s: {text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let show = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let a1 = show(&["-4", "addr", "show", "dev", "cairn-c1"]);
+    assert!(a1.contains("inet 10.97.0."), "{a1}");
+    let routes = show(&["-4", "route", "show", "default"]);
+    println!("{routes}");
+    let primary = routes
+        .lines()
+        .find(|l| l.contains("via 10.99.0.1"))
+        .unwrap_or_else(|| panic!("the primary's default route: {routes}"));
+    assert!(
+        primary.contains(CLIENT_IF) && !primary.contains("metric"),
+        "metric 0 on the primary: {primary}"
+    );
+    let further = routes
+        .lines()
+        .find(|l| l.contains("via 10.97.0.1"))
+        .unwrap_or_else(|| panic!("the further interface's default route: {routes}"));
+    assert!(
+        further.contains("cairn-c1") && further.contains("metric 1025"),
+        "{further}"
+    );
+    let chosen = show(&["-4", "route", "get", "192.0.2.1"]);
+    assert!(
+        chosen.contains("via 10.99.0.1"),
+        "the primary's wins: {chosen}"
+    );
 }

@@ -13,8 +13,12 @@
 //! runs the agent's log rotation on a chatty container and reads the
 //! logs back across the rotated files.
 //!
-//! Needs root, `containerd`, `runc`, `ctr`, `kubectl`, `curl` and
-//! `/bin/busybox` (a static one); without them the test fails.
+//! The official Python client (WebSocket-only exec and port-forward) runs
+//! against the same pod (`agent_streams/python_client.py`).
+//!
+//! Needs root, `containerd`, `runc`, `ctr`, `kubectl`, `curl`,
+//! `/bin/busybox` (a static one) and the venv with the Python client
+//! (`$CAIRN_VENV`); without them the test fails.
 
 mod common;
 #[path = "agent_streams/harness.rs"]
@@ -459,6 +463,27 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
         "{verbose}"
     );
 
+    // The official Python client speaks WebSocket only (v4.channel.k8s.io
+    // for exec and port-forward alike, no SPDY to fall back to).
+    let seen = python_client(&server);
+    assert_eq!(seen["exec"], "out-line\n", "{seen}");
+    assert_eq!(seen["stdout"], "got hello\n", "{seen}");
+    assert_eq!(seen["stderr"], "to-stderr\n", "{seen}");
+    assert_eq!(seen["returncode"], 3, "{seen}");
+    let forwarded = seen["forwarded"].as_str().unwrap_or_default();
+    assert!(
+        forwarded.starts_with("HTTP/1.")
+            && forwarded.ends_with("\r\n\r\nhello from httpd in the pod\n"),
+        "{seen}"
+    );
+    assert_eq!(seen["forward_error"], serde_json::Value::Null, "{seen}");
+    assert!(
+        seen["closed_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connection refused")),
+        "{seen}"
+    );
+
     // follow: new lines arrive; the stream ends when the container stops.
     let mut follow = server
         .kubectl_cmd(&["logs", "-f", POD, "-c", "ticker", "--tail=1"])
@@ -579,6 +604,34 @@ async fn logs_exec_port_forward_and_cp_through_the_agent() {
             pod_sandbox_id: sandbox,
         })
         .await;
+}
+
+/// Runs `agent_streams/python_client.py` (exec and port-forward with the
+/// official Python client, from the venv at `$CAIRN_VENV`, else the
+/// repository's `.cache/venv`, else /var/cache/cairn/venv) against the
+/// pod's `app` container and returns what it saw.
+fn python_client(server: &Server) -> serde_json::Value {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = std::env::var_os("CAIRN_VENV")
+        .map(std::path::PathBuf::from)
+        .or_else(|| Some(repo.join(".cache/venv")).filter(|v| v.exists()))
+        .unwrap_or_else(|| "/var/cache/cairn/venv".into());
+    let script = repo.join("orchestrator/tests/agent_streams/python_client.py");
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(venv.join("bin/python"))
+        .arg(script)
+        .arg(server.kubeconfig())
+        .args([POD, "app", &HTTP_PORT.to_string(), &free_port().to_string()])
+        .output()
+        .expect("the venv's python");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
 /// The files in the log directory of container `app` of the pod `uid`.

@@ -304,10 +304,8 @@ fn service_account_tokens_from_kubectl_create_token() {
             r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{token}"}}}}"#
         ),
     );
-    // (--raw: `kubectl create -f` of a review kind still wants --validate=false here.)
-    let tokenreviews = "/apis/authentication.k8s.io/v1/tokenreviews";
-    let reviewed =
-        json(&server.kubectl(&["create", "--raw", tokenreviews, "-f", path_str(&review)]));
+    // kubectl validates a review kind itself, from /openapi/v2.
+    let reviewed = json(&server.kubectl(&["create", "-f", path_str(&review), "-o", "json"]));
     assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
     assert_eq!(
         reviewed["status"]["user"]["username"],
@@ -317,8 +315,7 @@ fn service_account_tokens_from_kubectl_create_token() {
         "bogus.json",
         r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"nope"}}"#,
     );
-    let reviewed =
-        json(&server.kubectl(&["create", "--raw", tokenreviews, "-f", path_str(&bogus)]));
+    let reviewed = json(&server.kubectl(&["create", "-f", path_str(&bogus), "-o", "json"]));
     assert_eq!(reviewed["status"]["authenticated"], false, "{reviewed}");
     // Access reviews answer what the server enforces today: everything.
     assert_eq!(

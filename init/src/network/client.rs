@@ -1,16 +1,22 @@
-//! The DHCP task: waits for the interface, opens the UDP socket on port 68,
-//! and runs [`dhcp::Client`] — feeding it packets and timer expiries and
-//! carrying out its actions with netlink and `resolv.conf`. It never gives
-//! up: if the socket fails it logs, waits and starts over.
+//! The DHCP task of one interface: waits for the interface (for a VLAN:
+//! for its parent, then creates it), opens the UDP socket on port 68, and
+//! runs [`dhcp::Client`] — feeding it packets and timer expiries and
+//! carrying out its actions with netlink and the shared [`Resolver`]. Each
+//! interface with `dhcp = true` has its own task, state machine and
+//! renewal timers. It never gives up: if the socket fails it logs, waits
+//! and starts over.
 
 use super::dhcp::{Action, Client, Dest, Identity};
 use super::lease::Lease;
 use super::link::{Link, Netlink};
-use super::{NetworkError, SYS_CLASS_NET, resolv};
+use super::plan::Plan;
+use super::resolv::Resolver;
+use super::{NetworkError, SYS_CLASS_NET};
 use dhcproto::v4::{Decodable, Encodable, Message, MessageType};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tracing::{debug, error, info, warn};
@@ -24,41 +30,54 @@ const RESTART_PAUSE: Duration = Duration::from_secs(10);
 
 /// What the task needs from the config.
 pub struct Settings {
-    pub interface: Option<String>,
+    pub plan: Plan,
     /// Interfaces configured on their own, never picked as the primary.
     pub others: Vec<String>,
-    /// DNS servers from the config; when set they replace the lease's.
-    pub dns: Vec<IpAddr>,
-    pub resolv_conf: PathBuf,
+    pub resolver: Arc<Resolver>,
 }
 
 /// Runs forever.
 pub async fn run(nl: Netlink, settings: Settings) {
-    let sys = Path::new(SYS_CLASS_NET);
-    let wanted = settings.interface.as_deref();
-    let name = match super::iface::wait(sys, wanted, &settings.others, IFACE_WAIT).await {
-        Ok(name) => name,
-        Err(seen) => {
-            warn!(
-                ?wanted,
-                ?seen,
-                "dhcp: no Ethernet interface yet; still looking"
-            );
-            // A NIC may still be hot-plugged (USB); look now and then.
-            loop {
-                tokio::time::sleep(SLOW_POLL).await;
-                if let Some(name) = super::iface::scan(sys, wanted, &settings.others).chosen {
-                    info!(interface = %name, "dhcp: interface appeared");
-                    break name;
-                }
+    let name = match (&settings.plan.vlan, &settings.plan.name) {
+        (Some(vlan), Some(name)) => {
+            let parent = appear(Some(&vlan.parent), &[]).await;
+            while let Err(err) = super::create_vlan(&nl, &parent, vlan.id, name) {
+                error!(interface = %name, %err, "dhcp: cannot create the VLAN; trying again");
+                tokio::time::sleep(RESTART_PAUSE).await;
             }
+            name.clone()
         }
+        (_, wanted) => appear(wanted.as_deref(), &settings.others).await,
     };
     loop {
         if let Err(err) = session(&nl, &name, &settings).await {
             error!(interface = %name, %err, "dhcp: client failed; starting over");
         }
         tokio::time::sleep(RESTART_PAUSE).await;
+    }
+}
+
+/// The interface's name once it exists (`wanted`), or the primary's once
+/// one is there (`None`).
+async fn appear(wanted: Option<&str>, others: &[String]) -> String {
+    let sys = Path::new(SYS_CLASS_NET);
+    match super::iface::wait(sys, wanted, others, IFACE_WAIT).await {
+        Ok(name) => name,
+        Err(seen) => {
+            warn!(
+                ?wanted,
+                ?seen,
+                "dhcp: no such Ethernet interface yet; still looking"
+            );
+            // A NIC may still be hot-plugged (USB); look now and then.
+            loop {
+                tokio::time::sleep(SLOW_POLL).await;
+                if let Some(name) = super::iface::scan(sys, wanted, others).chosen {
+                    info!(interface = %name, "dhcp: interface appeared");
+                    break name;
+                }
+            }
+        }
     }
 }
 
@@ -100,7 +119,14 @@ async fn session(nl: &Netlink, name: &str, settings: &Settings) -> Result<(), Ne
                 }
                 Action::Unbind(lease) => {
                     warn!(interface = %name, address = %lease.addr, "dhcp: lease lost");
-                    unbind(nl, link, &lease);
+                    unbind(nl, link, &lease, settings.plan.metric());
+                    if let Err(err) =
+                        settings
+                            .resolver
+                            .set_lease(settings.plan.rank, Vec::new(), None)
+                    {
+                        error!(interface = %name, %err, "dhcp: rewriting resolv.conf failed");
+                    }
                     held = None;
                 }
             }
@@ -156,25 +182,28 @@ async fn send(sock: &UdpSocket, name: &str, msg: &Message, dest: Dest, state: &s
 
 fn bind(nl: &Netlink, link: Link<'_>, lease: &Lease, previous: Option<&Lease>, s: &Settings) {
     let name = link.name;
+    let metric = s.plan.metric();
     if let Some(old) = previous.filter(|old| (old.addr, old.prefix) != (lease.addr, lease.prefix)) {
-        unbind(nl, link, old);
+        unbind(nl, link, old, metric);
     }
     let mut steps = vec![nl.set_address(link, lease.addr, lease.prefix, lease.valid_for())];
     if let Some(router) = lease.router {
-        steps.push(nl.set_default_route(link, router, true));
+        steps.push(nl.set_default_route(link, router, true, metric));
     }
-    let dns: Vec<IpAddr> = if s.dns.is_empty() {
-        lease.dns.iter().copied().map(IpAddr::V4).collect()
-    } else {
-        s.dns.clone()
+    let leased: Vec<IpAddr> = lease.dns.iter().copied().map(IpAddr::V4).collect();
+    let dns = match s
+        .resolver
+        .set_lease(s.plan.rank, leased, lease.domain.clone())
+    {
+        Ok(dns) => dns,
+        Err(source) => {
+            steps.push(Err(NetworkError::ResolvConf {
+                path: s.resolver.path().to_path_buf(),
+                source,
+            }));
+            Vec::new()
+        }
     };
-    let text = resolv::render(&dns, lease.domain.as_deref());
-    steps.push(
-        resolv::write_atomic(&s.resolv_conf, &text).map_err(|source| NetworkError::ResolvConf {
-            path: s.resolv_conf.clone(),
-            source,
-        }),
-    );
     for err in steps.into_iter().filter_map(Result::err) {
         error!(interface = %name, %err, "dhcp: applying the lease failed");
     }
@@ -185,15 +214,15 @@ fn bind(nl: &Netlink, link: Link<'_>, lease: &Lease, previous: Option<&Lease>, s
     let router = lease.router.map(|r| r.to_string());
     if previous.is_none() {
         info!(interface = %name, address = %format_args!("{}/{}", lease.addr, lease.prefix),
-            router = ?router, dns = ?dns_list, lease_secs = %lease_secs, "dhcp: lease acquired");
+            router = ?router, metric, dns = ?dns_list, lease_secs = %lease_secs, "dhcp: lease acquired");
     } else {
         info!(interface = %name, address = %lease.addr, lease_secs = %lease_secs, "dhcp: lease renewed");
     }
 }
 
-fn unbind(nl: &Netlink, link: Link<'_>, lease: &Lease) {
+fn unbind(nl: &Netlink, link: Link<'_>, lease: &Lease, metric: u32) {
     if let Some(router) = lease.router
-        && let Err(err) = nl.remove_default_route(link, router)
+        && let Err(err) = nl.remove_default_route(link, router, metric)
     {
         warn!(%err, "dhcp: removing the default route failed");
     }

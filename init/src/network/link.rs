@@ -1,7 +1,7 @@
 //! The few rtnetlink requests networking needs, written by hand: set a link
-//! up, add or remove an IPv4 address (with a lifetime, so the kernel drops
-//! a DHCP address on its own if we ever stop renewing it), and set or
-//! remove the default route.
+//! up, create an 802.1Q VLAN link, add or remove an address (with a
+//! lifetime, so the kernel drops a DHCP address on its own if we ever stop
+//! renewing it), and set or remove a default route with its metric.
 //!
 //! Why not the `rtnetlink` crate: it links the parsers for every netlink
 //! message and attribute (about 1 MB of a 3 MB budget) to send five
@@ -26,7 +26,9 @@ const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
+const NLA_F_NESTED: u16 = 0x8000;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IFF_UP: u32 = 0x1;
@@ -36,6 +38,13 @@ const IFA_BROADCAST: u16 = 4;
 const IFA_CACHEINFO: u16 = 6;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_LINK: u16 = 5;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const IFLA_INFO_DATA: u16 = 2;
+const IFLA_VLAN_ID: u16 = 1;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_STATIC: u8 = 4;
 const RTPROT_DHCP: u8 = 16;
@@ -80,6 +89,23 @@ impl Netlink {
         Ok(link)
     }
 
+    /// Creates the 802.1Q link `name` with VLAN `id` on `parent` (the
+    /// `8021q` module must be loaded). One that already exists is fine:
+    /// a restarted network setup finds it from the first run.
+    pub fn create_vlan(&self, name: &str, parent: Link<'_>, id: u16) -> Result<(), NetworkError> {
+        let link = Link { name, index: 0 };
+        let body = vlan_link(name, parent.index, id);
+        let flags = NLM_F_CREATE | NLM_F_EXCL;
+        match self.request(link, "create VLAN link", RTM_NEWLINK, flags, &body) {
+            Err(NetworkError::Netlink { source, .. })
+                if source.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// Adds (or refreshes) `addr/prefix`, IPv4 or IPv6. With `valid`, the
     /// kernel removes the address when that time has passed.
     pub fn set_address(
@@ -112,15 +138,17 @@ impl Netlink {
         }
     }
 
-    /// Makes `gateway` (IPv4 or IPv6) the default route of its family
-    /// through the interface.
+    /// Makes `gateway` (IPv4 or IPv6) a default route of its family through
+    /// the interface, with `metric` (the kernel uses the lowest one; a
+    /// route with the same metric is replaced, see [`super::plan`]).
     pub fn set_default_route(
         &self,
         link: Link<'_>,
         gateway: impl Into<IpAddr>,
         dhcp: bool,
+        metric: u32,
     ) -> Result<(), NetworkError> {
-        let body = default_route(link.index, gateway.into(), dhcp);
+        let body = default_route(link.index, gateway.into(), dhcp, metric);
         let flags = NLM_F_CREATE | NLM_F_REPLACE;
         self.request(link, "add default route", RTM_NEWROUTE, flags, &body)
     }
@@ -131,8 +159,9 @@ impl Netlink {
         &self,
         link: Link<'_>,
         gateway: Ipv4Addr,
+        metric: u32,
     ) -> Result<(), NetworkError> {
-        let body = default_route(link.index, gateway.into(), true);
+        let body = default_route(link.index, gateway.into(), true, metric);
         match self.request(link, "remove default route", RTM_DELROUTE, 0, &body) {
             Err(NetworkError::Netlink { source, .. })
                 if source.raw_os_error() == Some(libc::ESRCH) =>
@@ -214,6 +243,24 @@ fn link_up(index: u32) -> Vec<u8> {
     b
 }
 
+/// `ifinfomsg` (no index: a new link) + name, parent and
+/// linkinfo { kind "vlan", data { id } }, as `ip link add link PARENT name
+/// NAME type vlan id ID` sends it.
+fn vlan_link(name: &str, parent: u32, id: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 16]; // family, pad, type, index, flags, change
+    let mut ifname = name.as_bytes().to_vec();
+    ifname.push(0);
+    attr(&mut b, IFLA_IFNAME, &ifname);
+    attr(&mut b, IFLA_LINK, &parent.to_ne_bytes());
+    let mut data = Vec::new();
+    attr(&mut data, IFLA_VLAN_ID, &id.to_ne_bytes());
+    let mut info = Vec::new();
+    attr(&mut info, IFLA_INFO_KIND, b"vlan");
+    attr(&mut info, IFLA_INFO_DATA | NLA_F_NESTED, &data);
+    attr(&mut b, IFLA_LINKINFO | NLA_F_NESTED, &info);
+    b
+}
+
 /// `ifaddrmsg` + local, address, broadcast (IPv4), and the lifetime when
 /// `valid` is given (`Some(None)` = forever; `None` = no lifetime, for
 /// deletes).
@@ -245,9 +292,9 @@ fn address(index: u32, addr: IpAddr, prefix: u8, valid: Option<Option<Duration>>
     b
 }
 
-/// `rtmsg` for 0.0.0.0/0 (or ::/0) in the main table + gateway and output
-/// interface.
-fn default_route(index: u32, gateway: IpAddr, dhcp: bool) -> Vec<u8> {
+/// `rtmsg` for 0.0.0.0/0 (or ::/0) in the main table + gateway, output
+/// interface and metric.
+fn default_route(index: u32, gateway: IpAddr, dhcp: bool, metric: u32) -> Vec<u8> {
     let proto = if dhcp { RTPROT_DHCP } else { RTPROT_STATIC };
     let (family, gw) = match gateway {
         IpAddr::V4(g) => (AF_INET, g.octets().to_vec()),
@@ -266,6 +313,7 @@ fn default_route(index: u32, gateway: IpAddr, dhcp: bool) -> Vec<u8> {
     b.extend_from_slice(&0u32.to_ne_bytes()); // flags
     attr(&mut b, RTA_GATEWAY, &gw);
     attr(&mut b, RTA_OIF, &index.to_ne_bytes());
+    attr(&mut b, RTA_PRIORITY, &metric.to_ne_bytes());
     b
 }
 
@@ -350,7 +398,7 @@ mod tests {
 
     #[test]
     fn default_route_layout() {
-        let b = default_route(4, Ipv4Addr::new(10, 0, 2, 2).into(), true);
+        let b = default_route(4, Ipv4Addr::new(10, 0, 2, 2).into(), true, 1025);
         assert_eq!(
             b[..8],
             [AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_DHCP, 0, RTN_UNICAST]
@@ -360,8 +408,11 @@ mod tests {
         assert_eq!(b[16..20], [10, 0, 2, 2]);
         assert_eq!(b[22..24], RTA_OIF.to_ne_bytes());
         assert_eq!(b[24..28], ne32(4));
+        assert_eq!(b[30..32], RTA_PRIORITY.to_ne_bytes());
+        assert_eq!(b[32..36], ne32(1025), "metric");
+        assert_eq!(b.len(), 36);
         assert_eq!(
-            default_route(4, Ipv4Addr::new(10, 0, 2, 2).into(), false)[5],
+            default_route(4, Ipv4Addr::new(10, 0, 2, 2).into(), false, 0)[5],
             RTPROT_STATIC
         );
     }
@@ -375,7 +426,7 @@ mod tests {
         assert_eq!(b.len(), 8 + 20 + 20);
         assert_eq!(b[10..12], IFA_ADDRESS.to_ne_bytes());
         assert_eq!(b[12..28], a_octets(a));
-        let r = default_route(3, "fd00::1".parse().expect("ip"), false);
+        let r = default_route(3, "fd00::1".parse().expect("ip"), false, 0);
         assert_eq!(r[0], AF_INET6);
         assert_eq!(r[12..14], 20u16.to_ne_bytes());
         assert_eq!(r[16..32], a_octets("fd00::1".parse().expect("ip")));
@@ -386,6 +437,33 @@ mod tests {
             IpAddr::V6(v6) => v6.octets(),
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         }
+    }
+
+    #[test]
+    fn vlan_link_layout() {
+        let b = vlan_link("eth2.42", 7, 42);
+        assert_eq!(b[..16], [0; 16], "ifinfomsg: new link, no flags");
+        // IFLA_IFNAME "eth2.42\0": 4 + 8.
+        assert_eq!(b[16..18], 12u16.to_ne_bytes());
+        assert_eq!(b[18..20], IFLA_IFNAME.to_ne_bytes());
+        assert_eq!(&b[20..28], b"eth2.42\0");
+        // IFLA_LINK: the parent's index.
+        assert_eq!(b[28..30], 8u16.to_ne_bytes());
+        assert_eq!(b[30..32], IFLA_LINK.to_ne_bytes());
+        assert_eq!(b[32..36], ne32(7));
+        // IFLA_LINKINFO (nested): kind "vlan" (4 + 4), data (4 + id 4 + 2 + 2 pad).
+        assert_eq!(b[36..38], (4u16 + 8 + 12).to_ne_bytes());
+        assert_eq!(b[38..40], (IFLA_LINKINFO | NLA_F_NESTED).to_ne_bytes());
+        assert_eq!(b[40..42], 8u16.to_ne_bytes());
+        assert_eq!(b[42..44], IFLA_INFO_KIND.to_ne_bytes());
+        assert_eq!(&b[44..48], b"vlan");
+        assert_eq!(b[48..50], 12u16.to_ne_bytes());
+        assert_eq!(b[50..52], (IFLA_INFO_DATA | NLA_F_NESTED).to_ne_bytes());
+        assert_eq!(b[52..54], 6u16.to_ne_bytes());
+        assert_eq!(b[54..56], IFLA_VLAN_ID.to_ne_bytes());
+        assert_eq!(b[56..58], 42u16.to_ne_bytes());
+        assert_eq!(b[58..60], [0, 0], "padding");
+        assert_eq!(b.len(), 60);
     }
 
     fn error_msg(seq: u32, errno: i32) -> Vec<u8> {

@@ -38,9 +38,9 @@ pub fn apply(config: &Config, run_etc: &Path) {
     if !config.host.modules.is_empty() {
         load_modules(config);
     }
-    if !config.network.vlans.is_empty() || config.network.wifi.is_some() {
+    if config.network.wifi.is_some() {
         crate::log::console(
-            "cairn: config warning: network.vlans and network.wifi are validated but not applied by this build",
+            "cairn: config warning: network.wifi is validated but not applied by this build",
         );
     }
     if config.network.dhcp && !config.network.addresses.is_empty() {

@@ -32,12 +32,14 @@
 //!   finalizers and deletecollection; `graceful`: the grace period of pod
 //!   deletes; `namespaces`: namespace termination; `managed`:
 //!   `metadata.managedFields`.
-//! - `openapi`: `/openapi/v3` documents; `validation`: `fieldValidation`.
+//! - `openapi`: `/openapi/v3` documents; `openapi_v2`: `/openapi/v2`
+//!   (JSON and gnostic protobuf) converted from them; `validation`:
+//!   `fieldValidation`.
 //!
 //! # Current limitations
 //! See `handlers`, `strategy`, `subresources`, `table`, `patch`, `openapi`,
 //! `validation`, `codec`, `delete`, `namespaces` and `managed`. Also: no
-//! OpenAPI v2, no protobuf responses, and no authorization: every
+//! protobuf responses (but `/openapi/v2`'s), and no authorization: every
 //! authenticated user may do everything; the `kubernetes` Service has no
 //! Endpoints yet.
 
@@ -55,6 +57,7 @@ pub mod lists;
 pub mod managed;
 pub mod namespaces;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod options;
 pub mod patch;
 pub mod pki;
@@ -534,6 +537,15 @@ impl Api {
             }
             ["apis"] if is_get => {
                 return Ok(discovery::serve_root(registry, false, &parts.headers));
+            }
+            ["openapi", "v2"] if is_get => {
+                // Built on request (see `openapi_v2`): CPU work, off the workers.
+                let (snapshot, headers) = (snapshot.clone(), parts.headers.clone());
+                return tokio::task::spawn_blocking(move || {
+                    openapi_v2::serve(&snapshot.openapi, &headers)
+                })
+                .await
+                .unwrap_or_else(|err| Err(ApiError::internal(format!("openapi v2: {err}"))));
             }
             ["openapi", rest @ ..] if is_get => {
                 return snapshot.openapi.serve(rest, &query, &parts.headers);

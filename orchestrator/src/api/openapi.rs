@@ -16,9 +16,9 @@
 //! generic `List<T>` has no schema) are assembled from `ListMeta` and the
 //! item schema. Documents are built once, at start.
 //!
+//! `/openapi/v2` is `openapi_v2`'s, converted from these documents.
+//!
 //! # Current limitations
-//! - No `/openapi/v2` (kubectl asks it only when v3 is missing) and no
-//!   protobuf encoding of the documents.
 //! - Operations are described with the parameters kubectl checks, not
 //!   every parameter upstream lists; `patch` is advertised for every kind.
 
@@ -38,7 +38,7 @@ use super::resources::{Registry, ResourceType};
 use super::status::ApiError;
 
 /// Where `$ref`s point.
-const REF_PREFIX: &str = "#/components/schemas/";
+pub(crate) const REF_PREFIX: &str = "#/components/schemas/";
 
 /// The OpenAPI documents of every served group-version, and the schemas
 /// `validation` checks request bodies against.
@@ -112,6 +112,18 @@ impl Documents {
         }
         docs.root = root(&docs.group_versions);
         docs
+    }
+
+    /// Every group-version document (`api/v1`, `apis/<group>/<version>`,
+    /// built-in and custom), as served: what `openapi_v2` is built from.
+    pub(crate) fn group_version_bodies(&self) -> impl Iterator<Item = &Bytes> {
+        self.group_versions.values().map(|served| &served.body)
+    }
+
+    /// The hash of the `/openapi/v3` root, which changes whenever any
+    /// group-version document does.
+    pub(crate) fn root_hash(&self) -> &str {
+        &self.root.hash
     }
 
     /// The component schemas, by name.
@@ -247,6 +259,7 @@ fn document(
         .collect();
     let mut schemas = generator.take_definitions(true);
     super::lists::annotate(&mut schemas);
+    optional_metadata(&mut schemas);
     let mut kinds = Vec::new();
     let mut paths = Map::new();
     for (rt, name) in types.iter().zip(&names) {
@@ -283,6 +296,24 @@ fn document(
         "components": { "schemas": schemas },
     });
     (doc, kinds)
+}
+
+/// Drops `metadata` from every schema's `required`: k8s-openapi's types
+/// hold it unwrapped, so the derive lists it, but upstream's Go fields are
+/// all `omitempty` and its documents never require it (kubectl's
+/// client-side validation would refuse a manifest without one).
+fn optional_metadata(schemas: &mut Map<String, Value>) {
+    for schema in schemas.values_mut() {
+        let Some(Value::Array(required)) = schema.get_mut("required") else {
+            continue;
+        };
+        required.retain(|r| r != "metadata");
+        if required.is_empty()
+            && let Value::Object(schema) = schema
+        {
+            schema.remove("required");
+        }
+    }
 }
 
 /// The schema of `<Kind>List`, the way upstream's list types read.
@@ -591,6 +622,15 @@ mod tests {
     }
 
     #[test]
+    fn metadata_is_never_required() {
+        let doc = core_v1();
+        let pod = &doc["components"]["schemas"]["io.k8s.api.core.v1.Pod"];
+        assert!(pod.get("required").is_none(), "{pod}");
+        let event = &doc["components"]["schemas"]["io.k8s.api.core.v1.Event"];
+        assert_eq!(event["required"], json!(["involvedObject"]));
+    }
+
+    #[test]
     fn every_ref_resolves() {
         let doc = core_v1();
         let mut all = Vec::new();
@@ -646,8 +686,8 @@ mod tests {
             )
             .expect("served");
         assert_eq!(stale.status(), StatusCode::MOVED_PERMANENTLY);
-        let missing = docs.serve(&["v2"], &Query::parse(None), &HeaderMap::new());
-        assert_eq!(missing.expect_err("no v2").code, 404);
+        let missing = docs.serve(&["v4"], &Query::parse(None), &HeaderMap::new());
+        assert_eq!(missing.expect_err("no v4").code, 404);
     }
 
     #[test]

@@ -19,10 +19,20 @@
 //! first and, refused (containerd 1.6 speaks v4 and older), falls back to
 //! SPDY by itself. The agent uses [`forward`] too, towards containerd.
 //!
+//! WebSocket-only clients that speak `v4.channel.k8s.io` (the official
+//! Python client's `stream` for exec and `portforward`, tested in
+//! `tests/agent_streams.rs`) need nothing more: containerd 1.6 serves v4
+//! for exec, attach and port-forward, and the Python client's exit code
+//! comes back as the Status on channel 3. Its `ports=80,8080` is split
+//! into the kubelet's `port=` parameters, as upstream's query conversion
+//! does.
+//!
 //! # Current limitations
 //! - No translation of WebSocket v5 to SPDY (upstream's
-//!   `TranslateStreamCloseWebsocketRequests`): clients that cannot fall
-//!   back to SPDY cannot exec against containerd 1.6.
+//!   `TranslateStreamCloseWebsocketRequests`), nor of the
+//!   `portforward.k8s.io` WebSocket subprotocol: a client that speaks
+//!   only those (and cannot fall back to SPDY or to v4) cannot reach
+//!   containerd 1.6. kubectl falls back; the Python client speaks v4.
 //! - No `pods/proxy`, `services/proxy` or `nodes/proxy`.
 
 use std::sync::Arc;
@@ -235,10 +245,10 @@ pub async fn serve(
         }
         _ => {
             let mut url = format!("/portForward/{namespace}/{name}");
-            push_query(
-                &mut url,
-                query.all("ports").into_iter().map(|p| ("port", p)),
-            );
+            // `ports=80&ports=8080` or `ports=80,8080` (the Python
+            // client's), as upstream's query conversion reads it.
+            let ports = query.all("ports").into_iter().flat_map(|p| p.split(','));
+            push_query(&mut url, ports.map(|p| ("port", p.trim())));
             url
         }
     };

@@ -226,6 +226,18 @@ impl ApiError {
         )
     }
 
+    /// 406: no representation the client accepts (`accepted` lists them).
+    pub fn not_acceptable(accepted: &[&str]) -> ApiError {
+        ApiError::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: {}",
+                accepted.join(", ")
+            ),
+        )
+    }
+
     /// 500: the datastore or the server failed.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", message)
