@@ -6,7 +6,8 @@
 #   make run     build the image and boot it in QEMU, console attached (Ctrl-A X quits)
 #   make test    unit tests, lints, API tests with the Python client, images
 #                for both arches, end-to-end QEMU tests
-#   make bench   boot/memory/size figures vs a systemd baseline; API server figures
+#   make bench   boot/memory/size figures vs a systemd baseline; API server,
+#                scheduler and controller figures
 #   make clean   remove out/ (the cargo target dir and the component cache stay)
 
 ARCH ?= x86_64
@@ -88,9 +89,10 @@ e2e: images
 test: lint unit api e2e
 
 bench: images
-	cargo build --release -p cairn --bin cairn --example api_load
+	cargo build --release -p cairn --bin cairn --example api_load --example ctl_load
 	/usr/bin/python3 tests/bench.py
 	/usr/bin/python3 tests/bench_api.py
+	/usr/bin/python3 tests/bench_controllers.py
 	$(CAIRN_VENV)/bin/python tests/bench_agent.py
 
 clean:

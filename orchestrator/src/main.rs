@@ -139,6 +139,14 @@ struct Server {
     /// The same for a node that never posted its status, from its creation.
     #[arg(long, hide = true, default_value = "60s", value_parser = parse_duration)]
     node_startup_grace_period: Duration,
+    /// Finished (Succeeded or Failed) pods kept before the oldest are
+    /// deleted; 0 keeps them all.
+    #[arg(long, value_name = "N", default_value_t = cairn::controllers::podgc::TERMINATED_THRESHOLD)]
+    terminated_pod_gc_threshold: usize,
+    /// How long pods bound to a node missing from the controllers' cache wait
+    /// before the node is looked up and, if gone, the pods deleted.
+    #[arg(long, hide = true, default_value = "40s", value_parser = parse_duration)]
+    pod_gc_quarantine: Duration,
     /// Seconds pods tolerate a not-ready node by default (the toleration added to pods without one).
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     default_not_ready_toleration_seconds: i64,
@@ -446,6 +454,8 @@ fn server(args: Server) -> anyhow::Result<()> {
         node_monitor_grace_period: args.node_monitor_grace_period,
         node_startup_grace_period: args.node_startup_grace_period,
         cluster_cidr: args.cluster_cidr,
+        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+        pod_gc_quarantine: args.pod_gc_quarantine,
     };
     config.service_network = args.service_cidr;
     config.default_tolerations = cairn::api::strategy::DefaultTolerations {

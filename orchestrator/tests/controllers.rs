@@ -509,35 +509,110 @@ fn disable_controllers_keeps_the_server_quiet() {
 /// Scheduler throughput: 1,000 pending pods bound onto 100 nodes. The pods
 /// wait on a node label that the test then adds to every node at once, so
 /// the figure is scheduling and binding alone. Run with `--ignored`.
+/// Pod garbage collection (upstream's `podgc`): pods bound to a deleted
+/// Node go (after the quarantine, shortened here), a terminating pod on a
+/// not-Ready node tainted `out-of-service` goes, and finished pods beyond
+/// `--terminated-pod-gc-threshold` go oldest first.
 #[test]
-#[ignore]
-fn bench_bind_1000_pods_on_100_nodes() {
-    let server = Server::start();
+fn pod_gc_deletes_orphans_out_of_service_and_old_finished_pods() {
+    let server = Server::start_with(&[
+        "--pod-gc-quarantine",
+        "2s",
+        "--terminated-pod-gc-threshold",
+        "2",
+    ]);
     create_namespace_t(&server);
-    let nodes: Vec<String> = (0..100)
-        .map(|i| node(&format!("n{i:03}"), "64", "256Gi", ""))
-        .collect();
-    server.register_nodes(&nodes);
-    let pods_json: Vec<String> = (0..1000)
-        .map(|i| {
-            format!(
-                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"p{i:04}","namespace":"t"}},
-"spec":{{"nodeSelector":{{"bench":"go"}},"containers":[{{"name":"c","image":"busybox","resources":{{"requests":{{"cpu":"100m","memory":"64Mi"}}}}}}]}}}}"#
-            )
-        })
-        .collect();
-    let file = server.write("pods.yaml", &format!("---\n{}", pods_json.join("\n---\n")));
-    server.kubectl(&["create", "-f", common::path_str(&file)]);
-    let start = Instant::now();
-    server.kubectl(&["label", "nodes", "--all", "bench=go"]);
-    wait_for(300, "1000 bound pods", &server, || {
-        let unbound = pods(&server, &["--field-selector", "spec.nodeName="]);
-        unbound.is_empty().then_some(())
+    server.register_nodes(&[
+        node("gone", "8", "16Gi", ""),
+        node("down", "8", "16Gi", ""),
+        node("done", "8", "16Gi", ""),
+    ]);
+    let pod_on = |name: &str, node: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"t"}},
+"spec":{{"nodeName":"{node}","containers":[{{"name":"c","image":"busybox"}}]}}}}"#
+        )
+    };
+    let manifests: Vec<String> = [
+        ("a", "gone"),
+        ("b", "gone"),
+        ("c", "down"),
+        ("d", "down"),
+        ("f1", "done"),
+        ("f2", "done"),
+        ("f3", "done"),
+        ("f4", "done"),
+    ]
+    .iter()
+    .map(|(name, node)| pod_on(name, node))
+    .collect();
+    server.create_file("pods.yaml", &format!("---\n{}", manifests.join("\n---\n")));
+    let names = |server: &Server| -> Vec<String> {
+        let mut names: Vec<String> = pods(server, &[])
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().expect("name").to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Finished pods: two are kept, the oldest (f1, f2) go (created in
+    // that order; within a second, the name decides).
+    for name in ["f1", "f2", "f3", "f4"] {
+        let patch = r#"{"status":{"phase":"Succeeded"}}"#;
+        server.kubectl(&[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            "t",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ]);
+    }
+    wait_for(20, "f1 and f2 collected", &server, || {
+        let left = names(&server);
+        (!left.contains(&"f1".to_owned()) && !left.contains(&"f2".to_owned())).then_some(())
     });
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "scheduler: bound 1000 pods on 100 nodes in {secs:.2} s ({:.0} pods/s, including labelling the nodes)",
-        1000.0 / secs
+    assert_eq!(names(&server), ["a", "b", "c", "d", "f3", "f4"]);
+
+    // The Node object goes: its pods follow once the quarantine is over.
+    server.kubectl(&["delete", "node", "gone"]);
+    wait_for(20, "pods of the deleted node collected", &server, || {
+        (names(&server) == ["c", "d", "f3", "f4"]).then_some(())
+    });
+
+    // A pod being deleted on a node that is down stays Terminating (no
+    // kubelet finishes it) until the node is declared out of service.
+    server.kubectl(&["delete", "pod", "c", "-n", "t", "--wait=false"]);
+    let not_ready = r#"{"status":{"conditions":[{"type":"Ready","status":"False","reason":"KubeletNotReady","message":"down"}]}}"#;
+    server.kubectl(&[
+        "patch",
+        "node",
+        "down",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        not_ready,
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        names(&server).contains(&"c".to_owned()),
+        "c waits for its kubelet"
+    );
+    server.kubectl(&[
+        "taint",
+        "node",
+        "down",
+        "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute",
+    ]);
+    wait_for(
+        20,
+        "the terminating pod on the out-of-service node collected",
+        &server,
+        || (!names(&server).contains(&"c".to_owned())).then_some(()),
     );
 }
 

@@ -177,6 +177,17 @@ impl Client {
         Client::remote_with(url, tls, "", manager)
     }
 
+    /// A client of the server at `url` with a TLS configuration made
+    /// elsewhere (one presenting the admin's client certificate from a
+    /// server's data dir: tools and benchmarks on the server's machine).
+    pub fn remote_tls(
+        url: &str,
+        tls: rustls::ClientConfig,
+        manager: &'static str,
+    ) -> ClientResult<Client> {
+        Client::remote_with(url, tls, "", manager)
+    }
+
     fn remote_with(
         url: &str,
         mut tls: rustls::ClientConfig,

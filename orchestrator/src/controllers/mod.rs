@@ -31,7 +31,8 @@
 //! - Controllers: [`replicaset`], [`deployment`], [`daemonset`] and
 //!   [`statefulset`] (with their ControllerRevisions, [`history`]), [`job`], [`cronjob`], [`gc`], [`endpoints`],
 //!   [`nodeipam`], [`nodelifecycle`] (nodes whose agent went quiet),
-//!   [`tainteviction`] (pods on `NoExecute`-tainted nodes), [`localpath`]
+//!   [`tainteviction`] (pods on `NoExecute`-tainted nodes), [`podgc`]
+//!   (pods of deleted nodes, old finished pods), [`localpath`]
 //!   (PVCs of the default StorageClass `local-path`), [`disruption`]
 //!   (PodDisruptionBudget status, which the API's eviction honours) and
 //!   the scheduler.
@@ -58,6 +59,7 @@ pub mod localpath;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod objects;
+pub mod podgc;
 pub mod queue;
 pub mod reflector;
 pub mod replicaset;
@@ -80,6 +82,10 @@ use reflector::{
 
 /// Workers per controller.
 const WORKERS: usize = 4;
+/// The scheduler's workers: each awaits its binding's write, and the
+/// store commits concurrent writes in one transaction, so more bindings in
+/// flight cost less each (choosing a node is serialised anyway).
+const SCHEDULER_WORKERS: usize = 16;
 
 /// The controller manager's settings (kube-controller-manager's flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,15 +98,23 @@ pub struct Settings {
     pub node_startup_grace_period: Duration,
     /// `--cluster-cidr`: the pod network node IPAM hands /24s out of.
     pub cluster_cidr: nodeipam::Cidr,
+    /// `--terminated-pod-gc-threshold`: finished pods kept before [`podgc`]
+    /// deletes the oldest (0: never).
+    pub terminated_pod_gc_threshold: usize,
+    /// How long [`podgc`] waits for a node missing from its cache to show
+    /// up before it deletes the node's pods (upstream's fixed 40 s).
+    pub pod_gc_quarantine: Duration,
 }
 
 impl Default for Settings {
-    /// Upstream's defaults: 40 s and 60 s.
+    /// Upstream's defaults: 40 s and 60 s, 12,500 pods, 40 s.
     fn default() -> Settings {
         Settings {
             node_monitor_grace_period: Duration::from_secs(40),
             node_startup_grace_period: Duration::from_secs(60),
             cluster_cidr: nodeipam::default_cluster_cidr(),
+            terminated_pod_gc_threshold: podgc::TERMINATED_THRESHOLD,
+            pod_gc_quarantine: podgc::QUARANTINE,
         }
     }
 }
@@ -207,7 +221,7 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
         nodes.clone(),
         namespaces.clone(),
     );
-    loops.spawn(scheduler.run(WORKERS));
+    loops.spawn(scheduler.run(SCHEDULER_WORKERS));
     let collector = gc::Collector::new(
         client.clone(),
         vec![
@@ -234,6 +248,16 @@ fn start(api: Arc<Api>, settings: Settings) -> JoinSet<()> {
             leases.clone(),
             pods.clone(),
             settings,
+        )
+        .run(),
+    );
+    loops.spawn(
+        podgc::PodGc::new(
+            client.clone(),
+            pods.clone(),
+            nodes.clone(),
+            settings.terminated_pod_gc_threshold,
+            settings.pod_gc_quarantine,
         )
         .run(),
     );

@@ -138,11 +138,10 @@ pub fn evaluate(
         .any(|c| c["type"] == "Ready" && c["status"] == "True");
     let tolerations = pod["spec"]["tolerations"]
         .as_array()
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[][..], Vec::as_slice);
     if node["spec"]["unschedulable"].as_bool() == Some(true)
         && !tolerates(
-            &tolerations,
+            tolerations,
             "node.kubernetes.io/unschedulable",
             "",
             "NoSchedule",
@@ -165,7 +164,7 @@ pub fn evaluate(
     if !ready
         && !condition_tainted
         && !tolerates(
-            &tolerations,
+            tolerations,
             "node.kubernetes.io/not-ready",
             "",
             "NoSchedule",
@@ -175,7 +174,7 @@ pub fn evaluate(
             "node(s) had untolerated taint {node.kubernetes.io/not-ready: }".into(),
         ]);
     }
-    if let Some((key, value)) = untolerated_taint(&tolerations, node) {
+    if let Some((key, value)) = untolerated_taint(tolerations, node) {
         return Err(vec![format!(
             "node(s) had untolerated taint {{{key}: {value}}}"
         )]);

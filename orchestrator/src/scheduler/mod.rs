@@ -321,16 +321,18 @@ impl Scheduler {
                 .unwrap_or(Value::Null)
         };
         let mut cluster = Cluster {
-            nodes: nodes
-                .iter()
-                .map(|n| (name(n), &n["metadata"]["labels"]))
-                .collect(),
+            nodes: HashMap::new(),
             pods: HashMap::new(),
             ns_labels: &ns_labels,
         };
         // Other pods matter only to pods with pod affinity or spreading,
-        // or when a placed pod has (anti-)affinity terms of its own.
+        // or when a placed pod has (anti-)affinity terms of its own; the
+        // node labels by name only to those.
         if meta.affinity.is_some() || has_spread_constraints(pod) || state.affine > 0 {
+            cluster.nodes = nodes
+                .iter()
+                .map(|n| (name(n), &n["metadata"]["labels"]))
+                .collect();
             for bound in state.bound.values() {
                 cluster
                     .pods
@@ -342,7 +344,8 @@ impl Scheduler {
         let inter_pod = affinity::prefilter(meta, &cluster);
         let spreading = spread::prefilter(pod, meta, &nodes, &cluster);
         let idle = Usage::default();
-        let mut feasible: Vec<(&Value, i64)> = Vec::new();
+        // (node, LeastAllocated score, pods on it)
+        let mut feasible: Vec<(&Value, i64, i64)> = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         for node in &nodes {
             let usage = state.usage.get(name(node)).unwrap_or(&idle);
@@ -355,7 +358,7 @@ impl Scheduler {
                     .map_err(|reason| vec![reason.to_owned()])
             });
             match verdict {
-                Ok(score) => feasible.push((node, score)),
+                Ok(score) => feasible.push((node, score, usage.pods)),
                 Err(why) => {
                     for reason in why {
                         *reasons.entry(reason).or_default() += 1;
@@ -366,8 +369,8 @@ impl Scheduler {
         if feasible.is_empty() {
             return Err(unschedulable_message(nodes.len(), &reasons));
         }
-        let candidates: Vec<&Value> = feasible.iter().map(|(n, _)| *n).collect();
-        let least: Vec<i64> = feasible.iter().map(|(_, s)| *s).collect();
+        let candidates: Vec<&Value> = feasible.iter().map(|(n, _, _)| *n).collect();
+        let least: Vec<i64> = feasible.iter().map(|(_, s, _)| *s).collect();
         let extra = score::Extra {
             inter_pod: if cluster.pods.is_empty() {
                 Vec::new()
@@ -381,16 +384,15 @@ impl Scheduler {
             spread: spread::score(pod, meta, &nodes, &cluster, &candidates).unwrap_or_default(),
         };
         let totals = score::totals(pod, &candidates, &least, &extra);
-        let pods_on = |n: &Value| state.usage.get(name(n)).map_or(0, |u| u.pods);
-        let best = candidates
+        let best = feasible
             .iter()
             .zip(&totals)
-            .min_by(|(a, sa), (b, sb)| {
+            .min_by(|((a, _, pods_a), sa), ((b, _, pods_b), sb)| {
                 sb.cmp(sa)
-                    .then(pods_on(a).cmp(&pods_on(b)))
-                    .then(name(a).cmp(name(b)))
+                    .then(pods_a.cmp(pods_b))
+                    .then_with(|| name(a).cmp(name(b)))
             })
-            .map(|(n, _)| name(n).to_owned());
+            .map(|((n, _, _), _)| name(n).to_owned());
         best.ok_or_else(|| unschedulable_message(nodes.len(), &reasons))
     }
 
