@@ -490,20 +490,6 @@ spec:
     );
 }
 
-/// A data dir holding the CA of `server`, for a second server.
-fn dir_sharing_ca(server: &Server) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("pki")).expect("mkdir");
-    for file in ["ca.crt", "ca.key"] {
-        std::fs::copy(
-            server.dir.path().join("pki").join(file),
-            dir.path().join("pki").join(file),
-        )
-        .expect("copy the CA");
-    }
-    dir
-}
-
 /// Polls `check` for up to ten seconds.
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -516,12 +502,9 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[test]
 fn crds_reach_every_server_on_one_postgresql() {
     let pg = common::postgres::PgServer::start();
-    tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(pg.database("crds"));
-    let url = pg.url("crds");
+    let url = pg.database_url("crds");
     let a = Server::start_with(&["--datastore-endpoint", &url]);
-    let b = Server::start_in_with(dir_sharing_ca(&a), &["--datastore-endpoint", &url]);
+    let b = Server::start_in_with(a.dir_sharing_ca(), &["--datastore-endpoint", &url]);
     let crd = a.write("region-crd.yaml", CLUSTER_CRD);
     a.kubectl(&["apply", "-f", path_str(&crd)]);
     // b learns about the CRD from its watch on the shared store.

@@ -16,27 +16,6 @@ use std::time::{Duration, Instant};
 use common::postgres::PgServer;
 use common::{Server, acknowledged_writes, path_str, stored};
 
-fn database(pg: &PgServer, name: &str) -> String {
-    tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(pg.database(name));
-    pg.url(name)
-}
-
-/// A data dir holding the CA of `server`, for a second server.
-fn dir_sharing_ca(server: &Server) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("pki")).expect("mkdir");
-    for file in ["ca.crt", "ca.key"] {
-        std::fs::copy(
-            server.dir.path().join("pki").join(file),
-            dir.path().join("pki").join(file),
-        )
-        .expect("copy the CA");
-    }
-    dir
-}
-
 fn configmap(server: &Server, name: &str, value: &str) -> String {
     let manifest = server.write(
         &format!("{name}.yaml"),
@@ -111,9 +90,9 @@ impl Drop for Watcher {
 #[test]
 fn two_servers_one_postgresql() {
     let pg = PgServer::start();
-    let url = database(&pg, "shared");
+    let url = pg.database_url("shared");
     let a = Server::start_with(&["--datastore-endpoint", &url]);
-    let b = Server::start_in_with(dir_sharing_ca(&a), &["--datastore-endpoint", &url]);
+    let b = Server::start_in_with(a.dir_sharing_ca(), &["--datastore-endpoint", &url]);
 
     // One cluster: each server accepts the other's admin kubeconfig.
     let b_url = b.url();
@@ -176,7 +155,7 @@ fn two_servers_one_postgresql() {
 #[test]
 fn acknowledged_writes_survive_kill_9_on_postgresql() {
     let pg = PgServer::start();
-    let url = database(&pg, "crash");
+    let url = pg.database_url("crash");
     let server = Server::start_with(&["--datastore-endpoint", &url]);
     let written = acknowledged_writes(&server, 12);
     let dir = server.stop();

@@ -616,36 +616,15 @@ fn pod_gc_deletes_orphans_out_of_service_and_old_finished_pods() {
     );
 }
 
-fn database(pg: &common::postgres::PgServer, name: &str) -> String {
-    tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(pg.database(name));
-    pg.url(name)
-}
-
-/// A data dir holding the CA of `server`, for a second server.
-fn dir_sharing_ca(server: &Server) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("pki")).expect("mkdir");
-    for file in ["ca.crt", "ca.key"] {
-        std::fs::copy(
-            server.dir.path().join("pki").join(file),
-            dir.path().join("pki").join(file),
-        )
-        .expect("copy the CA");
-    }
-    dir
-}
-
 /// Two servers on one PostgreSQL: only the Lease holder acts (a ReplicaSet
 /// gets its pods once, not twice); a leader that stops releases the Lease,
 /// and one that is killed loses it when it expires.
 #[test]
 fn two_servers_on_postgresql_act_once_and_fail_over() {
     let pg = common::postgres::PgServer::start();
-    let url = database(&pg, "controllers");
+    let url = pg.database_url("controllers");
     let a = Server::start_with(&["--datastore-endpoint", &url]);
-    let b = Server::start_in_with(dir_sharing_ca(&a), &["--datastore-endpoint", &url]);
+    let b = Server::start_in_with(a.dir_sharing_ca(), &["--datastore-endpoint", &url]);
     create_namespace_t(&a);
     a.register_nodes(&[node("n1", "8", "16Gi", "")]);
     let leader_log = "acquired the controller lease";
@@ -690,7 +669,7 @@ fn two_servers_on_postgresql_act_once_and_fail_over() {
     );
     // A third server; the leader dies without a word (kill -9): the third
     // takes over once the Lease expires.
-    let third = Server::start_in_with(dir_sharing_ca(&other), &["--datastore-endpoint", &url]);
+    let third = Server::start_in_with(other.dir_sharing_ca(), &["--datastore-endpoint", &url]);
     drop(other.stop());
     third.kubectl(&["scale", "rs", "once", "--replicas=5", "-n", "t"]);
     wait_for(40, "the third server leads and scales", &third, || {

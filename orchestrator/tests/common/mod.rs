@@ -47,6 +47,21 @@ impl Server {
         Server::start_in_with(dir, args)
     }
 
+    /// A data dir holding this server's CA, for a second server of the
+    /// same cluster.
+    pub fn dir_sharing_ca(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("pki")).expect("mkdir");
+        for file in ["ca.crt", "ca.key"] {
+            std::fs::copy(
+                self.dir.path().join("pki").join(file),
+                dir.path().join("pki").join(file),
+            )
+            .expect("copy the CA");
+        }
+        dir
+    }
+
     pub fn start_in_with(dir: tempfile::TempDir, args: &[&str]) -> Server {
         assert!(
             Command::new("kubectl")

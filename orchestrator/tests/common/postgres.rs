@@ -149,6 +149,14 @@ impl PgServer {
         );
     }
 
+    /// A fresh database, from synchronous code; returns its URL.
+    pub fn database_url(&self, name: &str) -> String {
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(self.database(name));
+        self.url(name)
+    }
+
     /// A fresh database; returns its connection string.
     pub async fn database(&self, name: &str) -> String {
         let host = self.dir.path().display();
