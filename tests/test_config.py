@@ -13,7 +13,9 @@
    the API through a port forwarded on that network), and `eth2`, left
    unconfigured, carrying VLAN 42 with a static address on a UDP socket
    link whose far end is this test: an 802.1Q-tagged ARP request for that
-   address gets a reply tagged 42, one tagged 43 gets none.
+   address gets a reply tagged 42, one tagged 43 gets none. With
+   `[debug] serial_shell = true`, a line typed on the serial console is run
+   by a shell.
 2. The file broken by a typo, as a laptop user would (mcopy): the console
    names the file, line, column and key, the node boots on the last known
    good configuration (same host name), kubectl still works, and the Node's
@@ -151,6 +153,8 @@ def test_config_init_static_network_and_last_known_good(arch, image, workdir):
     text = text.replace("[network]\n", STATIC, 1)
     text = text.replace("role = \"server\"\n", "role = \"server\"\nwrite_kubeconfig = true\n", 1)
     text += FURTHER
+    assert "[debug]\n# serial_shell = false" in text, text
+    text = text.replace("[debug]\n# serial_shell = false", "[debug]\nserial_shell = true", 1)
     config = workdir / "config.toml"
     config.write_text(text)
     harness.tool("config", "validate", config)
@@ -212,6 +216,11 @@ def test_config_init_static_network_and_last_known_good(arch, image, workdir):
         assert reply[12:14] == b"\x81\x00", f"reply not tagged: {reply.hex()}"
         assert int.from_bytes(reply[14:16], "big") & 0xFFF == VLAN_ID, reply.hex()
         assert peer.arp(VLAN_IP, VLAN_ID + 1) is None, "a reply on another VLAN"
+        # [debug] serial_shell: a shell reads the console (what it prints
+        # is computed, so the console's echo of the line cannot match).
+        assert "debug.serial_shell is on" in vm.console, log
+        vm.send("echo shell-$((6*7)) $(cat /proc/1/comm)\n")
+        vm.wait_for(r"shell-42 init", 30)
         harness.power_off(vm)
     finally:
         vm.kill()

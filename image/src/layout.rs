@@ -35,6 +35,9 @@ pub const WIFI_MODULES_LIST: &str = "/etc/cairn/modules.wifi";
 /// Where `wpa_supplicant` is in the root filesystem.
 pub const WPA_SUPPLICANT: &str = "/sbin/wpa_supplicant";
 
+/// The shell `[debug] serial_shell` runs on the console (busybox).
+pub const SHELL: &str = "/bin/sh";
+
 /// The root filesystem's list of the 802.1Q VLAN modules (`8021q` and what
 /// it needs beyond stage 2's modules), loaded by stage 2 only when the
 /// config has `[[network.vlans]]`; same format.

@@ -44,6 +44,8 @@ pub mod oci;
 #[cfg(feature = "host")]
 pub mod rootfs;
 #[cfg(feature = "host")]
+pub mod shell;
+#[cfg(feature = "host")]
 pub mod wifi;
 
 pub use arch::Arch;

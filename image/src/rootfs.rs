@@ -3,7 +3,8 @@
 //!
 //! What goes in: `cairn-init` as `/sbin/init`, `cairn` as
 //! `/usr/bin/cairn`, the pause image (`cairn-pause` in an OCI archive), containerd + shim, runc, the CNI plugins,
-//! iptables for them ([`crate::iptables`]), wpa_supplicant ([`crate::wifi`]), the
+//! iptables for them ([`crate::iptables`]), wpa_supplicant ([`crate::wifi`]),
+//! busybox for the debug shell ([`crate::shell`]), the
 //! shared libraries they load (at Debian's paths, symlinks kept as
 //! symlinks), the stage-2 kernel modules with `/etc/cairn/modules`, the
 //! netfilter, VLAN and Wi-Fi ones with their own lists (loaded on demand), and a
@@ -21,6 +22,7 @@ use crate::initramfs;
 use crate::iptables;
 use crate::layout;
 use crate::modules::{self, ModuleSet, ModulesError};
+use crate::shell;
 use crate::wifi;
 use std::fs;
 use std::io;
@@ -224,6 +226,9 @@ pub fn stage(spec: &RootSpec, root: &Path) -> Result<(), RootfsError> {
         copy_entry(&c.tree, root, rel)?;
     }
     iptables_links(c, root)?;
+    for applet in shell::APPLETS {
+        link(root, &format!("bin/{applet}"), "busybox")?;
+    }
     tracing::info!(
         binaries = userland.len(),
         libraries = libs.len(),

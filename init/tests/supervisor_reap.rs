@@ -55,6 +55,7 @@ fn sh(name: &str, script: &str) -> ServiceSpec {
         args: vec!["-c".into(), script.into()],
         env: vec![],
         log_dir: None,
+        on_console: false,
     }
 }
 

@@ -24,6 +24,7 @@ fn sh(name: &str, script: &str, log_dir: &Path) -> ServiceSpec {
         args: vec!["-c".into(), script.into()],
         env: vec![],
         log_dir: Some(log_dir.to_path_buf()),
+        on_console: false,
     }
 }
 

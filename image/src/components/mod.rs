@@ -53,7 +53,7 @@ pub const ELF_BINARIES: [&str; 7] = [
 
 /// Every ELF file the root filesystem of `arch` takes from the tree:
 /// [`ELF_BINARIES`], iptables and its extensions ([`crate::iptables`]),
-/// wpa_supplicant ([`crate::wifi`]).
+/// wpa_supplicant ([`crate::wifi`]), busybox ([`crate::shell`]).
 /// Their library closure must be locked too.
 pub fn elf_binaries(arch: Arch) -> Vec<PathBuf> {
     ELF_BINARIES
@@ -61,6 +61,7 @@ pub fn elf_binaries(arch: Arch) -> Vec<PathBuf> {
         .map(PathBuf::from)
         .chain(crate::iptables::elf_files(arch))
         .chain(crate::wifi::elf_files())
+        .chain(crate::shell::elf_files())
         .collect()
 }
 

@@ -17,12 +17,13 @@ use crate::Arch;
 use crate::elf::{self, ElfError};
 
 /// Packages whose dependencies may provide the binaries' libraries.
-const BINARY_PACKAGES: [&str; 5] = [
+const BINARY_PACKAGES: [&str; 6] = [
     "containerd",
     "runc",
     "containernetworking-plugins",
     "iptables",
     "wpasupplicant",
+    "busybox-static",
 ];
 
 /// Resolves and downloads the current package set of `arch` under `dir`

@@ -147,6 +147,7 @@ pub fn spec(config: &Config, env: Vec<(String, String)>) -> ServiceSpec {
         args,
         env: env_all,
         log_dir: Some(PathBuf::from(LOG_DIR)),
+        on_console: false,
     }
 }
 

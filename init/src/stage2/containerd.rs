@@ -84,6 +84,7 @@ pub fn spec() -> ServiceSpec {
         args: vec!["--config".to_string(), CONFIG.to_string()],
         env: vec![("PATH".to_string(), PATH.to_string())],
         log_dir: Some(PathBuf::from(LOG_DIR)),
+        on_console: false,
     }
 }
 

@@ -266,13 +266,23 @@ async fn boot(cmdline: &str) -> Result<Infallible> {
 
 /// `[debug] serial_shell`: a root shell on the console, when the image
 /// has one.
+/// It reads the console (no job control: the console is not its
+/// controlling terminal) and is started again when it exits.
 fn serial_shell(supervisor: &Supervisor) {
-    const SHELL: &str = "/bin/sh";
+    let shell = cairn_image::layout::SHELL;
     crate::log::console("cairn: warning: debug.serial_shell is on: a root shell on the console");
-    if Path::new(SHELL).exists() {
-        supervisor.start(supervisor::ServiceSpec::new("shell", SHELL));
+    if Path::new(shell).exists() {
+        let mut spec = supervisor::ServiceSpec::new("shell", shell);
+        spec.on_console = true;
+        spec.env = vec![
+            ("HOME".into(), "/root".into()),
+            ("PS1".into(), "cairn# ".into()),
+        ];
+        supervisor.start(spec);
     } else {
-        crate::log::console("cairn: warning: debug.serial_shell: this image has no /bin/sh");
+        crate::log::console(&format!(
+            "cairn: warning: debug.serial_shell: this image has no {shell}"
+        ));
     }
 }
 

@@ -65,6 +65,9 @@ pub struct ServiceSpec {
     pub env: Vec<(String, String)>,
     /// Where `<name>.log` is written (created if missing); `None`: console only.
     pub log_dir: Option<PathBuf>,
+    /// stdin, stdout and stderr on `/dev/console` itself (an interactive
+    /// program, the debug shell) instead of /dev/null and the log pipes.
+    pub on_console: bool,
 }
 
 impl ServiceSpec {
@@ -76,6 +79,7 @@ impl ServiceSpec {
             args: Vec::new(),
             env: Vec::new(),
             log_dir: None,
+            on_console: false,
         }
     }
 }

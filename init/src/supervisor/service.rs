@@ -16,20 +16,44 @@ pub(crate) const DEFAULT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long, after an exit, the output of the ended process may still drain.
 const DRAIN: Duration = Duration::from_millis(200);
 
-/// The command for `spec`: clean environment, stdin from /dev/null, output piped,
-/// its own process group (so signals aimed at it, and at init, don't leak across).
+/// The command for `spec`: clean environment, stdin from /dev/null, output piped
+/// (or all three on the console, for [`ServiceSpec::on_console`]), its own
+/// process group (so signals aimed at it, and at init, don't leak across).
 pub(crate) fn command(spec: &ServiceSpec) -> Command {
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .current_dir("/");
+    match spec.on_console.then(console_stdio).flatten() {
+        Some([stdin, stdout, stderr]) => cmd.stdin(stdin).stdout(stdout).stderr(stderr),
+        None => cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    };
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd
+}
+
+/// `/dev/console`, opened read-write three times (stdin, stdout, stderr);
+/// `None` (and a warning) if it cannot be opened.
+fn console_stdio() -> Option<[Stdio; 3]> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/console")
+            .map(Stdio::from)
+    };
+    match (open(), open(), open()) {
+        (Ok(a), Ok(b), Ok(c)) => Some([a, b, c]),
+        (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => {
+            warn!(error = %e, "opening /dev/console for a service");
+            None
+        }
+    }
 }
 
 /// The life of service number `index`: runs until the supervisor is stopping.
@@ -155,6 +179,7 @@ mod tests {
             args: vec!["--flag".into()],
             env: vec![("A".into(), "1".into())],
             log_dir: None,
+            on_console: false,
         };
         let cmd = command(&spec);
         assert_eq!(cmd.get_program(), OsStr::new("/usr/bin/svc"));
@@ -172,6 +197,7 @@ mod tests {
             args: vec![],
             env: vec![("PATH".into(), "/opt/bin".into())],
             log_dir: None,
+            on_console: false,
         };
         let cmd = command(&spec);
         let path = cmd.get_envs().find(|(k, _)| *k == OsStr::new("PATH"));
