@@ -11,8 +11,8 @@
 //! cost about a third of the supplicant's bytes (the slot figures are in
 //! the README). Debian's installer build (`wpasupplicant-udeb`) has none of
 //! them, but udebs are not in the suites the component lock reads. Only
-//! `wpa_supplicant` itself is copied: `wpa_cli` and `wpa_passphrase` are
-//! tools for a shell the image does not have.
+//! `wpa_supplicant` itself is copied: `wpa_cli` needs the control socket
+//! Cairn does not open, and init derives the key `wpa_passphrase` would.
 //!
 //! Kernel side ([`MODULES`]): cfg80211 and mac80211 (most Wi-Fi drivers
 //! are mac80211 drivers; the few full-MAC ones need cfg80211 only), and
