@@ -145,33 +145,20 @@ def mcopy_to_partition(image: Path, part: str, src: Path, dest_name: str) -> Non
 
 
 def busybox(arch: str) -> Path:
-    """A static busybox for `arch`, to build test container images from: the
-    host's (`busybox-static`, installed by `make deps`) for the host's
-    architecture, else Debian 12's `busybox-static` for `arch`, downloaded
-    once through the private apt setup the image build made for that
-    architecture (`<CAIRN_CACHE>/<arch>/apt`) and kept beside it."""
+    """A static busybox for `arch`, to build test container images from:
+    Debian 12's `busybox-static`, pinned in `image/components.lock` (the
+    image's debug shell) and extracted by the image build into
+    `<CAIRN_CACHE>/<arch>/tree`; the host's for its own architecture if
+    that tree is not there."""
+    cache = Path(os.environ.get("CAIRN_CACHE") or REPO / ".cache" / "components")
+    pinned = cache / arch / "tree" / "bin" / "busybox"
+    if pinned.exists():
+        return pinned
     host = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(os.uname().machine)
-    if arch == host:
-        found = shutil.which("busybox")
-        if not found:
-            raise RuntimeError("busybox-static must be installed (make deps)")
+    found = shutil.which("busybox")
+    if arch == host and found:
         return Path(found)
-    cache = Path(os.environ.get("CAIRN_CACHE") or REPO / ".cache" / "components") / arch
-    binary = cache / "test" / "busybox"
-    if binary.exists():
-        return binary
-    conf = cache / "apt" / "apt.conf"
-    if not conf.exists():
-        raise RuntimeError(f"no private apt for {arch} at {conf}: build the image first")
-    work = cache / "test" / "download"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    run(["apt-get", "download", "busybox-static"], cwd=work, env=dict(os.environ, APT_CONFIG=str(conf)))
-    deb = next(work.glob("busybox-static_*.deb"))
-    run(["dpkg-deb", "-x", deb, work / "x"])
-    (work / "x" / "bin" / "busybox").rename(binary)
-    shutil.rmtree(work, ignore_errors=True)
-    return binary
+    raise RuntimeError(f"no busybox for {arch} at {pinned}: build the image first (make images)")
 
 
 def which(*tools: str) -> list[str]:

@@ -20,8 +20,8 @@ and a pod fetches a page from an HTTP server on the host at 10.0.2.2 (QEMU
 user networking's host address), which only answers a source address on
 the user network, so the pod's traffic must be masqueraded.
 
-Both architectures: the test image's busybox is the host's for x86_64 and
-Debian's arm64 `busybox-static` for aarch64 (harness.busybox).
+Both architectures: the test image's busybox is the pinned one of the
+image's components (harness.busybox).
 """
 
 from __future__ import annotations
