@@ -68,18 +68,7 @@ fn mark_bound_pods_ready(server: &Server) -> usize {
         }
         let name = pod["metadata"]["name"].as_str().expect("name");
         let patch = r#"{"status":{"phase":"Running","conditions":[{"type":"PodScheduled","status":"True"},{"type":"Ready","status":"True"},{"type":"ContainersReady","status":"True"}]}}"#;
-        let out = server.try_kubectl(&[
-            "patch",
-            "pod",
-            name,
-            "-n",
-            "t",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            patch,
-        ]);
-        if out.status.success() {
+        if pod_status(server, name, patch).status.success() {
             marked += 1;
         }
     }
@@ -560,17 +549,8 @@ fn pod_gc_deletes_orphans_out_of_service_and_old_finished_pods() {
     // that order; within a second, the name decides).
     for name in ["f1", "f2", "f3", "f4"] {
         let patch = r#"{"status":{"phase":"Succeeded"}}"#;
-        server.kubectl(&[
-            "patch",
-            "pod",
-            name,
-            "-n",
-            "t",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            patch,
-        ]);
+        let out = pod_status(&server, name, patch);
+        assert!(out.status.success(), "{out:?}");
     }
     wait_for(20, "f1 and f2 collected", &server, || {
         let left = names(&server);
@@ -691,13 +671,9 @@ fn two_servers_on_postgresql_act_once_and_fail_over() {
     );
 }
 
-/// Sets a pod's status as the agent would: Running with an IP, Ready or not.
-fn run_pod(server: &Server, name: &str, ip: &str, ready: bool) {
-    let ready = if ready { "True" } else { "False" };
-    let patch = format!(
-        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"PodScheduled","status":"True"}},{{"type":"Ready","status":"{ready}"}}]}}}}"#
-    );
-    server.kubectl(&[
+/// A merge patch of pod `name`'s status in namespace `t`, as an agent writes it.
+fn pod_status(server: &Server, name: &str, patch: &str) -> std::process::Output {
+    server.try_kubectl(&[
         "patch",
         "pod",
         name,
@@ -706,8 +682,18 @@ fn run_pod(server: &Server, name: &str, ip: &str, ready: bool) {
         "--subresource=status",
         "--type=merge",
         "-p",
-        &patch,
-    ]);
+        patch,
+    ])
+}
+
+/// Sets a pod's status as the agent would: Running with an IP, Ready or not.
+fn run_pod(server: &Server, name: &str, ip: &str, ready: bool) {
+    let ready = if ready { "True" } else { "False" };
+    let patch = format!(
+        r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"PodScheduled","status":"True"}},{{"type":"Ready","status":"{ready}"}}]}}}}"#
+    );
+    let out = pod_status(server, name, &patch);
+    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]
